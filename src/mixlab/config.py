@@ -1,0 +1,302 @@
+"""Stage configs: frozen dataclasses with a help string on every field, loaded from YAML.
+
+Precedence is dataclass defaults < `--config file.yaml` < command-line flags. The
+resolved config (``config_to_dict``) is what each stage's manifest records. Stage configs
+are declared with ``option(...)`` so the CLI can build its flags and help from them.
+Each stage package declares its own config next to the code that reads it; the
+foundation's own (synth, ingest) live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mixlab.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field: its default, its one-line help text, and optional allowed values."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (dict, list)):
+        frozen = dict(default) if isinstance(default, dict) else tuple(default)
+        return dataclasses.field(default_factory=lambda: frozen, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_choices(cfg: Any) -> None:
+    """Validate every field declared with `choices`; called from each config's __post_init__."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise ConfigError(
+                f"{flag_name(f.name)}: {value!r} is not one of {', '.join(map(str, choices))}"
+            )
+
+
+def flag_name(name: str) -> str:
+    """The CLI spelling of a field (`num_perm` -> `--num-perm`), used in error messages."""
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def parse_mapping(text: str, key: str) -> dict[str, float]:
+    """`code=0.5,prose=0.5` -> {"code": 0.5, "prose": 0.5}; the CLI form of a weights flag."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"{flag_name(key)}: expected name=value pairs like a=0.5,b=0.5, got {part!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"{flag_name(key)}: {value!r} for {name!r} is not a number") from None
+    return out
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML or CLI value to the field's declared type, with an error naming the key."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: a value is required")
+    origin = typing.get_origin(inner)
+    try:
+        if inner is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("true", "yes", "1", "on"):
+                    return True
+                if low in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, (bool, int)):
+                return bool(value)
+            raise ValueError(value)
+        if inner is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if inner is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if inner is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
+            return str(value)
+        if inner is Path:
+            return Path(value)
+        if origin is tuple:
+            (item_tp, *_rest) = typing.get_args(inner) or (str,)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            return tuple(coerce(key, v, item_tp) for v in value)
+        if origin is dict or inner is dict:
+            if isinstance(value, str):
+                value = parse_mapping(value, key)
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            _k_tp, v_tp = typing.get_args(inner) or (str, Any)
+            return {str(k): (coerce(key, v, v_tp) if v_tp is not Any else v) for k, v in value.items()}
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        name = getattr(inner, "__name__", str(inner))
+        raise ConfigError(f"{key}: {value!r} is not a valid {name}") from None
+    return value
+
+
+def config_from_dict(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C:
+    """Build `cls` from a mapping, rejecting unknown keys (dashes and underscores both accepted)."""
+    types_ = field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in types_:
+            raise ConfigError(
+                f"{source}: unknown key {raw_key!r} for {section_name(cls)} (valid keys: {', '.join(valid)})"
+            )
+        kwargs[key] = coerce(key, value, types_[key])
+    return cls(**kwargs)
+
+
+def section_name(cls: type) -> str:
+    """The YAML section a config reads in a pipeline file: `DedupConfig` -> `dedup`."""
+    return getattr(cls, "SECTION", cls.__name__.removesuffix("Config").lower())
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def resolve_config(
+    cls: type[C], config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> C:
+    """Defaults < YAML file < overrides (flags the user actually gave; None means not given).
+
+    The YAML file may hold the stage's keys at the top level, or a section named after the
+    stage (so one pipeline file can also serve as `--config` for a single stage).
+    """
+    values: dict[str, Any] = {}
+    source = "config"
+    if config_file is not None:
+        data = load_yaml(Path(config_file))
+        section = section_name(cls)
+        if section in data and isinstance(data[section], dict):
+            data = data[section]
+        values.update(data)
+        source = str(config_file)
+    cfg = config_from_dict(cls, values, source)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        types_ = field_types(cls)
+        cfg = dataclasses.replace(cfg, **{k: coerce(k, v, types_[k]) for k, v in given.items()})
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (Paths as strings, tuples as lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def check_weights(weights: Mapping[str, float], key: str, tol: float = 1e-6) -> None:
+    """Mixture weights must be non-negative and sum to one."""
+    if not weights:
+        raise ConfigError(f"{flag_name(key)}: no weights given")
+    bad = {k: v for k, v in weights.items() if v < 0}
+    if bad:
+        raise ConfigError(f"{flag_name(key)}: negative weights {bad}")
+    total = sum(weights.values())
+    if abs(total - 1.0) > tol:
+        raise ConfigError(f"{flag_name(key)}: weights sum to {total:.6g}, not 1 ({dict(weights)})")
+
+
+# --- the foundation's own stage configs ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """`mixlab synth`: a seeded synthetic multi-domain corpus with planted structure."""
+
+    domains: tuple[str, ...] = option(
+        ("prose", "code", "tabular", "legal"),
+        "domains to generate (any of prose, code, tabular, legal, news)",
+    )
+    docs_per_domain: int = option(2000, "documents generated per domain (before planted duplicates)")
+    doc_words: int = option(300, "mean document length in words (~6 bytes each)")
+    near_dup_clusters: int = option(100, "planted near-duplicate clusters per domain")
+    near_dup_levels: tuple[float, ...] = option(
+        (0.95, 0.9, 0.85, 0.7, 0.5),
+        "target Jaccard similarities (word 5-grams) of planted near-duplicates to their source",
+    )
+    exact_dups: int = option(20, "planted exact duplicates per domain")
+    target_blend: dict[str, float] = option(
+        {}, "domains and weights of a held-out target validation set, e.g. prose=0.7,code=0.3"
+    )
+    target_docs: int = option(400, "documents in the target validation set")
+    seed: int = option(0, "global seed; everything random derives from it")
+
+    def __post_init__(self) -> None:
+        from mixlab.synth import DOMAIN_GENERATORS
+
+        unknown = [d for d in self.domains if d not in DOMAIN_GENERATORS]
+        if unknown:
+            raise ConfigError(f"--domains: unknown domain(s) {unknown} (known: {', '.join(DOMAIN_GENERATORS)})")
+        if len(set(self.domains)) != len(self.domains):
+            raise ConfigError(f"--domains: listed twice: {list(self.domains)}")
+        if self.docs_per_domain < 1:
+            raise ConfigError("--docs-per-domain: must be at least 1")
+        if self.doc_words < 20:
+            raise ConfigError("--doc-words: must be at least 20 (a document needs several 5-gram shingles)")
+        if self.near_dup_clusters < 0 or self.exact_dups < 0:
+            raise ConfigError("--near-dup-clusters / --exact-dups: must not be negative")
+        if self.near_dup_clusters > self.docs_per_domain:
+            raise ConfigError("--near-dup-clusters: cannot exceed --docs-per-domain")
+        if any(not 0.0 < x < 1.0 for x in self.near_dup_levels):
+            raise ConfigError("--near-dup-levels: each level must lie strictly between 0 and 1")
+        if self.target_blend:
+            check_weights(self.target_blend, "target_blend")
+            missing = [d for d in self.target_blend if d not in self.domains]
+            if missing:
+                raise ConfigError(f"--target-blend: domain(s) {missing} are not in --domains {list(self.domains)}")
+        if self.target_docs < 1:
+            raise ConfigError("--target-docs: must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """`mixlab ingest`: raw parquet / JSONL / text folders into the documents contract."""
+
+    text_column: str = option("text", "column (parquet) or key (JSONL) holding the document text")
+    id_column: str = option("id", "column or key holding document ids; derived from source + content when absent")
+    domain_column: str = option("domain", "column or key holding the domain, used when present")
+    domain: str | None = option(None, "domain for documents without a domain column (with --domain-from flag: for every document)")
+    domain_from: str = option(
+        "auto",
+        "where the domain comes from: auto (column, else --domain, else file/folder name), column, file, folder, flag",
+        choices=("auto", "column", "file", "folder", "flag"),
+    )
+    on_invalid_utf8: str = option(
+        "skip", "documents that are not valid UTF-8: skip (counted) or replace bad bytes with U+FFFD",
+        choices=("skip", "replace"),
+    )
+    rows_per_file: int = option(100_000, "maximum documents per output parquet file")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.domain_from == "flag" and not self.domain:
+            raise ConfigError("--domain-from flag: pass --domain NAME as well")
+        if self.rows_per_file < 1:
+            raise ConfigError("--rows-per-file: must be at least 1")

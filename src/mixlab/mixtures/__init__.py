@@ -1,0 +1,1 @@
+"""Candidate mixture sampling, regression from weights to loss, and selection."""

@@ -1,0 +1,1 @@
+"""The stage graph, resumable pipeline runs, the report; shipped YAML pipelines."""

@@ -1,0 +1,1 @@
+"""The GPT model, swarm training, pretraining and distillation."""

@@ -1,0 +1,1 @@
+"""Tokenizer training, evaluation, and corpus -> token shards."""
