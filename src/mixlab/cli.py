@@ -175,5 +175,269 @@ def ingest(inputs: tuple[Path, ...], cfg: IngestConfig, out_dir: Path, force: bo
 # --- stage commands added by the stage packages live below ---------------------------------
 
 
+# --- mixtures group (sample here; fit and select are added to it below) ---------------------
+
+
+@main.group(cls=StageGroup, context_settings=CONTEXT)
+def mixtures() -> None:
+    """Candidate mixtures, the regression from weights to loss, and the chosen mixture."""
+
+
+# --- mixtures sample ---------------------------------------------------------------------------
+
+from mixlab.mixtures.sample import SampleConfig  # noqa: E402
+
+
+@mixtures.command("sample", context_settings=CONTEXT)
+@click.argument("tokens", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@config_options(SampleConfig)
+@out_option
+def mixtures_sample(tokens: Path, cfg: SampleConfig, out_dir: Path, force: bool) -> None:
+    """Sample candidate mixtures around the token prior of TOKENS (RegMix style)."""
+    from mixlab.mixtures.sample import run_sample
+
+    manifest = run_sample({"tokens": tokens}, cfg, out_dir, force=force)
+    summary(manifest, "mixtures sample")
+
+
+# --- swarm train -------------------------------------------------------------------------------
+
+from mixlab.proxy_models.swarm import SwarmConfig  # noqa: E402
+
+
+@main.group(cls=StageGroup, context_settings=CONTEXT)
+def swarm() -> None:
+    """Train swarms of small GPT proxies on candidate mixtures."""
+
+
+@swarm.command("train", context_settings=CONTEXT)
+@click.argument("candidates", type=click.Path(exists=True, path_type=Path))
+@click.argument("tokens", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@config_options(SwarmConfig)
+@out_option
+@scheduler_option
+def swarm_train(candidates: Path, tokens: Path, cfg: SwarmConfig, out_dir: Path, force: bool,
+                scheduler_address: str | None) -> None:
+    """Train one proxy per candidate (in packs, on Dask) and score it on every validation domain."""
+    from mixlab.proxy_models.swarm import run_swarm
+
+    if candidates.is_dir() and (candidates / "candidates.parquet").is_file():
+        candidates = candidates / "candidates.parquet"
+    manifest = run_swarm({"candidates": candidates, "tokens": tokens}, cfg, out_dir, force=force,
+                         scheduler_address=scheduler_address)
+    summary(manifest, "swarm train")
+    floor = manifest.stats.get("noise_floor")
+    if floor:
+        click.echo("swarm train: noise floor (loss std across seeds) "
+                   + ", ".join(f"{d}={v:.4f}" for d, v in floor.items()))
+
+
+# --- mixtures fit / select ---------------------------------------------------------------------
+
+from mixlab.mixtures.fit import FitConfig  # noqa: E402
+from mixlab.mixtures.select import SelectConfig  # noqa: E402
+
+
+@mixtures.command("fit", context_settings=CONTEXT)
+@click.argument("runs", type=click.Path(exists=True, path_type=Path))
+@click.option("--candidates", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="the `mixtures sample` output the runs came from (its prior and sampler are used by select)")
+@config_options(FitConfig)
+@out_option
+def mixtures_fit(runs: Path, candidates: Path | None, cfg: FitConfig, out_dir: Path, force: bool) -> None:
+    """Fit weights -> target loss (LightGBM + baselines), cross-validated.
+
+    RUNS is a swarm output or runs.parquet. Writes fit.json (held-out Spearman, Pearson and
+    RMSE per model, the noise floor, the prior), the models and predicted-vs-actual plots.
+    """
+    from mixlab.mixtures.fit import run_fit
+
+    manifest = run_fit({"runs": runs, "candidates": candidates}, cfg, out_dir, force=force)
+    summary(manifest, "mixtures fit")
+    floor = manifest.stats.get("noise_floor_rmse")
+    for kind, s in manifest.stats["held_out"].items():
+        click.echo(f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f}  pearson {s['pearson']:.3f}  "
+                   f"rmse {s['rmse']:.4g}" + (f" (noise floor {floor:.4g})" if floor else "")
+                   + ("  <- chosen" if kind == manifest.stats["chosen"] else ""))
+    for warning in manifest.stats.get("warnings", []):
+        click.echo(f"mixtures fit: warning: {warning}", err=True)
+
+
+@mixtures.command("select", context_settings=CONTEXT)
+@click.argument("fit", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tokens", type=click.Path(exists=True, path_type=Path), default=None,
+              help="tokenize output (or its token_counts.parquet): each domain's tokens, for --token-budget / --verify")
+@config_options(SelectConfig)
+@out_option
+def mixtures_select(fit: Path, tokens: Path | None, cfg: SelectConfig, out_dir: Path, force: bool) -> None:
+    """Choose the mixture: simulate from FIT's prior, score, average the best.
+
+    Writes mixture.json (weights, predicted target loss with its spread across the CV models,
+    natural and uniform mixtures for comparison) and a plot of the weights against the prior.
+    """
+    from mixlab.mixtures.select import run_select
+
+    manifest = run_select({"fit": fit, "tokens": tokens}, cfg, out_dir, force=force)
+    summary(manifest, "mixtures select")
+    stats = manifest.stats
+    click.echo("mixtures select: " + ", ".join(f"{d}={w:.3f}" for d, w in stats["weights"].items())
+               + f"; predicted {stats['predicted_target_loss']:.4g} (natural {stats['natural_predicted']:.4g}, "
+               f"uniform {stats['uniform_predicted']:.4g})")
+    check = stats.get("verification")
+    if check:
+        click.echo("mixtures select: at the larger proxy size, measured "
+                   + ", ".join(f"{n}={v:.4g}" for n, v in check["measured"].items())
+                   + ("; predicted order holds" if check["ordering_holds"] else "; predicted order does NOT hold"))
+    for warning in stats.get("warnings", []):
+        click.echo(f"mixtures select: warning: {warning}", err=True)
+
+
+# --- tokenizer train / eval, tokenize ----------------------------------------------------------
+
+from mixlab.tokenize.config import TokenizeConfig, TokenizerEvalConfig, TokenizerTrainConfig  # noqa: E402
+
+
+@main.group(cls=StageGroup, context_settings=CONTEXT)
+def tokenizer() -> None:
+    """Train tokenizers on a mixture-weighted sample and compare them per domain."""
+
+
+@tokenizer.command("train", context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@config_options(TokenizerTrainConfig)
+@out_option
+def tokenizer_train(inputs: tuple[Path, ...], cfg: TokenizerTrainConfig, out_dir: Path, force: bool) -> None:
+    """Train a BPE / WordPiece / Unigram tokenizer on documents INPUTS (tokenizer.json + transformers files)."""
+    from mixlab.tokenize.train import run_tokenizer_train
+
+    manifest = run_tokenizer_train(list(inputs), cfg, out_dir, force=force)
+    summary(manifest, "tokenizer train")
+
+
+@tokenizer.command("eval", context_settings=CONTEXT)
+@click.argument("tokenizers", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("documents", type=click.Path(exists=True, path_type=Path))
+@config_options(TokenizerEvalConfig)
+@out_option
+def tokenizer_eval(tokenizers: tuple[Path, ...], documents: Path, cfg: TokenizerEvalConfig, out_dir: Path,
+                   force: bool) -> None:
+    """Compare TOKENIZERS (one or more directories) per domain on held-out DOCUMENTS."""
+    from mixlab.tokenize.evaluate import format_table, read_eval, run_tokenizer_eval
+
+    manifest = run_tokenizer_eval({"tokenizers": list(tokenizers), "documents": documents}, cfg, out_dir, force=force)
+    summary(manifest, "tokenizer eval")
+    click.echo(format_table(read_eval(out_dir)))
+
+
+@main.command("tokenize", context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(exists=True, path_type=Path),
+              help="tokenizer directory (from `mixlab tokenizer train`, or any with tokenizer.json)")
+@config_options(TokenizeConfig)
+@out_option
+@scheduler_option
+def tokenize_command(inputs: tuple[Path, ...], tokenizer_dir: Path, cfg: TokenizeConfig, out_dir: Path,
+                     force: bool, scheduler_address: str | None) -> None:
+    """Tokenize documents INPUTS into token shards per domain and train/valid split, on Dask."""
+    from mixlab.tokenize.corpus import run_tokenize
+
+    manifest = run_tokenize({"documents": list(inputs), "tokenizer": tokenizer_dir}, cfg, out_dir, force=force,
+                            scheduler_address=scheduler_address)
+    summary(manifest, "tokenize")
+
+
+# --- dedup -------------------------------------------------------------------------------------
+
+from mixlab.dedup.config import DedupConfig  # noqa: E402
+
+
+@main.command("dedup", context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@config_options(DedupConfig)
+@out_option
+@scheduler_option
+def dedup_command(inputs: tuple[Path, ...], cfg: DedupConfig, out_dir: Path, force: bool,
+                  scheduler_address: str | None) -> None:
+    """Remove exact and near duplicates (MinHash LSH, verified by exact Jaccard) from documents INPUTS."""
+    from mixlab.dedup import run_dedup
+
+    manifest = run_dedup(list(inputs), cfg, out_dir, force=force, scheduler_address=scheduler_address)
+    summary(manifest, "dedup")
+    if not manifest.skipped:
+        cand = manifest.stats["candidates"]
+        click.echo(f"dedup: {cand['pairs']} candidate pairs checked, {cand['rejected']} rejected; "
+                   f"kept documents in {Path(out_dir) / 'documents'}, removed ones in duplicates.parquet")
+
+
+# --- pretrain, distill, export hf ----------------------------------------------------------
+
+from mixlab.proxy_models.distill import DistillConfig  # noqa: E402
+from mixlab.proxy_models.export import ExportConfig  # noqa: E402
+from mixlab.proxy_models.pretrain import PretrainConfig  # noqa: E402
+
+
+def _comparison_lines(out_dir: Path) -> None:
+    path = Path(out_dir) / "comparison.json"
+    if path.is_file():
+        for line in json.loads(path.read_text()).get("summary", []):
+            click.echo(f"  {line}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--tokens", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="tokenize output directory (token shards, token counts, tokenizer)")
+@click.option("--mixture", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}")
+@config_options(PretrainConfig)
+@out_option
+@click.option("--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint")
+def pretrain(tokens: Path, mixture: Path, cfg: PretrainConfig, out_dir: Path, force: bool, resume: bool) -> None:
+    """Pretrain the full model on the chosen mixture (and --baselines for comparison)."""
+    from mixlab.proxy_models.pretrain import run_pretrain
+
+    manifest = run_pretrain({"tokens": tokens, "mixture": mixture}, cfg, out_dir, force=force, resume=resume)
+    summary(manifest, "pretrain")
+    click.echo(f"pretrain: target loss {manifest.stats['target_loss']:.4f}")
+    _comparison_lines(out_dir)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--teacher", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="teacher model directory (from `mixlab pretrain`, `distill` or `export hf`)")
+@click.option("--tokens", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="tokenize output directory made with the teacher's tokenizer")
+@click.option("--mixture", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="mixture.json to train on [default: the teacher's training mixture]")
+@config_options(DistillConfig)
+@out_option
+@click.option("--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint")
+def distill(teacher: Path, tokens: Path, mixture: Path | None, cfg: DistillConfig, out_dir: Path, force: bool,
+            resume: bool) -> None:
+    """Distill a teacher into a smaller student (--compare-scratch: and train it from scratch)."""
+    from mixlab.proxy_models.distill import run_distill
+
+    manifest = run_distill({"teacher": teacher, "tokens": tokens, "mixture": mixture}, cfg, out_dir,
+                           force=force, resume=resume)
+    summary(manifest, "distill")
+    _comparison_lines(out_dir)
+
+
+@main.group(cls=StageGroup, context_settings=CONTEXT)
+def export() -> None:
+    """Export trained models to other formats."""
+
+
+@export.command("hf", context_settings=CONTEXT)
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@config_options(ExportConfig)
+@out_option
+def export_hf(model_dir: Path, cfg: ExportConfig, out_dir: Path, force: bool) -> None:
+    """Write MODEL_DIR as a Hugging Face Llama checkpoint (config.json, model.safetensors, tokenizer)."""
+    from mixlab.proxy_models.export import run_export_hf
+
+    manifest = run_export_hf({"model": model_dir}, cfg, out_dir, force=force)
+    summary(manifest, "export hf")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -26,9 +26,13 @@ C = TypeVar("C")
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
     """A config field: its default, its one-line help text, and optional allowed values."""
     meta = {"help": help, "choices": choices}
-    if isinstance(default, (dict, list)):
-        frozen = dict(default) if isinstance(default, dict) else tuple(default)
-        return dataclasses.field(default_factory=lambda: frozen, metadata=meta)
+    if isinstance(default, dict):
+        # A fresh copy per instance: configs are frozen, but a dict field's content is not.
+        template = dict(default)
+        return dataclasses.field(default_factory=lambda: dict(template), metadata=meta)
+    if isinstance(default, list):
+        items = tuple(default)
+        return dataclasses.field(default_factory=lambda: items, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -139,17 +143,7 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
 
 def config_from_dict(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C:
     """Build `cls` from a mapping, rejecting unknown keys (dashes and underscores both accepted)."""
-    types_ = field_types(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for raw_key, value in values.items():
-        key = str(raw_key).replace("-", "_")
-        if key not in types_:
-            raise ConfigError(
-                f"{source}: unknown key {raw_key!r} for {section_name(cls)} (valid keys: {', '.join(valid)})"
-            )
-        kwargs[key] = coerce(key, value, types_[key])
-    return cls(**kwargs)
+    return cls(**_coerce_values(cls, values, source))
 
 
 def section_name(cls: type) -> str:
@@ -180,20 +174,36 @@ def resolve_config(
     stage (so one pipeline file can also serve as `--config` for a single stage).
     """
     values: dict[str, Any] = {}
-    source = "config"
     if config_file is not None:
         data = load_yaml(Path(config_file))
         section = section_name(cls)
         if section in data and isinstance(data[section], dict):
             data = data[section]
-        values.update(data)
-        source = str(config_file)
-    cfg = config_from_dict(cls, values, source)
+        values = _coerce_values(cls, data, str(config_file))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given:
         types_ = field_types(cls)
-        cfg = dataclasses.replace(cfg, **{k: coerce(k, v, types_[k]) for k, v in given.items()})
-    return cfg
+        unknown = [k for k in given if k not in types_]
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} for {section_name(cls)} (valid: {', '.join(types_)})")
+        values.update({k: coerce(flag_name(k), v, types_[k]) for k, v in given.items()})
+    # One construction from the merged values, so a flag can complete what the YAML started
+    # (validation in __post_init__ sees the final combination, not the YAML alone).
+    return cls(**values)
+
+
+def _coerce_values(cls: type, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    types_ = field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    out: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in types_:
+            raise ConfigError(
+                f"{source}: unknown key {raw_key!r} for {section_name(cls)} (valid keys: {', '.join(valid)})"
+            )
+        out[key] = coerce(f"{source}: {raw_key}", value, types_[key])
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -109,8 +110,14 @@ def _read_jsonl(path: Path, cfg: IngestConfig) -> Iterator[list[Record]]:
                 if not line.strip():
                     continue
                 try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    # Bad bytes are a document problem (counted), not a broken file: they stay as
+                    # surrogate escapes so --on-invalid-utf8 decides to skip or replace them.
+                    line = line.decode("utf-8", errors="surrogateescape")
+                try:
                     obj = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                except json.JSONDecodeError as exc:
                     raise InputError(f"{path}:{lineno}: not valid JSON ({exc.args[0] if exc.args else exc}); fix or remove the line") from None
                 if not isinstance(obj, dict):
                     raise InputError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
@@ -123,7 +130,7 @@ def _read_jsonl(path: Path, cfg: IngestConfig) -> Iterator[list[Record]]:
                 if len(batch) >= BATCH:
                     yield batch
                     batch = []
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: could not read ({exc})") from None
     if batch:
         yield batch
@@ -138,7 +145,10 @@ READERS = {"parquet": _read_parquet, "jsonl": _read_jsonl, "text": _read_text}
 
 def _domain_for(cfg: IngestConfig, value: Any, file: Path, root: Path) -> str | None:
     """The document's domain by --domain-from; `auto` is column, else --domain, else the name."""
-    folder = file.parent.name if file.parent != root else root.name
+    # The folder directly under the input root names the domain (corpus/legal/2020/a.txt -> legal);
+    # files at the root take the root's own name.
+    rel = file.relative_to(root).parts
+    folder = rel[0] if len(rel) > 1 else root.resolve().name
     name = folder if _kind(file) == "text" else _strip_suffix(file.name)
     from_column = None if value is None or not str(value) else str(value)
     return {
@@ -148,6 +158,22 @@ def _domain_for(cfg: IngestConfig, value: Any, file: Path, root: Path) -> str | 
         "folder": folder,
         "auto": from_column or cfg.domain or name,
     }[cfg.domain_from]
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _repair_utf8(text: str) -> str:
+    """Undecodable bytes (kept as surrogate escapes) become U+FFFD; other lone surrogates '?'."""
+    try:
+        return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def document_id(source: str, row: int, text: str) -> str:
@@ -197,7 +223,14 @@ def run_ingest(
                                 continue
                             text = text.decode("utf-8", errors="replace")
                             skipped[source]["utf8_replaced"] += 1
-                    elif not isinstance(text, str):
+                    elif isinstance(text, str):
+                        if not _utf8_ok(text):  # lone surrogates: from bad bytes or \ud800-style escapes
+                            if cfg.on_invalid_utf8 == "skip":
+                                skipped[source]["invalid_utf8"] += 1
+                                continue
+                            text = _repair_utf8(text)
+                            skipped[source]["utf8_replaced"] += 1
+                    else:
                         skipped[source]["not_text"] += 1
                         continue
                     if not text.strip():
@@ -208,6 +241,8 @@ def run_ingest(
                         skipped[source]["no_domain"] += 1
                         continue
                     doc_id = str(given_id) if given_id is not None else document_id(source, row, text)
+                    if not (_utf8_ok(doc_id) and _utf8_ok(domain)):  # bad bytes in a JSONL id or domain
+                        doc_id, domain = _repair_utf8(doc_id), _repair_utf8(domain)
                     pending.append((doc_id, domain, text, source))
                     per_domain[domain] += 1
                     written += 1
@@ -226,7 +261,8 @@ def run_ingest(
         for source, c in skipped.items():
             log(f"ingest: {source}: skipped {dict(c)}")
         return (
-            {"documents": written, "skipped": sum(totals.values()), "files": len(files), "shards": shard},
+            {"documents": written, "skipped": sum(v for k, v in totals.items() if k != "utf8_replaced"),
+             "files": len(files), "shards": shard},
             {"per_domain": dict(per_domain), "skipped": totals,
              "skipped_per_source": {s: dict(c) for s, c in skipped.items()}},
         )

@@ -112,6 +112,7 @@ def check_documents(path: Path | str, *, check_unique: bool = True) -> list[Path
                     pl.len().alias("rows"),
                     pl.col("id").null_count().alias("null_ids"),
                     pl.col("id").n_unique().alias("unique_ids"),
+                    pl.col("domain").null_count().alias("null_domains"),
                 )
                 .collect()
                 .row(0, named=True)
@@ -120,6 +121,11 @@ def check_documents(path: Path | str, *, check_unique: bool = True) -> list[Path
             raise InputError(f"{path}: could not read documents ({exc})") from None
         if stats["null_ids"]:
             raise InputError(f"{path}: {stats['null_ids']} documents have a null id; ids must be set")
+        if stats["null_domains"]:
+            raise InputError(
+                f"{path}: {stats['null_domains']} documents have a null domain; "
+                "run `mixlab ingest` with --domain NAME or --domain-from file/folder to set one"
+            )
         if stats["unique_ids"] != stats["rows"]:
             dupes = (
                 pl.scan_parquet([str(f) for f in files])
@@ -272,6 +278,8 @@ def run_stage(
     key = {"stage": stage, "config": config, "inputs": fingerprints, **(extra_key or {})}
 
     if out_dir.exists():
+        if not out_dir.is_dir():
+            raise MixlabError(f"{out_dir}: exists and is a file, not an output directory; choose another --out")
         if (out_dir / MANIFEST).is_file():
             old = Manifest.load(out_dir)
             if old.stage == stage and old.config == config and old.inputs == fingerprints:
@@ -280,13 +288,20 @@ def run_stage(
                 return old
             if not force:
                 changed = [k for k in config if old.config.get(k) != config[k]]
-                what = f"config changed ({', '.join(changed)})" if changed else "inputs changed"
+                if old.stage != stage:
+                    what = f"stage differs (this is {stage})"
+                else:
+                    what = f"config changed ({', '.join(changed)})" if changed else "inputs changed"
                 raise MixlabError(
                     f"{out_dir}: exists from an earlier {old.stage} run and the {what}; "
                     "pass --force to overwrite or choose another --out"
                 )
-        elif not force and any(out_dir.iterdir()):
-            raise MixlabError(f"{out_dir}: exists and is not a mixlab stage output; choose another --out")
+        elif any(out_dir.iterdir()):
+            # Refused even with --force: publishing would delete files mixlab did not write.
+            raise MixlabError(
+                f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a mixlab stage output); "
+                "choose another --out or remove it yourself"
+            )
 
     partial = partial_dir(out_dir)
     key_file = partial / "_partial.json"

@@ -9,12 +9,15 @@ drawn from a known blend of domains, so a mixture search should put its weight t
 from __future__ import annotations
 
 import itertools
+import re
+import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from mixlab.config import SynthConfig
@@ -47,17 +50,26 @@ def _rng(seed: int, *names: object) -> np.random.Generator:
 
 
 def _make_words(rng: np.random.Generator, style: str, n: int, taken: set[str]) -> list[str]:
-    """`n` new pronounceable words in a domain's letter style (so domains differ in characters too)."""
-    cons, vows = _CONSONANTS[style], _VOWELS[style]
+    """`n` new pronounceable words in a domain's letter style (so domains differ in characters too).
+
+    Each word is 1-4 consonant+vowel syllables and, two times in five, a closing consonant.
+    The draws come in batches; only the dedup against words already taken is a Python loop.
+    """
+    cons = np.array(_CONSONANTS[style], dtype=object)
+    vows = np.array(_VOWELS[style], dtype=object)
     words: list[str] = []
     while len(words) < n:
-        syllables = int(rng.integers(1, 5))
-        w = "".join(cons[rng.integers(len(cons))] + vows[rng.integers(len(vows))] for _ in range(syllables))
-        if rng.random() < 0.4:
-            w += cons[rng.integers(len(cons))]
-        if w not in taken:
-            taken.add(w)
-            words.append(w)
+        batch = 2 * (n - len(words)) + 16  # headroom for candidates that are already taken
+        syllables = rng.integers(1, 5, batch)
+        pieces = cons[rng.integers(len(cons), size=(batch, 4))] + vows[rng.integers(len(vows), size=(batch, 4))]
+        tails = np.where(rng.random(batch) < 0.4, cons[rng.integers(len(cons), size=batch)], "")
+        for row, k, tail in zip(pieces, syllables, tails):
+            w = "".join(row[:k]) + tail
+            if w not in taken:
+                taken.add(w)
+                words.append(w)
+                if len(words) == n:
+                    break
     return words
 
 
@@ -143,6 +155,41 @@ _CODE_TEMPLATES = [
 ]
 
 
+def _lines_to_docs(lines: pa.Array, lines_per_doc: Sequence[int], header: str | None = None) -> list[str]:
+    """Join consecutive lines into documents (`lines_per_doc` lines each), one vectorised pass."""
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lines_per_doc)]), pa.int32())
+    docs = pc.binary_join(pa.ListArray.from_arrays(offsets, lines), "\n")
+    if header is not None:
+        docs = pc.binary_join_element_wise(header, docs, "\n")
+    return docs.to_pylist()
+
+
+def _format_lines(templates: Sequence[str], which: np.ndarray, fields: dict[str, pa.Array]) -> pa.Array:
+    """Line k is ``templates[which[k]].format(**{name: fields[name][k]})``, vectorised per template."""
+    parts, positions = [], []
+    for t, template in enumerate(templates):
+        rows = np.flatnonzero(which == t)
+        if rows.size == 0:
+            continue
+        pieces: list[Any] = []
+        for literal, name, _spec, _conv in string.Formatter().parse(template):
+            if literal:
+                pieces.append(literal)
+            if name is not None:
+                pieces.append(fields[name].take(pa.array(rows)))
+        if all(isinstance(p, str) for p in pieces):
+            parts.append(pa.array(["".join(pieces)] * rows.size, pa.string()))
+        else:
+            parts.append(pc.binary_join_element_wise(*pieces, ""))
+        positions.append(rows)
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    return pa.concat_arrays(parts).take(pa.array(order))
+
+
+def _as_text(values: np.ndarray) -> pa.Array:
+    return pc.cast(pa.array(values), pa.string())
+
+
 def _code(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> list[str]:
     parts = vocab.own["code"][:120]
     idents = [f"{a}_{b}" for a, b in itertools.islice(itertools.product(parts[:40], parts[40:120]), 800)]
@@ -150,46 +197,64 @@ def _code(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> l
     comment_words = vocab.common[:150]
     t_cdf = _zipf_cdf(len(_CODE_TEMPLATES), 0.8)
     id_cdf = _zipf_cdf(len(idents), 1.05)
-    texts = []
-    for _ in range(n):  # per-line formatting is inherent to templated code; the draws are batched
+    # The draws are per document (each has its own small set of identifiers); the formatting
+    # of every line of every document is one vectorised pass below.
+    n_lines, tpls, picks, nums, words = [], [], [], [], []
+    for _ in range(n):
         lines_wanted = max(2, int(rng.integers(mean_words // 2, mean_words * 3 // 2 + 1)) // 4)
         local = np.minimum(np.searchsorted(id_cdf, rng.random(12)), len(idents) - 1)
-        tpl = np.minimum(np.searchsorted(t_cdf, rng.random(lines_wanted)), len(t_cdf) - 1)
-        pick = local[rng.integers(0, len(local), size=(lines_wanted, 3))]
-        nums = rng.integers(0, 64, lines_wanted)
-        words = rng.integers(0, len(comment_words), lines_wanted)
-        lines = []
-        for k in range(lines_wanted):
-            template, indent = _CODE_TEMPLATES[tpl[k]]
-            a, b, c = pick[k]
-            w = comment_words[words[k]]
-            lines.append("    " * indent + template.format(
-                a=idents[a], b=idents[b], c=idents[c], A=classes[a], B=classes[b],
-                n=nums[k], q=f'"{w}"', w=w,
-            ))
-        texts.append("\n".join(lines))
-    return texts
+        tpls.append(np.minimum(np.searchsorted(t_cdf, rng.random(lines_wanted)), len(t_cdf) - 1))
+        picks.append(local[rng.integers(0, len(local), size=(lines_wanted, 3))])
+        nums.append(rng.integers(0, 64, lines_wanted))
+        words.append(rng.integers(0, len(comment_words), lines_wanted))
+        n_lines.append(lines_wanted)
+    pick = np.concatenate(picks)
+    ident_arr, class_arr = pa.array(idents, pa.string()), pa.array(classes, pa.string())
+    w = pa.array(comment_words, pa.string()).take(pa.array(np.concatenate(words)))
+    fields = {
+        "a": ident_arr.take(pa.array(pick[:, 0])), "b": ident_arr.take(pa.array(pick[:, 1])),
+        "c": ident_arr.take(pa.array(pick[:, 2])), "A": class_arr.take(pa.array(pick[:, 0])),
+        "B": class_arr.take(pa.array(pick[:, 1])), "n": _as_text(np.concatenate(nums)),
+        "q": pc.binary_join_element_wise('"', w, '"', ""), "w": w,
+    }
+    templates = ["    " * indent + template for template, indent in _CODE_TEMPLATES]
+    return _lines_to_docs(_format_lines(templates, np.concatenate(tpls), fields), n_lines)
+
+
+def _money(cents: np.ndarray) -> pa.Array:
+    """Integer cents as ``1234.05`` strings (what ``f"{x:.2f}"`` prints), vectorised."""
+    whole, frac = _as_text(cents // 100), pc.utf8_lpad(_as_text(cents % 100), 2, "0")
+    return pc.binary_join_element_wise(whole, frac, ".")
 
 
 def _tabular(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> list[str]:
     regions = vocab.own["tabular"][:12]
     products = vocab.own["tabular"][12:80]
-    texts = []
+    product_cdf = _zipf_cdf(len(products))
+    # Draws per document, formatting of all rows at once.
+    n_rows, days, region, product, qty, cents = [], [], [], [], [], []
     for _ in range(n):
         rows = max(2, int(rng.integers(mean_words // 2, mean_words * 3 // 2 + 1)) // 6)
-        day = rng.integers(0, 3650, size=rows)
-        dates = (np.datetime64("2015-01-01") + day.astype("timedelta64[D]")).astype(str)
-        region = np.array(regions)[rng.integers(0, len(regions), rows)]
-        product = np.array(products)[np.minimum(np.searchsorted(_zipf_cdf(len(products)), rng.random(rows)), len(products) - 1)]
-        qty = rng.integers(1, 50, rows)
-        price = np.round(rng.lognormal(3, 1, rows), 2)
-        header = "date region product qty price total"
-        body = [
-            f"{d} {r} {p} {q} {c:.2f} {q * c:.2f}"
-            for d, r, p, q, c in zip(dates, region, product, qty, price)
-        ]
-        texts.append("\n".join([header, *body]))
-    return texts
+        days.append(rng.integers(0, 3650, size=rows))
+        region.append(rng.integers(0, len(regions), rows))
+        product.append(np.minimum(np.searchsorted(product_cdf, rng.random(rows)), len(products) - 1))
+        qty.append(rng.integers(1, 50, rows))
+        # Prices in whole cents, so totals (qty * price) are exact.
+        cents.append(np.rint(np.round(rng.lognormal(3, 1, rows), 2) * 100).astype(np.int64))
+        n_rows.append(rows)
+    dates = (np.datetime64("2015-01-01") + np.concatenate(days).astype("timedelta64[D]")).astype(str)
+    q, c = np.concatenate(qty), np.concatenate(cents)
+    lines = pc.binary_join_element_wise(
+        pa.array(dates, pa.string()),
+        pa.array(regions, pa.string()).take(pa.array(np.concatenate(region))),
+        pa.array(products, pa.string()).take(pa.array(np.concatenate(product))),
+        _as_text(q), _money(c), _money(q * c),
+        " ",
+    )
+    return _lines_to_docs(lines, n_rows, header="date region product qty price total")
+
+
+_MONTHS = ["January", "March", "June", "October"]
 
 
 def _legal(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> list[str]:
@@ -198,22 +263,23 @@ def _legal(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> 
     clauses = _markov_docs(clause_rng, words, 200, 18, successors=6)  # boilerplate: few, reused clauses
     parties = [w.capitalize() + " " + s for w, s in zip(vocab.own["legal"][1200:1260], itertools.cycle(["Ltd", "LLC", "Inc", "GmbH"]))]
     c_cdf = _zipf_cdf(len(clauses), 0.7)
+    # Every sentence is "<k>. <clause> The <A> shall pay the <B> <amount> on <d> <Month> <yyyy>.":
+    # the clause's words plus 14, so the sentences a document needs follow from its clause draws.
+    sentence_words = np.array([len(c.split()) for c in clauses]) + 14
     texts = []
-    for _ in range(n):
+    for _ in range(n):  # per document: a handful of batched draws, then one f-string per sentence
         target_words = int(rng.integers(mean_words // 2, mean_words * 3 // 2 + 1))
-        out, count, k = [], 0, 1
         a, b = rng.choice(len(parties), 2, replace=False)
-        while count < target_words:
-            clause = clauses[min(int(np.searchsorted(c_cdf, rng.random())), len(clauses) - 1)]
-            date = f"{int(rng.integers(1, 29))} {['January', 'March', 'June', 'October'][int(rng.integers(4))]} {int(rng.integers(1990, 2026))}"
-            sentence = (
-                f"{k}. {clause} The {parties[a]} shall pay the {parties[b]} {int(rng.integers(100, 99999))} "
-                f"on {date}."
-            )
-            out.append(sentence)
-            count += len(sentence.split())
-            k += 1
-        texts.append("\n".join(out))
+        picks = np.minimum(np.searchsorted(c_cdf, rng.random(target_words // 15 + 1)), len(clauses) - 1)
+        m = int(np.searchsorted(np.cumsum(sentence_words[picks]), target_words)) + 1
+        picks = picks[:m]
+        day, month = rng.integers(1, 29, m), rng.integers(0, len(_MONTHS), m)
+        year, amount = rng.integers(1990, 2026, m), rng.integers(100, 99999, m)
+        texts.append("\n".join(
+            f"{k + 1}. {clauses[picks[k]]} The {parties[a]} shall pay the {parties[b]} {amount[k]} "
+            f"on {day[k]} {_MONTHS[month[k]]} {year[k]}."
+            for k in range(m)
+        ))
     return texts
 
 
@@ -233,32 +299,49 @@ def word_shingles(text: str, n: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
     words = text.split()
     if len(words) < n:
         return {tuple(words)} if words else set()
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    return set(zip(*(words[i:] for i in range(n))))
 
 
 def jaccard(a: str, b: str, n: int = SHINGLE_WORDS) -> float:
     """Exact Jaccard similarity of two texts' word n-gram sets (the reference, not the fast path)."""
-    sa, sb = word_shingles(a, n), word_shingles(b, n)
+    return _set_jaccard(word_shingles(a, n), word_shingles(b, n))
+
+
+def _set_jaccard(sa: set, sb: set) -> float:
     if not sa and not sb:
         return 1.0
-    return len(sa & sb) / len(sa | sb)
+    inter = len(sa & sb)
+    return inter / (len(sa) + len(sb) - inter)
+
+
+_WHITESPACE = re.compile(r"(\s+)")
 
 
 def near_duplicate(rng: np.random.Generator, text: str, level: float, fill: Sequence[str]) -> str:
     """A copy of `text` whose word 5-gram Jaccard with it is close to `level`.
 
-    Replacing one word (with 5+ words between edits) changes 5 of N shingles on each side,
-    so J = (N - 5e) / (N + 5e); solve for the number of edits e.
+    Changing k of the N shingles gives J = (N - k) / (N + k), so k = N (1 - J) / (1 + J).
+    A replaced word at position p >= 4 (and at least 5 from the end) lies in exactly 5
+    shingles, so such edits 5 apart change 5 shingles each; one edit at position p < 4 changes
+    p + 1, which makes up the remainder. Words are whitespace-split as in the shingles, and
+    the text's own whitespace (newlines, indentation) is kept.
     """
-    words = text.split(" ")
-    n_sh = max(1, len(words) - SHINGLE_WORDS + 1)
-    edits = max(1, round(n_sh * (1 - level) / (SHINGLE_WORDS * (1 + level))))
-    slots = np.arange(2, max(3, len(words) - 2), SHINGLE_WORDS)
-    positions = rng.choice(slots, size=min(edits, len(slots)), replace=False)
+    parts = _WHITESPACE.split(text)  # word, space, word, ...: words at even positions
+    word_at = [i for i in range(0, len(parts), 2) if parts[i]]
+    n_words = len(word_at)
+    n_sh = max(1, n_words - SHINGLE_WORDS + 1)
+    changed = max(1, round(n_sh * (1 - level) / (1 + level)))
+    full, rest = divmod(changed, SHINGLE_WORDS)
+    # Slots start at 2n-2 so their shingles (p-4..p) miss the first n-1, which the remainder uses.
+    slots = np.arange(2 * SHINGLE_WORDS - 2, n_words - SHINGLE_WORDS + 1, SHINGLE_WORDS)
+    positions = rng.choice(slots, size=min(full, len(slots)), replace=False).tolist()
+    if rest and rest <= n_words:
+        positions.append(rest - 1)
     for p in positions:
         new = fill[int(rng.integers(len(fill)))]
-        words[p] = new if new != words[p] else new + "x"
-    return " ".join(words)
+        i = word_at[p]
+        parts[i] = new if new != parts[i] else new + "x"
+    return "".join(parts)
 
 
 def _domain_documents(cfg: SynthConfig, domain: str, vocab: _Vocab) -> tuple[pa.Table, list[dict[str, Any]]]:
@@ -297,9 +380,12 @@ def _domain_documents(cfg: SynthConfig, domain: str, vocab: _Vocab) -> tuple[pa.
         if i != o and o >= 0:
             groups.setdefault(o, [o]).append(i)
     pairs = []
+    shingles: dict[int, set] = {}  # each planted text is in several pairs: shingle it once
     for members in groups.values():
+        for i in members:
+            shingles[i] = word_shingles(texts[i])
         for a, b in itertools.combinations(sorted(set(members)), 2):
-            j = jaccard(texts[a], texts[b])
+            j = _set_jaccard(shingles[a], shingles[b])
             exact = texts[a].split() == texts[b].split()
             pairs.append(
                 {"id_a": ids[a], "id_b": ids[b], "domain": domain,
@@ -319,7 +405,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path | str, *, force: bool = False) -> 
         for domain in cfg.domains:
             table, pairs = _domain_documents(cfg, domain, vocab)
             write_table(table, stage.out / "documents" / f"{domain}.parquet")
-            nbytes = sum(len(t.encode()) for t in table["text"].to_pylist())
+            nbytes = int(pc.sum(pc.binary_length(table["text"])).as_py())
             per_domain[domain] = {"documents": table.num_rows, "bytes": nbytes, "planted_pairs": len(pairs)}
             counts["documents"] += table.num_rows
             counts["bytes"] += nbytes

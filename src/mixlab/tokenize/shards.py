@@ -6,10 +6,11 @@ A tokenize output directory looks like::
     tokenizer/                    copy of the tokenizer used (tokenizer.json, ...)
     token_counts.parquet          domain, split, documents, tokens  (the mixture prior)
     <domain>/<split>/shard_00000.parquet   id, domain, tokens: list<uint16|uint32> (EOS appended)
-    <domain>/<split>/stream.npy   optional: the split's tokens concatenated, for memory-mapping
+    <domain>/<split>/_stream.npy  the split's tokens concatenated in shard order, for memory-mapping
+                                  (underscored so parquet dataset readers of the folder skip it)
 
 Training reads a domain's split as one flat token stream (documents back to back, each
-ending in EOS): memory-mapped from ``stream.npy`` when present, else read once from the
+ending in EOS): memory-mapped from ``_stream.npy`` when present, else read once from the
 shards, never re-parsed per batch.
 """
 
@@ -26,7 +27,7 @@ from mixlab.errors import InputError
 from mixlab.io import Manifest, parquet_files
 
 SPLITS = ("train", "valid")
-STREAM = "stream.npy"
+STREAM = "_stream.npy"
 TOKEN_COUNTS = "token_counts.parquet"
 TOKENIZER_DIR = "tokenizer"
 

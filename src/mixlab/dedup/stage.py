@@ -1,0 +1,487 @@
+"""`run_dedup`: exact then MinHash-LSH near-duplicate removal of a documents table, on Dask.
+
+Reads a documents table (id, domain, text, other columns kept). Writes ``documents/shard_*.parquet``
+(the kept documents, same columns), ``duplicates.parquet`` (one row per removed document:
+id, domain, cluster_id, kept_id, kind, jaccard to the kept document) and the manifest's
+statistics. Phases: signatures per partition (resumable, one completion marker each) ->
+exact groups -> LSH candidates per band -> verification -> connected components -> keep.
+
+Bad input policy (each counted in ``stats.bad_input``, none dropped silently):
+null text, and text empty or whitespace-only after normalisation, are kept and take no part
+in deduplication; a document shorter than one shingle is one shingle of all its tokens; a
+huge document is processed whole, in bounded chunks; a giant bucket (a cluster of thousands
+of copies) is linked up to ``--max-bucket`` members per band and reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mixlab.cluster import dask_client
+from mixlab.dedup.clusters import bucket_edges, connected_components, keep_per_group, preference
+from mixlab.dedup.config import DedupConfig
+from mixlab.dedup.minhash import (
+    band_keys,
+    bands_summary,
+    choose_bands,
+    jaccard_estimate,
+    jaccard_sets,
+    permutations,
+    signatures,
+)
+from mixlab.dedup.shingles import EMPTY, NULL, OK, SHORT, STATUS_NAMES, shingle_batch
+from mixlab.errors import InputError
+from mixlab.io import (
+    DUPLICATES_SCHEMA,
+    Manifest,
+    StageDir,
+    check_documents,
+    log,
+    run_stage,
+    shard_name,
+    write_json,
+    write_table,
+)
+
+BATCH_DOCS = 4096  # documents shingled at once inside a partition (bounds temporary arrays)
+SIGNATURES = "signatures"
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """Rows [start, stop) of one input parquet file: the unit of work and of resume."""
+
+    index: int
+    file: str
+    start: int
+    stop: int
+
+
+def resolve_bands(cfg: DedupConfig) -> tuple[int, int]:
+    if cfg.bands is not None and cfg.rows is not None:
+        return cfg.bands, cfg.rows
+    return choose_bands(cfg.threshold, cfg.num_perm, cfg.band_recall)
+
+
+def plan_partitions(files: Sequence[Path], partition_docs: int) -> list[Partition]:
+    parts: list[Partition] = []
+    for file in files:
+        rows = pq.ParquetFile(file).metadata.num_rows
+        for start in range(0, max(rows, 1), partition_docs):
+            parts.append(Partition(len(parts), str(file), start, min(rows, start + partition_docs)))
+    return parts
+
+
+def read_partition(part: Partition, columns: Sequence[str] | None = None) -> pa.Table:
+    """The partition's rows, reading only the row groups that overlap it."""
+    pf = pq.ParquetFile(part.file)
+    tables, offset = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < part.stop and offset + n > part.start:
+            t = pf.read_row_group(g, columns=list(columns) if columns else None)
+            lo, hi = max(part.start - offset, 0), min(part.stop - offset, n)
+            tables.append(t.slice(lo, hi - lo))
+        offset += n
+    if not tables:
+        return pf.schema_arrow.empty_table().select(list(columns)) if columns else pf.schema_arrow.empty_table()
+    return pa.concat_tables(tables)
+
+
+def _part_file(work: Path, index: int) -> Path:
+    return work / SIGNATURES / f"part_{index:05d}.parquet"
+
+
+def _marker(work: Path, index: int) -> Path:
+    return work / SIGNATURES / f"part_{index:05d}.done"
+
+
+def signature_partition(part: Partition, cfg: DedupConfig, work: str) -> dict[str, Any]:
+    """Shingle, sign and band one partition; write its table, then its completion marker."""
+    start = time.perf_counter()
+    bands, rows = resolve_bands(cfg)
+    perms = permutations(cfg.num_perm, cfg.seed)
+    table = read_partition(part, ["id", "domain", "text"])
+    pieces = []
+    for lo in range(0, table.num_rows, BATCH_DOCS) if table.num_rows else [0]:
+        batch = table.slice(lo, BATCH_DOCS)
+        text = batch.column("text")
+        sh = shingle_batch(text, cfg)
+        sig = signatures(sh.hashes, sh.offsets, perms)
+        keys = band_keys(sig, bands, rows)
+        nbytes = pc.fill_null(pc.binary_length(text.cast(pa.large_string())), 0)
+        columns: dict[str, Any] = {
+            "id": batch.column("id"),
+            "domain": batch.column("domain"),
+            "bytes": nbytes.cast(pa.int64()),
+            "status": pa.array(sh.status, pa.int8()),
+            "text_hash": pa.array(sh.text_hash, pa.uint64()),
+            "shingles": pa.LargeListArray.from_arrays(pa.array(sh.offsets), pa.array(sh.hashes, pa.uint32())),
+            "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()), cfg.num_perm),
+        }
+        for b in range(bands):
+            columns[f"band_{b:03d}"] = pa.array(keys[:, b], pa.uint64())
+        pieces.append(pa.table(columns))
+    out = pa.concat_tables(pieces) if pieces else pa.table({})
+    work_dir = Path(work)
+    write_table(out, _part_file(work_dir, part.index))
+    info = {"docs": table.num_rows, "seconds": round(time.perf_counter() - start, 4)}
+    write_json(_marker(work_dir, part.index), info)
+    return info
+
+
+def band_task(
+    files: Sequence[str], bands: Sequence[int], nodes: np.ndarray, max_bucket: int
+) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """Edges of some bands across all partitions (`nodes` is -1 for documents not taking part).
+
+    Each file is read once for all of the task's band columns; each band is grouped alone.
+    """
+    columns = [f"band_{b:03d}" for b in bands]
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    take = nodes >= 0
+    out = []
+    for column in columns:
+        keys = np.concatenate([t.column(column).to_numpy() for t in tables]) if tables else np.zeros(0, np.uint64)
+        out.append(bucket_edges(keys[take], nodes[take], max_bucket))
+    return out
+
+
+def _sets(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    picked = column.take(pa.array(rows, pa.int64()))
+    if isinstance(picked, pa.ChunkedArray):
+        picked = picked.combine_chunks()
+    if isinstance(picked, pa.FixedSizeListArray):
+        return picked.flatten().to_numpy(), np.arange(len(picked) + 1) * picked.type.list_size
+    offs = picked.offsets.to_numpy().astype(np.int64)
+    values = picked.values.to_numpy()[offs[0] : offs[-1]] if len(picked) else np.zeros(0, np.uint32)
+    return values, offs - offs[0]
+
+
+def similarity_task(
+    files: Sequence[str], part_u: int, rows_u: np.ndarray, parts_v: np.ndarray, rows_v: np.ndarray, exact: bool
+) -> np.ndarray:
+    """Jaccard of pairs whose left documents live in partition `part_u`: exact on shingle sets,
+    or the MinHash estimate from signatures; right documents are read partition by partition."""
+    column = "shingles" if exact else "signature"
+    left_col = pq.read_table(files[part_u], columns=[column]).column(0)
+    out = np.zeros(len(rows_u))
+    for pv in np.unique(parts_v):
+        sel = np.flatnonzero(parts_v == pv)
+        right_col = left_col if pv == part_u else pq.read_table(files[pv], columns=[column]).column(0)
+        if exact:
+            out[sel] = jaccard_sets(_sets(left_col, rows_u[sel]), _sets(right_col, rows_v[sel]))
+        else:
+            lsig = _sets(left_col, rows_u[sel])[0].reshape(len(sel), -1)
+            rsig = _sets(right_col, rows_v[sel])[0].reshape(len(sel), -1)
+            out[sel] = jaccard_estimate(lsig, rsig)
+    return out
+
+
+def write_kept(part: Partition, removed_rows: np.ndarray, out: str) -> dict[str, int]:
+    """Copy a partition's surviving documents (all their columns) to its output shard."""
+    table = read_partition(part)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[removed_rows] = False
+    kept = table.filter(pa.array(keep))
+    write_table(kept, Path(out) / shard_name(part.index))
+    return {"docs": kept.num_rows}
+
+
+class _Similarity:
+    """Runs similarity tasks for node pairs, grouped by the left document's partition."""
+
+    def __init__(self, client: Any, files: list[str], part_of: np.ndarray, row_of: np.ndarray, exact: bool):
+        self.client, self.files, self.part_of, self.row_of, self.exact = client, files, part_of, row_of, exact
+
+    def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(u))
+        if len(u) == 0:
+            return out
+        pu = self.part_of[u]
+        groups = [np.flatnonzero(pu == p) for p in np.unique(pu)]
+        futures = [
+            self.client.submit(
+                similarity_task, self.files, int(pu[g[0]]), self.row_of[u[g]], self.part_of[v[g]],
+                self.row_of[v[g]], self.exact, pure=False,
+            )
+            for g in groups
+        ]
+        for g, result in zip(groups, self.client.gather(futures)):
+            out[g] = result
+        return out
+
+
+def _histogram(sizes: np.ndarray) -> dict[str, int]:
+    """Cluster sizes in power-of-two bins: 2, 3-4, 5-8, ..."""
+    out: dict[str, int] = {}
+    for size, count in sorted(Counter(sizes.tolist()).items()):
+        hi = 1 << max(1, int(size - 1).bit_length())
+        lo = hi // 2 + 1
+        label = str(hi) if lo == hi else f"{lo}-{hi}"
+        out[label] = out.get(label, 0) + count
+    return out
+
+
+def _keepers(
+    members: np.ndarray, label: np.ndarray, pref: np.ndarray, pair_similarity: Any, threshold: float,
+    max_rounds: int = 64,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Who each clustered document is removed in favour of, so every removal is a true near duplicate.
+
+    Round by round, the most preferred unresolved member of each cluster becomes a keeper and
+    every unresolved member at Jaccard >= threshold to it is removed in its favour; the rest
+    go to the next round. So each removed document is similar to its `kept_id` (connected
+    components alone would chain A~B~C and remove C for A), and no two survivors of a cluster
+    are near duplicates of each other. Returns (keeper per node, similarity to it, rounds,
+    members still unresolved after `max_rounds`, which are kept).
+    """
+    n = len(label)
+    keeper = np.arange(n, dtype=np.int64)
+    to_keeper = np.ones(n)
+    pending = members[np.lexsort((pref[members], label[members]))]
+    rounds = 0
+    while len(pending) and rounds < max_rounds:
+        lab = label[pending]
+        first = np.r_[True, lab[1:] != lab[:-1]]
+        heads = pending[first]
+        head_of = heads[np.cumsum(first) - 1]
+        rest = ~first
+        s = pair_similarity(pending[rest], head_of[rest])
+        hit = s >= threshold
+        keeper[pending[rest][hit]] = head_of[rest][hit]
+        to_keeper[pending[rest][hit]] = s[hit]
+        pending = pending[rest][~hit]  # stays sorted by (label, pref)
+        rounds += 1
+    return keeper, to_keeper, rounds, int(len(pending))
+
+
+def run_dedup(
+    inputs: Path | str | Sequence[Path | str],
+    cfg: DedupConfig,
+    out_dir: Path | str,
+    client: Any = None,
+    *,
+    force: bool = False,
+    scheduler_address: str | None = None,
+) -> Manifest:
+    """Deduplicate a documents table into `out_dir`; see the module docstring for what is written."""
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    if not paths:
+        raise InputError("dedup: no input given; pass a documents table (file or folder)")
+    files = [f for p in paths for f in check_documents(p)]
+
+    def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
+        with dask_client(client, scheduler_address) as c:
+            return _dedup(files, cfg, stage, c)
+
+    return run_stage("dedup", cfg, {"documents": paths}, out_dir, body, force=force)
+
+
+def _dedup(files: list[Path], cfg: DedupConfig, stage: StageDir, client: Any) -> tuple[dict, dict]:
+    phases: dict[str, float] = {}
+    bands, rows = resolve_bands(cfg)
+    parts = plan_partitions(files, cfg.partition_docs)
+    work = stage.work
+    (work / SIGNATURES).mkdir(parents=True, exist_ok=True)
+
+    # --- 1. signatures, per partition, resumable ----------------------------------------------
+    t = time.perf_counter()
+    todo = [p for p in parts if not (_marker(work, p.index).is_file() and _part_file(work, p.index).is_file())]
+    reused = len(parts) - len(todo)
+    if reused:
+        log(f"dedup: resuming: {reused} of {len(parts)} signature partitions already done")
+    log(f"dedup: signatures for {len(todo)} partition(s), {cfg.num_perm} permutations, bands {bands} x rows {rows}")
+    futures = client.map(signature_partition, todo, cfg=cfg, work=str(work), pure=False)
+    client.gather(futures)
+    phases["signatures"] = time.perf_counter() - t
+    sig_files = [str(_part_file(work, p.index)) for p in parts]
+
+    # --- 2. document table in id order; exact groups ----------------------------------------
+    t = time.perf_counter()
+    meta = pl.concat(
+        [
+            pl.read_parquet(f, columns=["id", "domain", "bytes", "status", "text_hash"]).with_columns(
+                pl.lit(i, pl.Int64).alias("part"), pl.int_range(pl.len(), dtype=pl.Int64).alias("row")
+            )
+            for i, f in enumerate(sig_files)
+        ]
+    )
+    meta = meta.with_row_index("gidx").sort("id")  # node = position in id order
+    n = meta.height
+    if meta["id"].n_unique() != n:
+        raise InputError(f"{', '.join(map(str, files))}: ids repeat across input files; ids must be unique")
+    status = meta["status"].to_numpy()
+    text_hash = meta["text_hash"].to_numpy()
+    part_of = meta["part"].to_numpy()
+    row_of = meta["row"].to_numpy()
+    nbytes = meta["bytes"].to_numpy()
+    pref = preference(cfg.keep, nbytes, meta["domain"].to_numpy(), cfg.domain_priority)
+    eligible = (status == OK) | (status == SHORT)
+    node = np.arange(n, dtype=np.int64)
+    # Exact groups among eligible documents; the group's representative is its preferred member.
+    sub = np.flatnonzero(eligible)
+    rep = node.copy()
+    rep[sub] = sub[keep_per_group(text_hash[sub], pref[sub])]
+    exact_edge = eligible & (rep != node)
+    phases["exact"] = time.perf_counter() - t
+
+    # --- 3. LSH candidates: per band, representatives only -------------------------------
+    t = time.perf_counter()
+    in_lsh = eligible & (rep == node)
+    nodes_by_gidx = np.full(n, -1, dtype=np.int64)
+    gidx = meta["gidx"].to_numpy()
+    nodes_by_gidx[gidx[in_lsh]] = node[in_lsh]
+    nodes_future = client.scatter(nodes_by_gidx, broadcast=True)
+    n_tasks = max(1, min(bands, 2 * len(client.scheduler_info().get("workers", {})) or 1))
+    band_futures = [
+        client.submit(band_task, sig_files, list(range(bands))[k::n_tasks], nodes_future, cfg.max_bucket, pure=False)
+        for k in range(n_tasks)
+    ]
+    eu, ev, bucket_stats = [], [], Counter()
+    for u, v, s in (edge for result in client.gather(band_futures) for edge in result):
+        eu.append(u)
+        ev.append(v)
+        bucket_stats["buckets"] += s["buckets"]
+        bucket_stats["giant_buckets"] += s["giant_buckets"]
+        bucket_stats["capped_members"] += s["capped_members"]
+        bucket_stats["largest_bucket"] = max(bucket_stats["largest_bucket"], s["largest_bucket"])
+    packed = np.unique(np.concatenate(eu) * n + np.concatenate(ev)) if eu else np.zeros(0, np.int64)
+    cu, cv = packed // max(n, 1), packed % max(n, 1)
+    if bucket_stats["giant_buckets"]:
+        log(
+            f"dedup: {bucket_stats['giant_buckets']} giant LSH bucket(s) (largest {bucket_stats['largest_bucket']}); "
+            f"linked {cfg.max_bucket} members each, {bucket_stats['capped_members']} member links skipped "
+            "(raise --max-bucket to link them)"
+        )
+    phases["candidates"] = time.perf_counter() - t
+
+    # --- 4. verification ---------------------------------------------------------------------
+    t = time.perf_counter()
+    similarity = _Similarity(client, sig_files, part_of, row_of, exact=cfg.verify)
+    sim = similarity(cu, cv)
+    accepted = sim >= cfg.threshold
+    log(f"dedup: {len(cu)} candidate pairs, {int(accepted.sum())} at Jaccard >= {cfg.threshold}")
+    phases["verify"] = time.perf_counter() - t
+
+    # --- 5. clusters and the keep policy -----------------------------------------------------
+    t = time.perf_counter()
+    u = np.concatenate([node[exact_edge], cu[accepted]])
+    v = np.concatenate([rep[exact_edge], cv[accepted]])
+    label = connected_components(n, u, v)
+    size = np.bincount(label, minlength=n)
+    clustered = size[label] > 1
+    known = dict(zip((cu * n + cv).tolist(), sim.tolist()))
+
+    def pair_similarity(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Similarity of node pairs: from the candidate checks where known, else computed now."""
+        lo, hi = np.minimum(x, y), np.maximum(x, y)
+        out = np.array([known.get(k, np.nan) for k in (lo * n + hi).tolist()]) if len(x) else np.zeros(0)
+        todo = np.isnan(out)
+        out[todo] = similarity(lo[todo], hi[todo])
+        return out
+
+    keeper, to_keeper, rounds, unresolved = _keepers(
+        np.flatnonzero(clustered & (rep == node)), label, pref, pair_similarity, cfg.threshold
+    )
+    kept = np.where(clustered, keeper[rep], node)
+    removed = kept != node
+    r = np.flatnonzero(removed)
+    kr = kept[r]
+    is_exact = text_hash[r] == text_hash[kr]
+    jac = np.where(is_exact, 1.0, to_keeper[rep[r]])
+    phases["cluster"] = time.perf_counter() - t
+
+    # --- 6. outputs --------------------------------------------------------------------------
+    t = time.perf_counter()
+    ids = meta["id"]
+    dup = pa.table(
+        {
+            "id": ids.gather(r).to_arrow(),
+            "domain": meta["domain"].gather(r).to_arrow(),
+            "cluster_id": ids.gather(label[r]).to_arrow(),
+            "kept_id": ids.gather(kr).to_arrow(),
+            "kind": pa.array(np.where(is_exact, "exact", "near").tolist(), pa.string()),
+            "jaccard": pa.array(jac, pa.float64()),
+        }
+    )
+    dup = dup.cast(DUPLICATES_SCHEMA)
+    write_table(dup, stage.out / "duplicates.parquet")
+    docs_dir = stage.out / "documents"
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    write_futures = [
+        client.submit(write_kept, p, np.sort(row_of[r[part_of[r] == p.index]]), str(docs_dir), pure=False)
+        for p in parts
+    ]
+    client.gather(write_futures)
+    phases["write"] = time.perf_counter() - t
+
+    # --- statistics ----------------------------------------------------------------------
+    domains = meta["domain"].to_numpy()
+    per_domain: dict[str, dict[str, int]] = {}
+    for d in sorted(set(domains.tolist())):
+        m = domains == d
+        per_domain[d] = {
+            "documents_in": int(m.sum()),
+            "documents_out": int((m & ~removed).sum()),
+            "bytes_in": int(nbytes[m].sum()),
+            "bytes_out": int(nbytes[m & ~removed].sum()),
+            "removed_exact": int(np.isin(r, np.flatnonzero(m))[is_exact].sum()),
+            "removed_near": int(np.isin(r, np.flatnonzero(m))[~is_exact].sum()),
+        }
+    cluster_sizes = size[(size > 1)]
+    huge = int((nbytes >= cfg.huge_doc_bytes).sum())
+    stats: dict[str, Any] = {
+        "domains": per_domain,
+        "banding": bands_summary(cfg.threshold, bands, rows),
+        "candidates": {
+            "pairs": int(len(cu)),
+            "checked": int(len(cu)),
+            "rejected": int((~accepted).sum()),
+            "verified_by": "exact_jaccard" if cfg.verify else "minhash_estimate",
+            **{k: int(v) for k, v in bucket_stats.items()},
+        },
+        "clusters": {
+            "count": int(len(cluster_sizes)),
+            "size_histogram": _histogram(cluster_sizes),
+            "largest": int(cluster_sizes.max()) if len(cluster_sizes) else 0,
+            "with_several_survivors": int((np.bincount(label[clustered & ~removed], minlength=n) > 1).sum()),
+            "survivors": int((clustered & ~removed).sum()),
+            "keep_rounds": rounds,
+            "unresolved_kept": unresolved,
+        },
+        "bad_input": {
+            **{STATUS_NAMES[s]: int((status == s).sum()) for s in (NULL, EMPTY, SHORT)},
+            "huge": huge,
+            "policy": "null/empty kept and not deduplicated; short = one shingle; huge processed in chunks",
+        },
+        "partitions": {"total": len(parts), "reused": reused},
+        "seconds": {k: round(v, 4) for k, v in phases.items()},
+    }
+    counts = {
+        "documents_in": n,
+        "documents_out": int(n - len(r)),
+        "removed_exact": int(is_exact.sum()),
+        "removed_near": int((~is_exact).sum()),
+    }
+    log(
+        f"dedup: {n} documents in, {counts['documents_out']} out; removed {counts['removed_exact']} exact, "
+        f"{counts['removed_near']} near duplicates"
+    )
+    return counts, stats
+
+
+def load_removed(out_dir: Path | str) -> set[str]:
+    """The ids a finished dedup output removed (reads its duplicates.parquet)."""
+    return set(pq.read_table(Path(out_dir) / "duplicates.parquet", columns=["id"]).column(0).to_pylist())

@@ -1,0 +1,450 @@
+"""`mixlab mixtures select`: simulate many mixtures, score them with the fit, choose one.
+
+Reads a FIT directory (``fit.json`` + models) and, for the full run's repetition limit, a
+tokenize output or its ``token_counts.parquet``. Writes ``mixture.json`` (weights, predicted
+target loss with its spread across the cross-validation models, the natural and uniform
+mixtures' predictions, how it was chosen, the constraints) and ``weights_vs_prior.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixlab.config import check_choices, option
+from mixlab.errors import ConfigError, InputError
+from mixlab.io import Manifest, StageDir, log, run_stage, write_json
+from mixlab.mixtures.fit import FittedModels, load_fit
+from mixlab.mixtures.regression import BoosterModel
+
+MIXTURE_JSON = "mixture.json"
+CHUNK = 250_000  # mixtures simulated and scored at a time (bounds memory at a few tens of MB)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    """`mixlab mixtures select`: how many mixtures to simulate, how to choose, and the full run's limits."""
+
+    SECTION = "select"
+
+    samples: int = option(100_000, "mixtures simulated from the candidates' prior and scored")
+    top_k: int = option(128, "the best-scoring mixtures averaged into the chosen one")
+    method: str = option(
+        "topk", "topk: average the best simulated mixtures (RegMix); near-prior: also search locally, within --max-kl of the prior",
+        choices=("topk", "near-prior"),
+    )
+    max_kl: float = option(0.5, "near-prior: largest KL divergence (nats) of a mixture from the prior")
+    search_rounds: int = option(4, "near-prior: rounds of local search around the best mixtures")
+    token_budget: int = option(0, "tokens of the full run (with --tokens: caps each domain at --max-epochs passes)")
+    max_epochs: float = option(4.0, "most passes over any domain's train tokens within --token-budget")
+    min_weight: dict[str, float] = option({}, "per-domain lower bounds, e.g. code=0.1")
+    max_weight: dict[str, float] = option({}, "per-domain upper bounds, e.g. legal=0.3")
+    model: str = option(
+        "chosen", "which fitted model scores mixtures (chosen: the one fit chose)",
+        choices=("chosen", "lightgbm", "linear", "loglinear"),
+    )
+    verify: bool = option(
+        False, "re-train the chosen, natural and uniform mixtures at a larger proxy size (needs --tokens) and check the order"
+    )
+    verify_scale: float = option(2.0, "--verify: the larger proxy's width and training steps, as multiples of the swarm's")
+    verify_seeds: int = option(2, "--verify: seeds per mixture")
+    num_threads: int = option(0, "threads for LightGBM prediction (0: all cores)")
+    seed: int = option(0, "seed of the simulated mixtures")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.samples < 1 or self.top_k < 1:
+            raise ConfigError("--samples / --top-k: must be at least 1")
+        if self.top_k > self.samples:
+            raise ConfigError(f"--top-k {self.top_k}: cannot exceed --samples {self.samples}")
+        if self.max_kl <= 0:
+            raise ConfigError("--max-kl: must be positive")
+        if self.search_rounds < 0 or self.token_budget < 0 or self.num_threads < 0:
+            raise ConfigError("--search-rounds / --token-budget / --num-threads: must not be negative")
+        if self.max_epochs <= 0:
+            raise ConfigError("--max-epochs: must be positive")
+        if self.verify_scale <= 0 or self.verify_seeds < 1:
+            raise ConfigError("--verify-scale / --verify-seeds: must be positive")
+        for key in ("min_weight", "max_weight"):
+            bad = {k: v for k, v in getattr(self, key).items() if not 0 <= v <= 1}
+            if bad:
+                raise ConfigError(f"--{key.replace('_', '-')}: bounds must lie in [0, 1], got {bad}")
+
+
+# --- simulation ----------------------------------------------------------------------------
+
+
+def simulate_mixtures(prior: np.ndarray, n: int, sampler: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """`n` mixtures from the candidates' distribution, vectorised: (n, D), rows summing to 1.
+
+    The same law as `mixtures sample` (Dirichlet around prior**power, concentration scale from
+    log-spaced levels, weights below min_weight zeroed) without its one-by-one distinctness
+    check, which matters for a few hundred proxies but not for scoring.
+    """
+    alpha = prior ** float(sampler["prior_power"])
+    alpha = alpha / alpha.sum()
+    levels = np.logspace(np.log10(sampler["spread_min"]), np.log10(sampler["spread_max"]), int(sampler["spread_levels"]))
+    out = np.empty((0, len(prior)))
+    while len(out) < n:
+        m = n - len(out)
+        spreads = rng.choice(levels, size=m)  # (m,)
+        g = rng.gamma(alpha[None, :] * spreads[:, None])  # (m, D)
+        total = g.sum(axis=1, keepdims=True)
+        ok = (total[:, 0] > 0) & np.isfinite(total[:, 0])  # tiny concentrations can underflow to all zeros
+        w = g[ok] / total[ok]
+        w[w < float(sampler["min_weight"])] = 0.0
+        w = w[w.sum(axis=1) > 0]
+        out = np.vstack([out, w / w.sum(axis=1, keepdims=True)])
+    return out
+
+
+# --- constraints -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Per-domain lower and upper weight bounds (a box inside the simplex)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    available_tokens: np.ndarray | None  # train tokens per domain, when a token budget applies
+
+    @property
+    def trivial(self) -> bool:
+        return bool((self.lower <= 0).all() and (self.upper >= 1).all())
+
+    def feasible(self, w: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+        return ((w >= self.lower - tol) & (w <= self.upper + tol)).all(axis=-1)
+
+    def project(self, w: np.ndarray, iterations: int = 60) -> np.ndarray:
+        """Euclidean projection of each row onto {sum w = 1, lower <= w <= upper}, by bisection on the shift."""
+        if self.trivial:
+            return w
+        out = w.copy()
+        bad = ~self.feasible(w)
+        if not bad.any():
+            return out
+        v = w[bad]
+        lo = (v - self.upper).min(axis=1)  # shift so large every weight sits at its lower bound...
+        hi = (v - self.lower).max(axis=1)  # ...and so small every weight sits at its upper bound
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            s = np.clip(v - mid[:, None], self.lower, self.upper).sum(axis=1)
+            lo = np.where(s > 1, mid, lo)
+            hi = np.where(s > 1, hi, mid)
+        p = np.clip(v - ((lo + hi) / 2)[:, None], self.lower, self.upper)
+        out[bad] = p / p.sum(axis=1, keepdims=True)
+        return out
+
+
+def read_available_tokens(tokens: Path, domains: list[str]) -> np.ndarray:
+    """Train tokens per domain from a tokenize output directory or a token_counts.parquet file."""
+    import pyarrow.parquet as pq
+
+    from mixlab.tokenize.shards import read_token_counts
+
+    table = read_token_counts(tokens) if tokens.is_dir() else pq.read_table(tokens)
+    missing_cols = [c for c in ("domain", "split", "tokens") if c not in table.column_names]
+    if missing_cols:
+        raise InputError(f"{tokens}: token counts need columns domain, split, tokens (missing {missing_cols})")
+    found: dict[str, int] = {}
+    for row in table.select(["domain", "split", "tokens"]).to_pylist():
+        if row["split"] == "train":
+            found[row["domain"]] = found.get(row["domain"], 0) + int(row["tokens"])
+    missing = [d for d in domains if d not in found]
+    if missing:
+        raise InputError(f"{tokens}: no train token counts for domain(s) {missing} (found: {sorted(found)})")
+    return np.array([found[d] for d in domains], dtype=np.float64)
+
+
+def make_bounds(cfg: SelectConfig, domains: list[str], tokens: Path | None) -> Bounds:
+    unknown = [d for key in ("min_weight", "max_weight") for d in getattr(cfg, key) if d not in domains]
+    if unknown:
+        raise ConfigError(f"--min-weight / --max-weight: unknown domain(s) {unknown} (domains: {', '.join(domains)})")
+    lower = np.array([cfg.min_weight.get(d, 0.0) for d in domains])
+    upper = np.array([cfg.max_weight.get(d, 1.0) for d in domains])
+    available = None
+    if cfg.token_budget and tokens is None:
+        raise ConfigError("--token-budget: pass --tokens (a tokenize output or token_counts.parquet) to know each domain's tokens")
+    if cfg.verify and (tokens is None or not tokens.is_dir()):
+        raise ConfigError("--verify: pass --tokens DIR, the tokenize output the swarm trained on")
+    if tokens is not None and not cfg.token_budget and not cfg.verify:
+        raise ConfigError("--tokens: pass --token-budget too (the full run's tokens) so the epoch limit can apply")
+    if tokens is not None and cfg.token_budget:
+        available = read_available_tokens(tokens, domains)
+        upper = np.minimum(upper, cfg.max_epochs * available / cfg.token_budget)
+    problems = [d for d, lo, hi in zip(domains, lower, upper) if lo > hi + 1e-12]
+    if problems:
+        raise ConfigError(
+            f"--min-weight: domain(s) {problems} cannot reach their minimum within --max-weight / "
+            f"--max-epochs {cfg.max_epochs} x available tokens over --token-budget {cfg.token_budget:,}"
+        )
+    if lower.sum() > 1 + 1e-9:
+        raise ConfigError(f"--min-weight: the minimums sum to {lower.sum():.3g} > 1")
+    if upper.sum() < 1 - 1e-9:
+        detail = (
+            f"; the corpus has {int(available.sum()):,} train tokens, at most {cfg.max_epochs} epochs cover "
+            f"{int(cfg.max_epochs * available.sum()):,} of the --token-budget {cfg.token_budget:,}"
+            if available is not None else ""
+        )
+        raise ConfigError(
+            f"--max-weight / --max-epochs: the upper bounds sum to {upper.sum():.3g} < 1, no mixture fits{detail}; "
+            "raise --max-epochs or the bounds, lower --token-budget, or add data"
+        )
+    return Bounds(lower, upper, available)
+
+
+# --- scoring and choosing --------------------------------------------------------------------
+
+
+def kl_from_prior(w: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """KL(w || prior) in nats; zero weights contribute nothing."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(w > 0, w * np.log(w / np.maximum(prior, 1e-300)), 0.0)
+    return terms.sum(axis=-1)
+
+
+def best_k(
+    candidates: np.ndarray, scores: np.ndarray, best: tuple[np.ndarray, np.ndarray] | None, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a chunk into the running best `k` (weights, scores), lowest score first."""
+    if best is not None:
+        candidates, scores = np.vstack([best[0], candidates]), np.concatenate([best[1], scores])
+    if len(scores) > k:
+        keep = np.argpartition(scores, k - 1)[:k]
+        candidates, scores = candidates[keep], scores[keep]
+    order = np.argsort(scores, kind="stable")
+    return candidates[order], scores[order]
+
+
+def score_lowest(
+    fitted: FittedModels, w: np.ndarray, k: int, best: tuple[np.ndarray, np.ndarray] | None,
+    ranges: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the rows of `w` that can enter the running best `k` (LightGBM: pruned while scoring)."""
+    if isinstance(fitted.final, BoosterModel):
+        threshold = float(best[1][-1]) if best is not None and len(best[1]) >= k else np.inf
+        rows, scores = fitted.final.predict_lowest(w, k, threshold, ranges)
+        return best_k(w[rows], scores, best, k)
+    return best_k(w, fitted.final.predict(w), best, k)
+
+
+def search_top_k(
+    fitted: FittedModels, cfg: SelectConfig, bounds: Bounds, sampler: Mapping[str, Any], prior: np.ndarray,
+    max_kl: float | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Simulate, constrain, score in chunks; the best `top_k` (lowest predicted loss). Also: how many were kept."""
+    rng = np.random.default_rng([cfg.seed, 0x5E1EC7])
+    ranges = fitted.final.tree_ranges() if isinstance(fitted.final, BoosterModel) else None
+    best = None
+    kept = 0
+    for start in range(0, cfg.samples, CHUNK):
+        w = bounds.project(simulate_mixtures(prior, min(CHUNK, cfg.samples - start), sampler, rng))
+        if max_kl is not None:
+            w = w[kl_from_prior(w, prior) <= max_kl]
+        kept += len(w)
+        if len(w):
+            best = score_lowest(fitted, w, cfg.top_k, best, ranges)
+    if best is None:
+        raise ConfigError(
+            f"--max-kl {max_kl}: none of the {cfg.samples:,} simulated mixtures lies that close to the prior "
+            "within the constraints; raise --max-kl or --samples"
+        )
+    return best[0], best[1], kept
+
+
+def local_search(
+    fitted: FittedModels, cfg: SelectConfig, bounds: Bounds, prior: np.ndarray, start: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine the best mixtures by Dirichlet perturbations around them, staying in the box and within --max-kl.
+
+    Derivative-free on purpose: a tree ensemble is piecewise constant, so gradients say nothing.
+    """
+    rng = np.random.default_rng([cfg.seed, 0x10CA1])
+    ranges = fitted.final.tree_ranges() if isinstance(fitted.final, BoosterModel) else None
+    best = start
+    per_round = max(cfg.samples // max(cfg.search_rounds, 1) // 4, cfg.top_k)
+    d = len(prior)
+    for r in range(cfg.search_rounds):
+        concentration = 50.0 * d * 2**r  # each round looks more closely around the current best
+        parents = best[0][rng.integers(len(best[0]), size=per_round)]
+        g = rng.gamma(parents * concentration + 1e-3)
+        w = bounds.project(g / g.sum(axis=1, keepdims=True))
+        w = w[kl_from_prior(w, prior) <= cfg.max_kl]
+        if len(w):
+            best = score_lowest(fitted, w, cfg.top_k, best, ranges)
+    return best
+
+
+def predict_with_spread(fitted: FittedModels, w: np.ndarray) -> dict[str, Any]:
+    """The final model's prediction and the cross-validation models' spread around it."""
+    w = np.atleast_2d(w)
+    folds = np.array([m.predict(w)[0] for m in fitted.folds])
+    return {
+        "predicted_target_loss": float(fitted.final.predict(w)[0]),
+        "spread": {"mean": float(folds.mean()), "std": float(folds.std()), "min": float(folds.min()),
+                   "max": float(folds.max()), "folds": folds.tolist()},
+    }
+
+
+def run_select(
+    inputs: Mapping[str, Path | str | None] | Path | str,
+    cfg: SelectConfig,
+    out_dir: Path | str,
+    client: Any = None,
+    *,
+    force: bool = False,
+) -> Manifest:
+    """Choose the mixture from a FIT directory; `inputs`: the FIT dir or {"fit": dir, "tokens": path}.
+
+    `client` is accepted for the stage contract; scoring is vectorised and runs in-process.
+    """
+    if isinstance(inputs, Mapping):
+        fit_dir = Path(inputs["fit"])  # type: ignore[arg-type]
+        tokens = Path(inputs["tokens"]) if inputs.get("tokens") else None
+    else:
+        fit_dir, tokens = Path(inputs), None
+
+    def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
+        fitted = load_fit(fit_dir, None if cfg.model == "chosen" else cfg.model, cfg.num_threads)
+        fit, domains, prior = fitted.fit, fitted.domains, fitted.prior
+        sampler = fit.get("sampler") or {"prior_power": 1.0, "spread_min": 0.1, "spread_max": 5.0,
+                                         "spread_levels": 15, "min_weight": 0.01}
+        bounds = make_bounds(cfg, domains, tokens)
+        kind = cfg.model if cfg.model != "chosen" else fit["chosen"]
+
+        top_w, top_s, kept = search_top_k(fitted, cfg, bounds, sampler, prior, None)
+        topk = top_w.mean(axis=0)
+        results = {"topk": {"weights": topk, "top_k_predicted": [float(top_s.min()), float(top_s.max())]}}
+        if cfg.method == "near-prior":
+            near = search_top_k(fitted, cfg, bounds, sampler, prior, cfg.max_kl)
+            near_w, near_s = local_search(fitted, cfg, bounds, prior, near[:2])
+            results["near-prior"] = {"weights": near_w.mean(axis=0),
+                                     "top_k_predicted": [float(near_s.min()), float(near_s.max())]}
+        chosen = results[cfg.method]["weights"]
+        chosen = chosen / chosen.sum()
+
+        def describe(w: np.ndarray) -> dict[str, Any]:
+            return {
+                "weights": {d: float(x) for d, x in zip(domains, w)},
+                **predict_with_spread(fitted, w),
+                "kl_from_prior": float(kl_from_prior(w, prior)),
+                "feasible": bool(bounds.feasible(w)),
+            }
+
+        uniform = np.full(len(domains), 1.0 / len(domains))
+        chosen_info = describe(chosen)
+        natural_info, uniform_info = describe(prior), describe(uniform)
+        warnings = []
+        lo, hi = np.array(fit["weights_range"]["min"]), np.array(fit["weights_range"]["max"])
+        outside = [d for d, x, a, b in zip(domains, chosen, lo, hi) if x < a - 1e-9 or x > b + 1e-9]
+        if outside:
+            warnings.append(f"the chosen weights of {outside} lie outside the range the runs covered (extrapolation)")
+        if chosen_info["predicted_target_loss"] > min(natural_info["predicted_target_loss"],
+                                                      uniform_info["predicted_target_loss"]):
+            warnings.append("the chosen mixture is not predicted to beat the natural and uniform mixtures")
+        for w in warnings:
+            log(f"mixtures select: warning: {w}")
+        constraints: dict[str, Any] = {
+            "lower": {d: float(x) for d, x in zip(domains, bounds.lower)},
+            "upper": {d: float(x) for d, x in zip(domains, bounds.upper)},
+            "token_budget": cfg.token_budget or None,
+            "max_epochs": cfg.max_epochs if bounds.available_tokens is not None else None,
+        }
+        if bounds.available_tokens is not None:
+            constraints["epochs"] = {
+                d: float(x * cfg.token_budget / a) for d, x, a in zip(domains, chosen, bounds.available_tokens)
+            }
+        method = {
+            "name": cfg.method,
+            "model": kind,
+            "samples": cfg.samples,
+            "samples_kept": kept,
+            "top_k": cfg.top_k,
+            "sampler": dict(sampler),
+            "description": (
+                f"mean of the {cfg.top_k} lowest predicted losses among {cfg.samples:,} mixtures simulated "
+                "from the candidates' prior" if cfg.method == "topk" else
+                f"mean of the {cfg.top_k} lowest predicted losses among simulated mixtures within KL "
+                f"{cfg.max_kl} of the prior, refined by {cfg.search_rounds} rounds of local search"
+            ),
+        }
+        if cfg.method == "near-prior":
+            method["max_kl"] = cfg.max_kl
+        alternatives = {
+            name: {"weights": {d: float(x) for d, x in zip(domains, r["weights"])},
+                   "predicted_target_loss": float(fitted.final.predict(r["weights"][None, :])[0])}
+            for name, r in results.items() if name != cfg.method
+        }
+        mixture = {
+            **chosen_info,
+            "natural": natural_info,
+            "uniform": uniform_info,
+            "method": method,
+            "alternatives": alternatives,
+            "target": fit["target"],
+            "constraints": constraints,
+            "prior": fit["prior"],
+            "held_out": {m: fit["models"][kind][m] for m in ("spearman", "pearson", "rmse")},
+            "warnings": warnings,
+        }
+        if cfg.verify:
+            from mixlab.mixtures.verify import as_weights, verify_mixtures
+
+            assert tokens is not None  # checked by make_bounds
+            named = {"chosen": chosen, "natural": prior, "uniform": uniform}
+            mixture["verification"] = verify_mixtures(
+                tokens,
+                {n: as_weights(domains, w) for n, w in named.items()},
+                {"chosen": chosen_info["predicted_target_loss"], "natural": natural_info["predicted_target_loss"],
+                 "uniform": uniform_info["predicted_target_loss"]},
+                fit["target"]["terms"], fit.get("swarm_config"), cfg.verify_scale, cfg.verify_seeds,
+            )
+            if not mixture["verification"]["ordering_holds"]:
+                warnings.append("at the larger proxy size the measured order differs from the predicted one")
+                log(f"mixtures select: warning: {warnings[-1]}")
+        write_json(stage.out / MIXTURE_JSON, mixture)
+        plot_weights(domains, chosen, prior, stage.out / "weights_vs_prior.png")
+        log(
+            f"mixtures select: predicted target loss {chosen_info['predicted_target_loss']:.4g} "
+            f"(+- {chosen_info['spread']['std']:.2g}); natural {natural_info['predicted_target_loss']:.4g}, "
+            f"uniform {uniform_info['predicted_target_loss']:.4g}"
+        )
+        counts = {"samples": cfg.samples, "domains": len(domains)}
+        stats = {
+            "weights": chosen_info["weights"],
+            "predicted_target_loss": chosen_info["predicted_target_loss"],
+            "natural_predicted": natural_info["predicted_target_loss"],
+            "uniform_predicted": uniform_info["predicted_target_loss"],
+            "warnings": warnings,
+        }
+        if cfg.verify:
+            v = mixture["verification"]
+            stats["verification"] = {"ordering_holds": v["ordering_holds"],
+                                     "measured": {n: m["measured"] for n, m in v["mixtures"].items()}}
+        return counts, stats
+
+    return run_stage("mixtures-select", cfg, {"fit": fit_dir, "tokens": tokens}, out_dir, body, force=force)
+
+
+def plot_weights(domains: list[str], chosen: np.ndarray, prior: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(domains))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(domains) + 2), 3.5), dpi=100)
+    ax.bar(x - 0.2, prior, width=0.4, label="prior (natural)", color="#9aa5b1")
+    ax.bar(x + 0.2, chosen, width=0.4, label="chosen", color="#2b6cb0")
+    ax.axhline(1.0 / len(domains), color="grey", lw=1, ls=":", label="uniform")
+    ax.set_xticks(x, domains, rotation=30, ha="right")
+    ax.set_ylabel("weight")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

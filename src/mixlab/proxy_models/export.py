@@ -1,0 +1,85 @@
+"""`mixlab export hf`: a mixlab model directory as a Hugging Face Llama checkpoint.
+
+Reads a model directory written by `mixlab pretrain` or `mixlab distill` (or an earlier
+export). Writes ``config.json`` (``LlamaForCausalLM``), ``model.safetensors`` and the
+tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``)
+side by side, so ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` and
+``AutoTokenizer.from_pretrained(DIR)`` load it and give mixlab's logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mixlab.config import check_choices, option
+from mixlab.io import Manifest, StageDir, log, run_stage, write_json
+from mixlab.tokenize.tokenizer import HF_FILES
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """`mixlab export hf`: the weights' dtype in the exported checkpoint."""
+
+    SECTION = "export"
+
+    dtype: str = option("float32", "dtype of the exported weights: float32, bfloat16 or float16", choices=DTYPES)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+def hf_config(model_cfg: Any, meta: Mapping[str, Any], dtype: str) -> dict[str, Any]:
+    """config.json for transformers: the Llama architecture plus dtype and special token ids."""
+    from mixlab.proxy_models.model import hf_llama_config
+
+    config = {**hf_llama_config(model_cfg), "torch_dtype": dtype, "dtype": dtype}
+    eos = meta.get("eos_id", meta.get("eos_token_id"))
+    if eos is not None:
+        config.update(bos_token_id=int(eos), eos_token_id=int(eos))
+    return config
+
+
+def run_export_hf(
+    inputs: Mapping[str, Path | str] | Path | str,
+    cfg: ExportConfig,
+    out_dir: Path | str,
+    client: Any = None,
+    *,
+    force: bool = False,
+) -> Manifest:
+    """Export a model directory (inputs: the dir, or {"model": dir}) as a Hugging Face Llama checkpoint."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mixlab.proxy_models.checkpoint import load_model, read_model_config, tokenizer_json
+
+    model_dir = Path(inputs["model"] if isinstance(inputs, Mapping) else inputs)
+    model_cfg, meta = read_model_config(model_dir)  # fails early on a directory that is not a checkpoint
+
+    def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
+        model, _ = load_model(model_dir)
+        dtype = getattr(torch, cfg.dtype)
+        weights = {k: v.to(dtype).contiguous() for k, v in model.member_state_dict(0).items()}
+        save_file(weights, str(stage.out / "model.safetensors"), metadata={"format": "pt"})
+        write_json(stage.out / "config.json", hf_config(model_cfg, meta, cfg.dtype))
+        tok = tokenizer_json(model_dir)
+        files = []
+        if tok is None:
+            log(f"export: warning: {model_dir} has no tokenizer; the export holds the model only")
+        else:
+            for name in HF_FILES:
+                if (tok.parent / name).is_file():
+                    shutil.copy2(tok.parent / name, stage.out / name)
+                    files.append(name)
+        counts = {"tensors": len(weights), "params": sum(v.numel() for v in weights.values())}
+        stats = {"architecture": "LlamaForCausalLM", "dtype": cfg.dtype, "tokenizer_files": sorted(files),
+                 "source_format": meta.get("format", meta.get("model_type"))}
+        return counts, stats
+
+    return run_stage("export-hf", cfg, {"model": model_dir}, out_dir, body, force=force)

@@ -1,0 +1,125 @@
+"""`mixtures select`: simulation, constraints, pruned scoring and the chosen mixture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mixlab.errors import ConfigError
+from mixlab.io import write_table
+from mixlab.mixtures.fit import FitConfig, load_fit, run_fit
+from mixlab.mixtures.known import known_runs
+from mixlab.mixtures.select import Bounds, SelectConfig, kl_from_prior, run_select, simulate_mixtures
+
+DOMAINS = ["prose", "code", "tabular", "legal"]
+SAMPLER = {"prior_power": 1.0, "spread_min": 0.1, "spread_max": 5.0, "spread_levels": 15, "min_weight": 0.01}
+
+
+@pytest.fixture(scope="module")
+def blend_fit(tmp_path_factory):
+    """A fit of the known law on a target drawn from prose 0.7 + code 0.3 (loss.target)."""
+    root = tmp_path_factory.mktemp("blend")
+    write_table(known_runs(160, target_blend={"prose": 0.7, "code": 0.3}, noise=0.01, seed=11), root / "runs.parquet")
+    run_fit(root / "runs.parquet", FitConfig(target="target", max_rounds=400, learning_rate=0.03), root / "fit")
+    return root / "fit"
+
+
+def test_simulated_mixtures_are_on_the_simplex_and_centre_on_the_prior():
+    prior = np.array([0.4, 0.3, 0.2, 0.1])
+    w = simulate_mixtures(prior, 20_000, SAMPLER, np.random.default_rng(0))
+    assert w.shape == (20_000, 4)
+    assert np.allclose(w.sum(axis=1), 1.0) and (w >= 0).all()
+    assert not ((w > 0) & (w < 0.01)).any()  # small weights floored to zero, like the candidates
+    assert np.allclose(w.mean(axis=0), prior, atol=0.02)
+    again = simulate_mixtures(prior, 20_000, SAMPLER, np.random.default_rng(0))
+    assert np.array_equal(w, again)
+
+
+def test_projection_lands_in_the_box_and_leaves_feasible_mixtures_alone():
+    bounds = Bounds(np.array([0.1, 0.0, 0.0, 0.05]), np.array([0.5, 0.3, 1.0, 1.0]), None)
+    w = simulate_mixtures(np.full(4, 0.25), 5_000, SAMPLER, np.random.default_rng(1))
+    p = bounds.project(w)
+    assert np.allclose(p.sum(axis=1), 1.0)
+    assert bounds.feasible(p).all()
+    ok = bounds.feasible(w)
+    assert ok.any() and np.array_equal(p[ok], w[ok])
+    assert np.allclose(bounds.project(p), p)
+
+
+def test_pruned_scoring_finds_exactly_the_brute_force_best(blend_fit):
+    fitted = load_fit(blend_fit)
+    w = simulate_mixtures(fitted.prior, 30_000, SAMPLER, np.random.default_rng(2))
+    full = fitted.final.predict(w)
+    rows, scores = fitted.final.predict_lowest(w, 64)
+    assert set(np.argsort(full)[:64]) <= set(rows)
+    assert np.allclose(np.sort(scores)[:64], np.sort(full)[:64])
+    assert len(rows) < len(w)
+
+
+def test_known_blend_target_puts_its_weight_on_the_blended_domains(blend_fit, tmp_path):
+    run_select(blend_fit, SelectConfig(samples=50_000), tmp_path / "sel")
+    mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
+    weights = mixture["weights"]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights["prose"] + weights["code"] >= 0.8
+    assert mixture["predicted_target_loss"] < mixture["natural"]["predicted_target_loss"]
+    assert mixture["predicted_target_loss"] < mixture["uniform"]["predicted_target_loss"]
+    spread = mixture["spread"]
+    assert len(spread["folds"]) == 5 and spread["min"] <= spread["mean"] <= spread["max"]
+    assert mixture["method"]["name"] == "topk" and mixture["method"]["top_k"] == 128
+    assert mixture["target"]["terms"] == {"target": 1.0}
+    assert (tmp_path / "sel" / "weights_vs_prior.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_near_prior_optimisation_stays_within_max_kl(blend_fit, tmp_path):
+    run_select(blend_fit, SelectConfig(samples=20_000, method="near-prior", max_kl=0.1), tmp_path / "sel")
+    mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
+    assert mixture["kl_from_prior"] <= 0.1 + 1e-9
+    assert mixture["predicted_target_loss"] <= mixture["natural"]["predicted_target_loss"]
+    assert "topk" in mixture["alternatives"]
+    fit = json.loads((blend_fit / "fit.json").read_text())
+    prior = np.array([fit["prior"][d] for d in DOMAINS])
+    chosen = np.array([mixture["weights"][d] for d in DOMAINS])
+    assert kl_from_prior(chosen, prior) == pytest.approx(mixture["kl_from_prior"])
+
+
+def test_token_budget_and_max_epochs_cap_each_domain(blend_fit, tmp_path):
+    counts = tmp_path / "token_counts.parquet"
+    write_table(pa.table({"domain": DOMAINS + DOMAINS, "split": ["train"] * 4 + ["valid"] * 4,
+                          "documents": [1] * 8, "tokens": [1_000, 5_000, 5_000, 5_000, 99, 99, 99, 99]}), counts)
+    cfg = SelectConfig(samples=20_000, token_budget=10_000, max_epochs=2.0, min_weight={"legal": 0.05})
+    run_select({"fit": blend_fit, "tokens": counts}, cfg, tmp_path / "sel")
+    mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
+    assert mixture["weights"]["prose"] <= 0.2 + 1e-9  # 1,000 tokens x 2 epochs / 10,000
+    assert mixture["weights"]["legal"] >= 0.05 - 1e-9
+    assert max(mixture["constraints"]["epochs"].values()) <= 2.0 + 1e-6
+    assert mixture["feasible"]
+    assert mixture["natural"]["feasible"] == (mixture["natural"]["weights"]["prose"] <= 0.2)
+
+
+def test_impossible_constraints_are_refused_with_the_reason(blend_fit, tmp_path):
+    counts = tmp_path / "token_counts.parquet"
+    write_table(pa.table({"domain": DOMAINS, "split": ["train"] * 4, "documents": [1] * 4,
+                          "tokens": [100] * 4}), counts)
+    with pytest.raises(ConfigError, match="no mixture fits.*raise --max-epochs"):
+        run_select({"fit": blend_fit, "tokens": counts}, SelectConfig(samples=1000, token_budget=10_000),
+                   tmp_path / "sel")
+    with pytest.raises(ConfigError, match="unknown domain"):
+        run_select(blend_fit, SelectConfig(samples=1000, max_weight={"news": 0.2}), tmp_path / "sel")
+    with pytest.raises(ConfigError, match="--token-budget: pass --tokens"):
+        run_select(blend_fit, SelectConfig(samples=1000, token_budget=5), tmp_path / "sel")
+    with pytest.raises(ConfigError, match="minimums sum"):
+        run_select(blend_fit, SelectConfig(samples=1000, min_weight={"code": 0.6, "prose": 0.6}), tmp_path / "sel")
+    assert not (tmp_path / "sel").exists()
+
+
+def test_select_with_a_baseline_model(blend_fit, tmp_path):
+    run_select(blend_fit, SelectConfig(samples=5_000, model="loglinear"), tmp_path / "sel")
+    mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
+    assert mixture["method"]["model"] == "loglinear"
+    assert mixture["predicted_target_loss"] < mixture["natural"]["predicted_target_loss"]
+    assert mixture["held_out"] == {k: json.loads((blend_fit / "fit.json").read_text())["models"]["loglinear"][k]
+                                   for k in ("spearman", "pearson", "rmse")}

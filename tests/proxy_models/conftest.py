@@ -1,0 +1,106 @@
+"""Tiny tokenize outputs written by the tests themselves, in the layout of mixlab.tokenize.shards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mixlab.io import run_stage, shard_name, write_table
+from mixlab.tokenize.shards import TOKEN_COUNTS, token_dtype
+
+VOCAB = 64
+EOS = 0
+
+
+def domain_tokens(k: int, n: int, seed: int) -> np.ndarray:
+    """A learnable token stream with its own statistics: domain k mostly follows its own
+    deterministic successor rule within its own band of the vocabulary."""
+    rng = np.random.default_rng([seed, k])
+    band = 1 + 12 * k + np.arange(12)  # 12 ids of its own
+    start = int(rng.integers(12))
+    out = band[(start + np.arange(n) * (2 * k + 1)) % 12]  # a fixed successor rule per domain
+    noise = rng.random(n) < 0.15
+    out[noise] = rng.integers(1, VOCAB, int(noise.sum()))
+    return out.astype(np.int64)
+
+
+def write_tokens_dir(
+    out: Path,
+    streams: dict[str, dict[str, np.ndarray]],
+    vocab_size: int = VOCAB,
+) -> Path:
+    """streams[domain][split] -> shards (documents of 100 tokens) + token_counts + manifest."""
+
+    def body(stage):
+        rows = []
+        dtype = token_dtype(vocab_size)
+        for domain, splits in streams.items():
+            for split, tokens in splits.items():
+                docs = [tokens[i : i + 100].astype(dtype) for i in range(0, len(tokens), 100)]
+                table = pa.table(
+                    {
+                        "id": [f"{domain}-{split}-{i}" for i in range(len(docs))],
+                        "domain": [domain] * len(docs),
+                        "tokens": pa.array([d.tolist() for d in docs], pa.list_(pa.from_numpy_dtype(dtype))),
+                    }
+                )
+                write_table(table, stage.out / domain / split / shard_name(0))
+                rows.append({"domain": domain, "split": split, "documents": len(docs), "tokens": len(tokens)})
+        write_table(pa.Table.from_pylist(rows), stage.out / TOKEN_COUNTS)
+        return {"tokens": sum(r["tokens"] for r in rows)}, {"vocab_size": vocab_size, "eos_id": EOS}
+
+    run_stage("tokenize", {"test": str(out)}, {}, out, body)
+    return out
+
+
+@pytest.fixture
+def make_tokens() -> Callable[..., Path]:
+    return write_tokens_dir
+
+
+@pytest.fixture
+def tokens_dir(tmp_path: Path) -> Path:
+    """Three learnable domains (train + valid) and a validation-only 'target' domain."""
+    streams = {
+        d: {"train": domain_tokens(k, 6000, 0), "valid": domain_tokens(k, 1500, 1)}
+        for k, d in enumerate(["alpha", "beta", "gamma"])
+    }
+    streams["target"] = {"valid": np.concatenate([domain_tokens(0, 800, 2), domain_tokens(1, 800, 3)])}
+    return write_tokens_dir(tmp_path / "tokens", streams)
+
+
+def write_tokenizer(out: Path, seed: int = 0, vocab_size: int = VOCAB) -> Path:
+    """A real byte-pair tokenizer of exactly `vocab_size` ids (EOS = id 0) trained on seeded
+    letter strings, saved the way mixlab saves tokenizers; `seed` changes its merges."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from mixlab.tokenize.tokenizer import save_tokenizer
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghij"))
+    words = ["".join(rng.choice(letters, size=int(rng.integers(3, 9)))) for _ in range(3000)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>"], show_progress=False)
+    tok.train_from_iterator([" ".join(words[i : i + 30]) for i in range(0, len(words), 30)], trainer)
+    assert tok.get_vocab_size() == vocab_size and tok.token_to_id("<eos>") == EOS
+    save_tokenizer(tok, out, {"eos": "<eos>", "pad": "<pad>"})
+    return out
+
+
+@pytest.fixture
+def tokens_with_tokenizer(tokens_dir: Path) -> Path:
+    """`tokens_dir` plus the tokenizer/ folder a real tokenize output carries."""
+    from mixlab.tokenize.shards import TOKENIZER_DIR
+
+    write_tokenizer(tokens_dir / TOKENIZER_DIR)
+    return tokens_dir
+
+
+@pytest.fixture
+def make_tokenizer() -> Callable[..., Path]:
+    return write_tokenizer

@@ -1,0 +1,267 @@
+"""`mixlab ingest`: every input kind into the documents contract; bad documents counted, bad files refused."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mixlab.config import IngestConfig
+from mixlab.errors import InputError
+from mixlab.ingest import run_ingest
+from mixlab.io import MANIFEST, check_documents, partial_dir
+
+
+def read_docs(out: Path) -> pl.DataFrame:
+    check_documents(out)
+    return pl.read_parquet(out / "*.parquet").sort("source", "id")
+
+
+def write_jsonl(path: Path, records: list, gz: bool = False) -> Path:
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+RECORDS = [{"text": "the first document"}, {"text": "the second one"}, {"text": "a third"}]
+
+
+def test_parquet_with_id_and_domain_columns_keeps_them(tmp_path):
+    table = pa.table({"id": ["d1", "d2"], "domain": ["web", "code"], "text": ["hello world", "x = 1"],
+                      "url": ["u1", "u2"]})
+    pq.write_table(table, tmp_path / "raw.parquet")
+    manifest = run_ingest([tmp_path / "raw.parquet"], IngestConfig(), tmp_path / "out")
+    docs = read_docs(tmp_path / "out")
+    assert docs.select("id", "domain", "text").rows() == [("d1", "web", "hello world"), ("d2", "code", "x = 1")]
+    assert docs["source"].unique().to_list() == ["raw.parquet"]
+    assert manifest.counts["documents"] == 2 and manifest.counts["skipped"] == 0
+    assert manifest.stats["per_domain"] == {"web": 1, "code": 1}
+
+
+def test_parquet_without_id_or_domain_gets_stable_ids_and_the_file_name_as_domain(tmp_path):
+    pq.write_table(pa.table({"body": ["same text", "same text", "other"]}), tmp_path / "legal.parquet")
+    cfg = IngestConfig(text_column="body")
+    run_ingest([tmp_path / "legal.parquet"], cfg, tmp_path / "a")
+    run_ingest([tmp_path / "legal.parquet"], cfg, tmp_path / "b")
+    a, b = read_docs(tmp_path / "a"), read_docs(tmp_path / "b")
+    assert a["domain"].to_list() == ["legal"] * 3
+    assert a["id"].n_unique() == 3  # repeated texts still get distinct ids
+    assert a["id"].to_list() == b["id"].to_list()
+
+
+def test_jsonl_and_gzipped_jsonl_give_the_same_documents(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "zipped").mkdir()
+    write_jsonl(tmp_path / "plain" / "news.jsonl", RECORDS)
+    write_jsonl(tmp_path / "zipped" / "news.jsonl.gz", RECORDS, gz=True)
+    run_ingest([tmp_path / "plain" / "news.jsonl"], IngestConfig(), tmp_path / "out1")
+    run_ingest([tmp_path / "zipped" / "news.jsonl.gz"], IngestConfig(), tmp_path / "out2")
+    one, two = read_docs(tmp_path / "out1"), read_docs(tmp_path / "out2")
+    assert sorted(one["text"].to_list()) == sorted(r["text"] for r in RECORDS)
+    assert one["domain"].unique().to_list() == ["news"] == two["domain"].unique().to_list()
+    assert sorted(one["text"].to_list()) == sorted(two["text"].to_list())
+
+
+def test_jsonl_keys_for_id_domain_and_text_are_configurable(tmp_path):
+    records = [{"doc": "d1", "kind": "code", "content": "print(1)"}, {"doc": "d2", "kind": "web", "content": "hi"}]
+    write_jsonl(tmp_path / "x.jsonl", records)
+    cfg = IngestConfig(text_column="content", id_column="doc", domain_column="kind")
+    run_ingest([tmp_path / "x.jsonl"], cfg, tmp_path / "out")
+    assert read_docs(tmp_path / "out").select("id", "domain", "text").rows() == [
+        ("d1", "code", "print(1)"), ("d2", "web", "hi"),
+    ]
+
+
+def test_a_folder_of_text_files_takes_the_domain_from_the_folder(tmp_path):
+    corpus = tmp_path / "corpus"
+    for rel, text in [("legal/a.txt", "contract one"), ("legal/2020/b.txt", "contract two"),
+                      ("code/c.md", "def f(): pass"), ("top.txt", "loose file"), (".hidden/x.txt", "no")]:
+        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / rel).write_text(text)
+    (corpus / "notes.csv").write_text("ignored,file\n")
+    manifest = run_ingest([corpus], IngestConfig(), tmp_path / "out")
+    docs = read_docs(tmp_path / "out")
+    assert dict(zip(docs["source"], docs["domain"])) == {
+        "legal/a.txt": "legal", "legal/2020/b.txt": "legal", "code/c.md": "code", "top.txt": "corpus",
+    }
+    assert manifest.counts["files"] == 4
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"domain": "fallback"}, ["web", "fallback", "fallback"]),  # auto: column, else --domain
+        ({}, ["web", "mixed", "mixed"]),  # auto: column, else the file name
+        ({"domain_from": "flag", "domain": "forced"}, ["forced"] * 3),
+        ({"domain_from": "file"}, ["mixed"] * 3),
+        ({"domain_from": "folder"}, ["in"] * 3),
+    ],
+)
+def test_domain_flags_choose_where_the_domain_comes_from(tmp_path, options, expected):
+    cfg = IngestConfig(**options)
+    records = [{"text": "one", "domain": "web"}, {"text": "two", "domain": None}, {"text": "three"}]
+    (tmp_path / "in").mkdir()
+    write_jsonl(tmp_path / "in" / "mixed.jsonl", records)
+    run_ingest([tmp_path / "in" / "mixed.jsonl"], cfg, tmp_path / "out")
+    docs = pl.read_parquet(tmp_path / "out" / "*.parquet")
+    assert dict(zip(docs["text"], docs["domain"])) == dict(zip(["one", "two", "three"], expected))
+
+
+def test_domain_from_column_skips_and_counts_documents_without_one(tmp_path):
+    records = [{"text": "one", "domain": "web"}, {"text": "two"}]
+    write_jsonl(tmp_path / "x.jsonl", records)
+    manifest = run_ingest([tmp_path / "x.jsonl"], IngestConfig(domain_from="column"), tmp_path / "out")
+    assert manifest.counts["documents"] == 1
+    assert manifest.stats["skipped"] == {"no_domain": 1}
+
+
+def test_null_empty_and_non_utf8_documents_are_counted_not_fatal(tmp_path):
+    table = pa.table({"text": pa.array([b"good text", None, b"", b"  \n\t", b"bad \xff\xfe bytes"], pa.binary())})
+    pq.write_table(table, tmp_path / "p.parquet")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "ok.txt").write_text("fine")
+    (tmp_path / "t" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "t" / "blank.txt").write_text("   \n")
+    (tmp_path / "j.jsonl").write_bytes(
+        b'{"text": "json ok"}\n{"text": null}\n{"text": "raw \xff byte"}\n{"text": "\\ud800 lone"}\n'
+        b'{"text": 17}\n\n{"text": ""}\n'
+    )
+    inputs = [tmp_path / "p.parquet", tmp_path / "t", tmp_path / "j.jsonl"]
+    manifest = run_ingest(inputs, IngestConfig(), tmp_path / "out")
+    assert sorted(read_docs(tmp_path / "out")["text"].to_list()) == ["fine", "good text", "json ok"]
+    assert manifest.stats["skipped"] == {"null_text": 2, "empty": 4, "invalid_utf8": 4, "not_text": 1}
+    assert manifest.counts["skipped"] == 11
+    assert manifest.stats["skipped_per_source"]["latin1.txt"] == {"invalid_utf8": 1}
+
+
+def test_invalid_utf8_can_be_replaced_instead_of_skipped(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "j.jsonl").write_bytes(b'{"text": "raw \xff byte"}\n{"text": "\\ud800 lone"}\n')
+    cfg = IngestConfig(on_invalid_utf8="replace")
+    manifest = run_ingest([tmp_path / "t", tmp_path / "j.jsonl"], cfg, tmp_path / "out")
+    assert sorted(read_docs(tmp_path / "out")["text"].to_list()) == ["? lone", "caf\ufffd", "raw \ufffd byte"]
+    assert manifest.counts["documents"] == 3 and manifest.counts["skipped"] == 0
+    assert manifest.stats["skipped"] == {"utf8_replaced": 3}
+
+
+def test_outputs_are_split_into_shards_of_rows_per_file(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"text": f"doc {i}"} for i in range(7)])
+    manifest = run_ingest([tmp_path / "x.jsonl"], IngestConfig(rows_per_file=3), tmp_path / "out")
+    files = check_documents(tmp_path / "out")
+    assert [f.name for f in files] == ["shard_00000.parquet", "shard_00001.parquet", "shard_00002.parquet"]
+    assert [pq.read_metadata(f).num_rows for f in files] == [3, 3, 1]
+    assert manifest.counts["shards"] == 3
+
+
+def test_given_ids_repeated_across_inputs_are_refused(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "one"}])
+    write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "two"}])
+    with pytest.raises(InputError, match="ids are not unique"):
+        run_ingest([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], IngestConfig(), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()
+
+
+def test_ingest_of_a_synth_corpus_keeps_every_document(tiny_corpus, tmp_path):
+    manifest = run_ingest([tiny_corpus / "documents"], IngestConfig(), tmp_path / "out")
+    synth = pl.read_parquet(tiny_corpus / "documents" / "*.parquet")
+    docs = read_docs(tmp_path / "out")
+    assert manifest.counts["documents"] == synth.height
+    assert docs.select("id", "domain", "text").sort("id").equals(synth.sort("id"))
+
+
+# --- through the CLI: errors are one line, exit non-zero, leave no output -------------------
+
+
+def assert_clean_failure(result, out: Path, *needles: str) -> None:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_a_broken_jsonl_line_is_a_one_line_error_naming_file_and_line(tmp_path, cli):
+    (tmp_path / "x.jsonl").write_text('{"text": "ok"}\n{"text": "unterminated\n{"text": "ok"}\n')
+    result = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out")
+    assert_clean_failure(result, tmp_path / "out", "x.jsonl:2", "not valid JSON")
+
+
+def test_a_parquet_without_text_column_is_a_one_line_error_naming_the_fix(tmp_path, cli):
+    pq.write_table(pa.table({"body": ["x"], "url": ["u"]}), tmp_path / "raw.parquet")
+    result = cli("ingest", tmp_path / "raw.parquet", "--out", tmp_path / "out")
+    assert_clean_failure(result, tmp_path / "out", "raw.parquet", "'text' missing", "body, url", "--text-column")
+
+
+def test_an_empty_folder_is_a_one_line_error(tmp_path, cli):
+    (tmp_path / "empty").mkdir()
+    result = cli("ingest", tmp_path / "empty", "--out", tmp_path / "out")
+    assert_clean_failure(result, tmp_path / "out", "empty folder")
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("x.jsonl.gz", b"definitely not gzip", "could not read"),
+        ("x.parquet", b"PAR1garbagePAR1", "not a readable parquet file"),
+        ("x.csv", b"a,b\n", "unknown input type"),
+        ("x.jsonl", b'["a list"]\n', "expected a JSON object"),
+        ("x.jsonl", b'{"body": "x"}\n', "key 'text' missing"),
+        ("x.jsonl", b'{"text": null}\n{"text": "  "}\n', "no usable documents"),
+    ],
+)
+def test_unreadable_inputs_are_one_line_errors(tmp_path, cli, name, content, needle):
+    (tmp_path / name).write_bytes(content)
+    result = cli("ingest", tmp_path / name, "--out", tmp_path / "out")
+    assert_clean_failure(result, tmp_path / "out", needle)
+
+
+def test_a_missing_input_path_is_a_one_line_error(tmp_path, cli):
+    result = cli("ingest", tmp_path / "absent", "--out", tmp_path / "out")
+    assert_clean_failure(result, tmp_path / "out", "no such file")
+
+
+def test_running_the_same_ingest_twice_writes_nothing_new(tmp_path, cli):
+    write_jsonl(tmp_path / "x.jsonl", RECORDS)
+    first = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out")
+    assert first.exit_code == 0, first.output
+    assert "wrote" in first.stdout
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    second = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out")
+    assert second.exit_code == 0
+    assert "already up to date" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == stamps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x.jsonl"]
+
+
+def test_a_changed_ingest_config_needs_force(tmp_path, cli):
+    write_jsonl(tmp_path / "x.jsonl", RECORDS)
+    assert cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out").exit_code == 0
+    refused = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out", "--domain-from", "flag",
+                  "--domain", "web")
+    assert refused.exit_code == 1 and "--force" in refused.stderr
+    forced = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out", "--domain-from", "flag",
+                 "--domain", "web", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert read_docs(tmp_path / "out")["domain"].unique().to_list() == ["web"]
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["config"]["domain"] == "web"
+
+
+def test_skipped_documents_are_reported_on_stderr(tmp_path, cli):
+    write_jsonl(tmp_path / "x.jsonl", [*RECORDS, {"text": None}])
+    result = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out")
+    assert result.exit_code == 0
+    assert '"null_text": 1' in result.stderr
+
+
+def test_bad_bytes_in_a_jsonl_id_or_domain_do_not_crash(tmp_path):
+    (tmp_path / "j.jsonl").write_bytes(b'{"id": "a\xff", "domain": "w\xfeb", "text": "fine"}\n')
+    run_ingest([tmp_path / "j.jsonl"], IngestConfig(), tmp_path / "out")
+    assert read_docs(tmp_path / "out").select("id", "domain").rows() == [("a\ufffd", "w\ufffdb")]
