@@ -37,6 +37,8 @@ class StageGroup(click.Group):
     """A click group that lists commands by stage and turns user errors into one-line messages."""
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if not any(n in self.commands for names in SECTIONS.values() for n in names):
+            return super().format_commands(ctx, formatter)  # a stage's own group: a plain list
         listed: set[str] = set()
         for title, names in SECTIONS.items():
             rows = [(n, self.commands[n].get_short_help_str(80)) for n in names if n in self.commands]
@@ -114,8 +116,16 @@ def _show_default(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _lazy(path: str) -> type:
+    """A config class by "module:Class" (stage modules import torch/lightgbm; load them at use)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def out_option(func: Callable) -> Callable:
-    func = click.option("--force", is_flag=True, help="overwrite an existing output made with other settings")(func)
+    func = click.option("--force", is_flag=True, help="recompute and replace an existing output (needed when its settings or inputs changed)")(func)
     return click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
                         help="output directory (written atomically)")(func)
 
@@ -437,6 +447,56 @@ def export_hf(model_dir: Path, cfg: ExportConfig, out_dir: Path, force: bool) ->
 
     manifest = run_export_hf({"model": model_dir}, cfg, out_dir, force=force)
     summary(manifest, "export hf")
+
+
+# --- pipeline run, report --------------------------------------------------------------------
+
+
+@main.group(cls=StageGroup, context_settings=CONTEXT)
+def pipeline() -> None:
+    """Run the whole flow from one YAML file (shipped: quickstart)."""
+
+
+@pipeline.command("run", context_settings=CONTEXT)
+@click.argument("pipeline_file", metavar="PIPELINE")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="run root; each stage writes <out>/NN_<stage> [default: runs/<pipeline name>]")
+@click.option("--from", "from_stage", default=None, help="start at this stage (earlier ones must be finished)")
+@click.option("--until", "until_stage", default=None, help="stop after this stage")
+@click.option("--dry-run", is_flag=True, help="print the plan and the resolved configs, run nothing")
+@click.option("--force", is_flag=True, help="recompute every selected stage, replacing its output")
+@scheduler_option
+def pipeline_run(pipeline_file: str, out_dir: Path | None, from_stage: str | None, until_stage: str | None,
+                 dry_run: bool, force: bool, scheduler_address: str | None) -> None:
+    """Run PIPELINE (a YAML file or a shipped name) stage by stage; finished stages are skipped."""
+    from mixlab.pipelines.run import describe, pipeline_path, plan_pipeline, run_pipeline
+
+    root = out_dir or Path("runs") / pipeline_path(pipeline_file).stem
+    if dry_run:
+        click.echo(describe(plan_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage)))
+        return
+    manifests = run_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage, force=force,
+                             scheduler_address=scheduler_address)
+    report = manifests.get("report")
+    if report is not None:
+        click.echo(f"report: {report.path / 'report.html'}")
+    else:
+        click.echo(f"pipeline: outputs under {root}")
+
+
+@main.command("report", context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@config_options(_lazy("mixlab.pipelines.report:ReportConfig"))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="where to write report.html / report.md [default: RUN_DIR/NN_report]")
+@click.option("--force", is_flag=True, help="rebuild an existing report")
+def report_command(run_dir: Path, cfg: Any, out_dir: Path | None, force: bool) -> None:
+    """Write a one-page HTML + markdown report of a pipeline run directory."""
+    from mixlab.pipelines.report import default_report_dir, run_report
+
+    manifest = run_report(run_dir, cfg, out_dir or default_report_dir(run_dir), force=force)
+    summary(manifest, "report")
+    click.echo(f"report: {manifest.path / 'report.html'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

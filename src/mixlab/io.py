@@ -267,7 +267,7 @@ def run_stage(
 
     - Same config and inputs as an existing output: nothing is done (the manifest is returned
       with ``skipped=True``).
-    - Different config or inputs: refused unless ``force``.
+    - Different config or inputs: refused unless ``force``; ``force`` always recomputes.
     - A partial directory left by a killed run with the same key is handed to `body` again so
       it can skip finished partitions; one from a different config is discarded.
     - A user error (MixlabError) discards the partial directory: nothing is left behind.
@@ -282,7 +282,7 @@ def run_stage(
             raise MixlabError(f"{out_dir}: exists and is a file, not an output directory; choose another --out")
         if (out_dir / MANIFEST).is_file():
             old = Manifest.load(out_dir)
-            if old.stage == stage and old.config == config and old.inputs == fingerprints:
+            if old.stage == stage and old.config == config and old.inputs == fingerprints and not force:
                 log(f"{stage}: {out_dir} is up to date (same config and inputs); nothing to do")
                 old.skipped = True
                 return old

@@ -390,6 +390,8 @@ def run_select(
             "constraints": constraints,
             "prior": fit["prior"],
             "held_out": {m: fit["models"][kind][m] for m in ("spearman", "pearson", "rmse")},
+            # seed-to-seed spread of the target loss (from --repeats), so pretrain can judge its gaps
+            "noise_floor": fit.get("noise_floor"),
             "warnings": warnings,
         }
         if cfg.verify:

@@ -45,7 +45,8 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-# Each call receives (cfg, outputs-so-far by stage name, out_dir, client, force).
+# Each call receives (cfg, outputs so far by stage name, out_dir, client, force). This is the
+# one place that knows how one stage's output feeds the next.
 
 
 def _synth(cfg, done, out, client, force):
@@ -62,16 +63,26 @@ def _dedup(cfg, done, out, client, force):
 
 
 def _tokenizer_train(cfg, done, out, client, force):
-    return _import("mixlab.tokenize:run_tokenizer_train")(_kept_documents(done), cfg, out, force=force)
+    return _import("mixlab.tokenize.train:run_tokenizer_train")(done["dedup"] / "documents", cfg, out, force=force)
 
 
 def _tokenize(cfg, done, out, client, force):
-    cfg = dataclasses.replace(cfg, tokenizer=str(done["tokenizer_train"]))
-    inputs = [_kept_documents(done)]
-    target = done.get("synth", None)
-    if target is not None and (target / "target" / "documents.parquet").is_file():
-        inputs.append(target / "target" / "documents.parquet")
-    return _import("mixlab.tokenize:run_tokenize")(inputs, cfg, out, client=client, force=force)
+    documents = [done["dedup"] / "documents"]
+    target = _target_documents(done)
+    if target is not None:
+        documents.append(target)
+        if "target" not in cfg.valid_domains:  # the target set is validation only, never trained on
+            cfg = dataclasses.replace(cfg, valid_domains=(*cfg.valid_domains, "target"))
+    return _import("mixlab.tokenize.corpus:run_tokenize")(
+        {"documents": documents, "tokenizer": done["tokenizer_train"]}, cfg, out, client=client, force=force
+    )
+
+
+def _target_documents(done: Mapping[str, Path]) -> Path | None:
+    """The synthetic corpus's held-out target set, when the pipeline made one."""
+    synth = done.get("synth")
+    path = synth / "target" / "documents.parquet" if synth is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def _mixtures_sample(cfg, done, out, client, force):
@@ -80,40 +91,46 @@ def _mixtures_sample(cfg, done, out, client, force):
 
 def _swarm_train(cfg, done, out, client, force):
     return _import("mixlab.proxy_models.swarm:run_swarm")(
-        done["mixtures_sample"], done["tokenize"], cfg, out, client=client, force=force
+        {"candidates": done["mixtures_sample"] / "candidates.parquet", "tokens": done["tokenize"]},
+        cfg, out, client=client, force=force,
     )
 
 
 def _mixtures_fit(cfg, done, out, client, force):
-    return _import("mixlab.mixtures.fit:run_fit")(done["swarm_train"], cfg, out, force=force)
+    return _import("mixlab.mixtures.fit:run_fit")(
+        {"runs": done["swarm_train"] / "runs.parquet", "candidates": done["mixtures_sample"]},
+        cfg, out, force=force,
+    )
 
 
 def _mixtures_select(cfg, done, out, client, force):
+    pretrain = done["configs"].get("pretrain")
+    if cfg.token_budget == 0 and pretrain is not None and pretrain.seq_len:
+        # The full run's tokens bound how often any domain may repeat (--max-epochs).
+        budget = pretrain.steps * pretrain.tokens_per_step * pretrain.seq_len
+        cfg = dataclasses.replace(cfg, token_budget=budget)
+    tokens = done["tokenize"] if cfg.token_budget else None
     return _import("mixlab.mixtures.select:run_select")(
-        done["mixtures_fit"], cfg, out, tokens=done["tokenize"], force=force
+        {"fit": done["mixtures_fit"], "tokens": tokens}, cfg, out, force=force
     )
 
 
 def _pretrain(cfg, done, out, client, force):
     return _import("mixlab.proxy_models.pretrain:run_pretrain")(
-        done["tokenize"], done["mixtures_select"] / "mixture.json", cfg, out, force=force
+        {"tokens": done["tokenize"], "mixture": done["mixtures_select"] / "mixture.json"}, cfg, out, force=force
     )
 
 
 def _distill(cfg, done, out, client, force):
     return _import("mixlab.proxy_models.distill:run_distill")(
-        done["pretrain"], done["tokenize"], done["mixtures_select"] / "mixture.json", cfg, out, force=force
+        {"teacher": done["pretrain"], "tokens": done["tokenize"],
+         "mixture": done["mixtures_select"] / "mixture.json"},
+        cfg, out, force=force,
     )
 
 
 def _report(cfg, done, out, client, force):
-    return _import("mixlab.pipelines.report:run_report")(out.parent, cfg, out, force=force)
-
-
-def _kept_documents(done: Mapping[str, Path]) -> Path:
-    from mixlab.dedup import kept_documents
-
-    return kept_documents(done["dedup"])
+    return _import("mixlab.pipelines.report:run_report")(dict(done), cfg, out, force=force)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -229,7 +246,7 @@ def run_pipeline(
 
     plan = plan_pipeline(pipeline, root, from_stage=from_stage, until_stage=until_stage)
     first = plan.first
-    done: dict[str, Any] = {}
+    done: dict[str, Any] = {"configs": {stage.name: cfg for stage, cfg, _ in plan.stages}}
     if plan.inputs is not None:
         done["inputs"] = plan.inputs
     manifests: dict[str, Manifest] = {}

@@ -88,12 +88,15 @@ def encode_part(
          "tokens": token_lists(flat, lengths)}
     )
     domains = table["domain"].to_numpy(zero_copy_only=False)
+    text_bytes = pc.binary_length(table["text"]).to_numpy(zero_copy_only=False)
+    nbytes: dict[str, int] = {}  # "domain/split" -> UTF-8 bytes, for bytes per token in the report
     for domain in sorted(set(domains)):
         for split, in_split in (("train", ~valid), ("valid", valid)):
             rows = np.flatnonzero((domains == domain) & in_split)
             if rows.size:
                 write_table(out.take(rows), Path(work) / "parts" / domain / split / f"part_{index:06d}.parquet")
-    result = {"documents": int(table.num_rows), "tokens": int(lengths.sum()), "nulls": dict(nulls),
+                nbytes[f"{domain}/{split}"] = int(text_bytes[rows].sum())
+    result = {"documents": int(table.num_rows), "tokens": int(lengths.sum()), "nulls": dict(nulls), "bytes": nbytes,
               "seconds": round(time.perf_counter() - started, 3), "cpu_seconds": round(time.process_time() - cpu, 3)}
     write_json(Path(work) / "markers" / f"part_{index:06d}.json", result)
     return result
@@ -204,11 +207,18 @@ def run_tokenize(
             if (tok_path / name).is_file():
                 shutil.copy2(tok_path / name, stage.out / TOKENIZER_DIR / name)
         nulls: Counter = Counter()
+        nbytes: Counter = Counter()
         for r in results.values():
             nulls.update(r["nulls"])
+            nbytes.update(r.get("bytes", {}))
         per_domain = {d: {} for d in names}
         for m in merged:
-            per_domain[m["domain"]][m["split"]] = {"documents": m["documents"], "tokens": m["tokens"], "shards": m["shards"]}
+            b = nbytes[f"{m['domain']}/{m['split']}"]
+            per_domain[m["domain"]][m["split"]] = {
+                "documents": m["documents"], "tokens": m["tokens"], "shards": m["shards"], "bytes": b,
+                # EOS tokens are included, so this is what training sees per byte of text
+                "bytes_per_token": round(b / m["tokens"], 4) if m["tokens"] else None,
+            }
         if nulls:
             log(f"tokenize: skipped documents with null text: {dict(nulls)}")
         stats = {
