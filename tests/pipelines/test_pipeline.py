@@ -131,3 +131,45 @@ def test_whole_tiny_pipeline_ends_in_a_report_and_reruns_as_a_no_op(tmp_path: Pa
     assert f"{mixture['predicted_target_loss']:.4f}" in md  # figures are read from the stage outputs
     again = run_pipeline(yaml, run)
     assert all(m.skipped for m in again.values())
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_mid_swarm_resumes_to_the_outputs_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    yaml = write(tmp_path, TINY)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mixlab.cli", "pipeline", "run", str(yaml), "--out", str(killed), "--until", "swarm_train"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    partial = killed / ".06_swarm_train.partial"
+    deadline = time.time() + 300
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the CLI and its Dask workers
+    proc.wait()
+    assert not (killed / "06_swarm_train" / "manifest.json").exists()
+
+    resumed = run_pipeline(yaml, killed)
+    assert resumed["synth"].skipped and resumed["tokenize"].skipped  # finished stages are not redone
+    straight = tmp_path / "straight"
+    run_pipeline(yaml, straight)
+
+    a, b = (pq.read_table(d / "06_swarm_train" / "runs.parquet") for d in (killed, straight))
+    assert a.column("run_id").to_pylist() == b.column("run_id").to_pylist()
+    for column in (c for c in a.column_names if c.startswith(("w.", "loss."))):
+        np.testing.assert_allclose(a[column].to_numpy(), b[column].to_numpy(), rtol=0, atol=1e-5)
+    mix_a, mix_b = (json.loads((d / "08_mixtures_select" / "mixture.json").read_text()) for d in (killed, straight))
+    for domain, w in mix_b["weights"].items():
+        assert mix_a["weights"][domain] == pytest.approx(w, abs=1e-6)
+    comp_a, comp_b = (json.loads((d / "09_pretrain" / "comparison.json").read_text()) for d in (killed, straight))
+    for name, model in comp_b["models"].items():
+        assert comp_a["models"][name]["target"] == pytest.approx(model["target"], abs=1e-4)

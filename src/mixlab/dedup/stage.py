@@ -48,6 +48,7 @@ from mixlab.io import (
     StageDir,
     check_documents,
     log,
+    progress,
     run_stage,
     shard_name,
     write_json,
@@ -303,8 +304,11 @@ def _dedup(files: list[Path], cfg: DedupConfig, stage: StageDir, client: Any) ->
     if reused:
         log(f"dedup: resuming: {reused} of {len(parts)} signature partitions already done")
     log(f"dedup: signatures for {len(todo)} partition(s), {cfg.num_perm} permutations, bands {bands} x rows {rows}")
+    from distributed import as_completed
+
     futures = client.map(signature_partition, todo, cfg=cfg, work=str(work), pure=False)
-    client.gather(futures)
+    for future in progress(as_completed(futures), len(futures), "dedup signatures", "partition"):
+        future.result()
     phases["signatures"] = time.perf_counter() - t
     sig_files = [str(_part_file(work, p.index)) for p in parts]
 

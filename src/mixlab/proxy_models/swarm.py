@@ -25,7 +25,7 @@ import xxhash
 
 from mixlab.config import check_choices, option
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, StageDir, log, parquet_files, run_stage, write_table
+from mixlab.io import Manifest, StageDir, log, parquet_files, progress, run_stage, write_table
 from mixlab.tokenize.shards import SPLITS, domains, read_token_counts, split_dir, tokens_info
 
 RUNS = "runs.parquet"
@@ -426,7 +426,7 @@ def run_swarm(
                         key=key, pure=False, resources={"GPU": 1} if gpu else None,
                     )
                     futures[future] = key
-                for future in as_completed(futures):
+                for future in progress(as_completed(futures), len(futures), "swarm packs", "pack"):
                     rows = future.result()
                     # One file per finished pack: a restart reads these and skips their runs.
                     write_table(_runs_table(rows), stage.work / f"pack_{futures[future]}.parquet")

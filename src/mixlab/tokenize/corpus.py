@@ -31,6 +31,7 @@ from mixlab.io import (
     Manifest,
     StageDir,
     log,
+    progress,
     run_stage,
     shard_name,
     write_json,
@@ -188,7 +189,7 @@ def run_tokenize(
                             pure=False): i
                 for i in todo
             }
-            for done, future in enumerate(as_completed(futures), 1):
+            for done, future in enumerate(progress(as_completed(futures), len(futures), "tokenize", "part"), 1):
                 results[futures[future]] = future.result()
                 if done % max(1, (len(todo) + 9) // 10) == 0 or done == len(todo):
                     log(f"tokenize: encoded {done}/{len(todo)} parts")
