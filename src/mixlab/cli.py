@@ -19,7 +19,17 @@ import click
 
 from mixlab import __version__
 from mixlab.config import IngestConfig, SynthConfig, _unwrap_optional, field_help, field_types, resolve_config
+from mixlab.dedup.config import DedupConfig
 from mixlab.errors import MixlabError
+from mixlab.mixtures.fit import FitConfig
+from mixlab.mixtures.sample import SampleConfig
+from mixlab.mixtures.select import SelectConfig
+from mixlab.pipelines.report import ReportConfig
+from mixlab.proxy_models.distill import DistillConfig
+from mixlab.proxy_models.export import ExportConfig
+from mixlab.proxy_models.pretrain import PretrainConfig
+from mixlab.proxy_models.swarm import SwarmConfig
+from mixlab.tokenize.config import TokenizeConfig, TokenizerEvalConfig, TokenizerTrainConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -116,14 +126,6 @@ def _show_default(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def _lazy(path: str) -> type:
-    """A config class by "module:Class" (stage modules import torch/lightgbm; load them at use)."""
-    import importlib
-
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def out_option(func: Callable) -> Callable:
     func = click.option("--force", is_flag=True, help="recompute and replace an existing output (needed when its settings or inputs changed)")(func)
     return click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
@@ -182,9 +184,6 @@ def ingest(inputs: tuple[Path, ...], cfg: IngestConfig, out_dir: Path, force: bo
         click.echo(f"ingest: skipped {json.dumps(manifest.stats['skipped'])}", err=True)
 
 
-# --- stage commands added by the stage packages live below ---------------------------------
-
-
 # --- mixtures group (sample here; fit and select are added to it below) ---------------------
 
 
@@ -195,7 +194,6 @@ def mixtures() -> None:
 
 # --- mixtures sample ---------------------------------------------------------------------------
 
-from mixlab.mixtures.sample import SampleConfig  # noqa: E402
 
 
 @mixtures.command("sample", context_settings=CONTEXT)
@@ -212,7 +210,6 @@ def mixtures_sample(tokens: Path, cfg: SampleConfig, out_dir: Path, force: bool)
 
 # --- swarm train -------------------------------------------------------------------------------
 
-from mixlab.proxy_models.swarm import SwarmConfig  # noqa: E402
 
 
 @main.group(cls=StageGroup, context_settings=CONTEXT)
@@ -244,8 +241,6 @@ def swarm_train(candidates: Path, tokens: Path, cfg: SwarmConfig, out_dir: Path,
 
 # --- mixtures fit / select ---------------------------------------------------------------------
 
-from mixlab.mixtures.fit import FitConfig  # noqa: E402
-from mixlab.mixtures.select import SelectConfig  # noqa: E402
 
 
 @mixtures.command("fit", context_settings=CONTEXT)
@@ -304,7 +299,6 @@ def mixtures_select(fit: Path, tokens: Path | None, cfg: SelectConfig, out_dir: 
 
 # --- tokenizer train / eval, tokenize ----------------------------------------------------------
 
-from mixlab.tokenize.config import TokenizeConfig, TokenizerEvalConfig, TokenizerTrainConfig  # noqa: E402
 
 
 @main.group(cls=StageGroup, context_settings=CONTEXT)
@@ -358,7 +352,6 @@ def tokenize_command(inputs: tuple[Path, ...], tokenizer_dir: Path, cfg: Tokeniz
 
 # --- dedup -------------------------------------------------------------------------------------
 
-from mixlab.dedup.config import DedupConfig  # noqa: E402
 
 
 @main.command("dedup", context_settings=CONTEXT)
@@ -381,9 +374,6 @@ def dedup_command(inputs: tuple[Path, ...], cfg: DedupConfig, out_dir: Path, for
 
 # --- pretrain, distill, export hf ----------------------------------------------------------
 
-from mixlab.proxy_models.distill import DistillConfig  # noqa: E402
-from mixlab.proxy_models.export import ExportConfig  # noqa: E402
-from mixlab.proxy_models.pretrain import PretrainConfig  # noqa: E402
 
 
 def _comparison_lines(out_dir: Path) -> None:
@@ -486,11 +476,11 @@ def pipeline_run(pipeline_file: str, out_dir: Path | None, from_stage: str | Non
 
 @main.command("report", context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@config_options(_lazy("mixlab.pipelines.report:ReportConfig"))
+@config_options(ReportConfig)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="where to write report.html / report.md [default: RUN_DIR/NN_report]")
 @click.option("--force", is_flag=True, help="rebuild an existing report")
-def report_command(run_dir: Path, cfg: Any, out_dir: Path | None, force: bool) -> None:
+def report_command(run_dir: Path, cfg: ReportConfig, out_dir: Path | None, force: bool) -> None:
     """Write a one-page HTML + markdown report of a pipeline run directory."""
     from mixlab.pipelines.report import default_report_dir, run_report
 
