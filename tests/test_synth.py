@@ -185,3 +185,26 @@ def test_synth_through_the_cli_reports_what_it_wrote(tmp_path, cli):
     assert f"synth: wrote {out}" in result.stdout
     assert sorted(p.name for p in (out / "documents").iterdir()) == ["news.parquet", "prose.parquet"]
     assert "already up to date" in cli(*args).stdout
+
+
+def word_bigrams(texts) -> set[tuple[str, str]]:
+    pairs = set()
+    for text in texts:
+        words = re.sub(r"[.\n]", " ", text).lower().split()
+        pairs.update(zip(words, words[1:]))
+    return pairs
+
+
+@pytest.mark.parametrize("domain", ["prose", "legal"])
+def test_target_documents_come_from_the_same_process_as_the_corpus_domain(domain):
+    """A blend target is only answerable if its prose *is* the corpus's prose language: fresh
+    samples of the same Markov chain share its word pairs; another seed's chain does not."""
+    vocab = _Vocab(0)
+    corpus = word_bigrams(DOMAIN_GENERATORS[domain](_rng(0, "docs", domain), vocab, 300, 200))
+    target = word_bigrams(DOMAIN_GENERATORS[domain](_rng(0, "target", domain), vocab, 30, 200))
+    vocab.seed = 1  # same words, another process: chains are drawn from the seed
+    vocab._chains.clear()
+    other = word_bigrams(DOMAIN_GENERATORS[domain](_rng(0, "target", domain), vocab, 30, 200))
+    seen = len(target & corpus) / len(target)
+    assert seen > 0.6  # (about 0.7 for prose, 0.8 for legal; another chain's: 0.002, 0.2)
+    assert len(other & corpus) / len(other) < seen / 3

@@ -292,7 +292,8 @@ def mixtures_select(fit: Path, tokens: Path | None, cfg: SelectConfig, out_dir: 
     if check:
         click.echo("mixtures select: at the larger proxy size, measured "
                    + ", ".join(f"{n}={v:.4g}" for n, v in check["measured"].items())
-                   + ("; predicted order holds" if check["ordering_holds"] else "; predicted order does NOT hold"))
+                   + ("; predicted order holds" if check["ordering_holds"] else "; predicted order does NOT hold")
+                   + ("; chosen beats both beyond seed noise" if check["chosen_beats_baselines"] else ""))
     for warning in stats.get("warnings", []):
         click.echo(f"mixtures select: warning: {warning}", err=True)
 

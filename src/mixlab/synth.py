@@ -79,30 +79,41 @@ def _zipf_cdf(k: int, s: float = 1.1) -> np.ndarray:
 
 
 class _Vocab:
-    """Per-seed vocabularies: a common pool shared by the prose-like domains, plus each domain's own."""
+    """Per-seed vocabularies: a common pool shared by the prose-like domains, plus each domain's own.
+
+    Also each Markov domain's successor table, drawn once per seed and name: a domain is one
+    generative process, so its documents and the held-out target's documents of that domain
+    are samples of the same language (a target drawn from another chain would share only the
+    words, and a model that learns the corpus's prose would get *worse* on the target's).
+    """
 
     def __init__(self, seed: int):
         taken: set[str] = set()
+        self.seed = seed
         self.common = _make_words(_rng(seed, "vocab", "common"), "prose", 300, taken)
         self.own = {
             style: _make_words(_rng(seed, "vocab", style), style, 2500 if style != "tabular" else 300, taken)
             for style in _CONSONANTS
         }
+        self._chains: dict[str, np.ndarray] = {}
+
+    def chain(self, name: str, size: int, successors: int) -> np.ndarray:
+        """(size, successors) successor table of the Markov process `name`, the same on every call."""
+        if name not in self._chains:
+            self._chains[name] = _rng(self.seed, "chain", name).integers(0, size, size=(size, successors))
+        return self._chains[name]
 
 
 # --- domain generators: (rng, vocab, n_docs, mean_words) -> list of texts -------------------
 
 
-def _markov_docs(
-    rng: np.random.Generator, words: Sequence[str], n_docs: int, mean_words: int, successors: int = 24
-) -> list[str]:
-    """Word-level first-order Markov text: every word has a few Zipf-weighted successors.
+def _markov_docs(rng: np.random.Generator, words: Sequence[str], succ: np.ndarray, n_docs: int, mean_words: int) -> list[str]:
+    """Word-level first-order Markov text: word i is followed by one of ``succ[i]``, Zipf-weighted.
 
     Vectorised over documents: one numpy step per word position, not per word.
     """
     vocab = np.array(words, dtype=object)
-    v = len(vocab)
-    succ = rng.integers(0, v, size=(v, successors))
+    v, successors = succ.shape
     cdf = _zipf_cdf(successors)
     lengths = rng.integers(mean_words // 2, mean_words * 3 // 2 + 1, size=n_docs)
     steps = int(lengths.max())
@@ -127,12 +138,14 @@ def _markov_docs(
 
 
 def _prose(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> list[str]:
-    return _markov_docs(rng, vocab.common + vocab.own["prose"], n, mean_words)
+    words = vocab.common + vocab.own["prose"]
+    return _markov_docs(rng, words, vocab.chain("prose", len(words), 24), n, mean_words)
 
 
 def _news(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> list[str]:
     # Shares the common pool and a slice of prose's own words: a domain related to prose.
-    return _markov_docs(rng, vocab.common + vocab.own["prose"][:800] + vocab.own["news"][:1500], n, mean_words)
+    words = vocab.common + vocab.own["prose"][:800] + vocab.own["news"][:1500]
+    return _markov_docs(rng, words, vocab.chain("news", len(words), 24), n, mean_words)
 
 
 _CODE_TEMPLATES = [
@@ -259,8 +272,9 @@ _MONTHS = ["January", "March", "June", "October"]
 
 def _legal(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> list[str]:
     words = vocab.common[:150] + vocab.own["legal"][:1200]
-    clause_rng = np.random.default_rng(int(rng.integers(2**63)))
-    clauses = _markov_docs(clause_rng, words, 200, 18, successors=6)  # boilerplate: few, reused clauses
+    # Boilerplate: few clauses, reused. The clause book belongs to the domain (drawn from the
+    # seed, not from this call's stream), so every sample of legal text quotes the same clauses.
+    clauses = _markov_docs(_rng(vocab.seed, "clauses", "legal"), words, vocab.chain("legal", len(words), 6), 200, 18)
     parties = [w.capitalize() + " " + s for w, s in zip(vocab.own["legal"][1200:1260], itertools.cycle(["Ltd", "LLC", "Inc", "GmbH"]))]
     c_cdf = _zipf_cdf(len(clauses), 0.7)
     # Every sentence is "<k>. <clause> The <A> shall pay the <B> <amount> on <d> <Month> <yyyy>.":

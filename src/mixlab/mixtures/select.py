@@ -406,8 +406,15 @@ def run_select(
                  "uniform": uniform_info["predicted_target_loss"]},
                 fit["target"]["terms"], fit.get("swarm_config"), cfg.verify_scale, cfg.verify_seeds,
             )
-            if not mixture["verification"]["ordering_holds"]:
-                warnings.append("at the larger proxy size the measured order differs from the predicted one")
+            check = mixture["verification"]
+            worse = [n for n, c in check["comparisons"].items() if c["verdict"].startswith("worse")]
+            # Only the chosen mixture's standing is worth a warning: natural and uniform swapping
+            # places when their predictions differ by less than the noise is not news.
+            if worse:
+                warnings.append(f"at the larger proxy size the chosen mixture measured worse than {', '.join(worse)}")
+            elif not check["chosen_beats_baselines"]:
+                warnings.append("at the larger proxy size the chosen mixture's lead is within seed noise")
+            if worse or not check["chosen_beats_baselines"]:
                 log(f"mixtures select: warning: {warnings[-1]}")
         write_json(stage.out / MIXTURE_JSON, mixture)
         plot_weights(domains, chosen, prior, stage.out / "weights_vs_prior.png")
@@ -427,6 +434,7 @@ def run_select(
         if cfg.verify:
             v = mixture["verification"]
             stats["verification"] = {"ordering_holds": v["ordering_holds"],
+                                     "chosen_beats_baselines": v["chosen_beats_baselines"],
                                      "measured": {n: m["measured"] for n, m in v["mixtures"].items()}}
         return counts, stats
 

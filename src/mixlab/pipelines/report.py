@@ -249,6 +249,17 @@ def _mixture(page: Page, select_dir: Path) -> None:
                 _bars(domains, {"chosen": [weights[d] for d in domains], "natural": [prior.get(d, 0) for d in domains],
                                 "uniform": [uniform] * len(domains)}, "weight"),
                 "chosen mixture against natural and uniform")
+    check = mix.get("verification")
+    if check:
+        page.para(f"Second-scale check (proxies {check.get('scale', '?')}x wider and longer, re-trained before the "
+                  f"full run): predicted order {check.get('predicted_order')}, measured {check.get('measured_order')}; "
+                  f"the order {'holds' if check.get('ordering_holds') else 'does NOT hold'}.")
+        comparisons = check.get("comparisons", {})
+        page.table(["mixture", "predicted target loss", "measured at the larger size", "measured std",
+                    "chosen lower by", "verdict"],
+                   [[n, m.get("predicted"), m.get("measured"), m.get("measured_std"),
+                     comparisons.get(n, {}).get("gap"), comparisons.get(n, {}).get("verdict")]
+                    for n, m in check.get("mixtures", {}).items()])
     for w in mix.get("warnings", []):
         page.para(f"Warning: {w}")
 
@@ -339,6 +350,12 @@ def _answer(page: Page, dirs: Mapping[str, Path]) -> None:
     if floor:
         parts[-1] += f" (seed noise floor {floor.get('rmse', float('nan')):.3g})"
     parts[-1] += "."
+    check = mix.get("verification") or {}
+    if check.get("comparisons"):
+        parts.append(f"Re-trained at {check.get('scale')}x the proxy size with {check.get('seeds')} seed(s): "
+                     + "; ".join(f"against {n}, chosen is {c['verdict']} ({c['gap']:+.4f}"
+                                 + (f" +- {c['stderr']:.3f}" if c.get("stderr") is not None else "") + " nats lower)"
+                                 for n, c in check["comparisons"].items()) + ".")
     if "pretrain" in dirs and (dirs["pretrain"] / "comparison.json").is_file():
         comp = json.loads((dirs["pretrain"] / "comparison.json").read_text())
         parts.append(f"Pretrained at equal tokens, the best target loss is {comp.get('best')}'s "
