@@ -78,7 +78,7 @@ def encode_part(
     nulls = Counter(table.filter(null)["domain"].to_pylist())
     table = table.filter(pc.invert(null))
     flat, lengths = encode_texts(
-        tok, table["text"].to_pylist(), eos_id=info.eos_id, space_segmentable=info.space_segmentable,
+        tok, table["text"], eos_id=info.eos_id, space_segmentable=info.space_segmentable,
         max_chunk_chars=cfg.max_chunk_chars, batch_size=cfg.batch_size, dtype=dtype,
     )
     valid = valid_mask(table["id"], cfg.seed, cfg.valid_fraction, forced)
@@ -95,7 +95,9 @@ def encode_part(
         for split, in_split in (("train", ~valid), ("valid", valid)):
             rows = np.flatnonzero((domains == domain) & in_split)
             if rows.size:
-                write_table(out.take(rows), Path(work) / "parts" / domain / split / f"part_{index:06d}.parquet")
+                # scratch read back once by assemble_split: speed over size
+                write_table(out.take(rows), Path(work) / "parts" / domain / split / f"part_{index:06d}.parquet",
+                            compression="lz4")
                 nbytes[f"{domain}/{split}"] = int(text_bytes[rows].sum())
     result = {"documents": int(table.num_rows), "tokens": int(lengths.sum()), "nulls": dict(nulls), "bytes": nbytes,
               "seconds": round(time.perf_counter() - started, 3), "cpu_seconds": round(time.process_time() - cpu, 3)}

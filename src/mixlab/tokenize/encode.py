@@ -48,21 +48,59 @@ def line_chunks(text: str, max_chars: int) -> list[str]:
     return pieces
 
 
-# Places where the GPT-4 pre-tokenisation always starts a new pre-token (see
-# `tokenizer.space_segmentable`), as (RE2 pattern, replacement inserting MARK at the cut):
-# a space after a non-whitespace character (RE2's \s is ASCII only, hence the explicit
-# classes), a non-whitespace character after a newline, and an ASCII letter or digit followed
-# by ASCII punctuation or a newline. Non-ASCII contexts are left uncut, so Unicode version
-# differences between RE2 and Oniguruma cannot matter. (Letter|digit cuts are valid too but
-# measured slower: each pass costs more than the extra reuse saves.)
-_NOT_SPACE = r"[^\s\p{Z}\x{0b}\x{85}\x{1c}-\x{1f}]"
-_PUNCT = r"[!-/:-@\[-`{-~]"
-_CUTS = (
-    (f"({_NOT_SPACE}) ", "\\1{m} "),
-    (f"([\\r\\n])({_NOT_SPACE})", "\\1{m}\\2"),
-    (f"([A-Za-z0-9])({_PUNCT}|[\\r\\n])", "\\1{m}\\2"),
-)
-_MARK = "\ufdd0"  # a Unicode noncharacter; documents that contain it are encoded whole
+# Byte classes for finding where the GPT-4 pre-tokenisation always starts a new pre-token
+# (see `tokenizer.space_segmentable`). Cuts go only between two ASCII bytes, so a piece never
+# splits a UTF-8 character and Unicode's wider notions of space or letter cannot matter:
+#   a space after a printable non-space   ("a| b", ".| b")
+#   a printable non-space after a newline  ("\n|x")
+#   punctuation or a newline after a letter or digit ("don|'t", "x|.y", "x|\n")
+_PRINTABLE, _SPACE, _NEWLINE, _ALNUM, _PUNCT = 1, 2, 4, 8, 16
+_BYTE_CLASS = np.zeros(256, dtype=np.uint8)
+_BYTE_CLASS[0x21:0x7F] |= _PRINTABLE
+_BYTE_CLASS[0x20] |= _SPACE
+_BYTE_CLASS[[0x0A, 0x0D]] |= _NEWLINE
+for _lo, _hi in ((0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)):
+    _BYTE_CLASS[_lo:_hi + 1] |= _ALNUM
+for _lo, _hi in ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)):
+    _BYTE_CLASS[_lo:_hi + 1] |= _PUNCT
+
+
+def _as_large_strings(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks else pa.array([], pa.large_string())
+    if not isinstance(texts, pa.Array):
+        texts = pa.array(texts, pa.large_string())
+    if texts.null_count:
+        raise ValueError("encode_texts: null text (filter nulls before encoding)")
+    return texts.cast(pa.large_string())
+
+
+def space_pieces(texts: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.ndarray]:
+    """(pieces, pieces per text): every text cut where a pre-token must start, in one numpy pass
+    over the UTF-8 bytes. The pieces share the texts' byte buffer (only new offsets are made)."""
+    n = len(texts)
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset: texts.offset + n + 1]
+    lo, hi = (int(offsets[0]), int(offsets[-1])) if n else (0, 0)
+    data = texts.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8)[lo:hi] if data is not None else np.zeros(0, np.uint8)
+    cls = _BYTE_CLASS[raw]
+    prev, cur = cls[:-1], cls[1:]
+
+    def has(c: np.ndarray, flags: int) -> np.ndarray:
+        return (c & flags) != 0
+
+    cut = (
+        (has(cur, _SPACE) & has(prev, _PRINTABLE))
+        | (has(prev, _NEWLINE) & has(cur, _PRINTABLE))
+        | (has(prev, _ALNUM) & has(cur, _PUNCT | _NEWLINE))
+    )
+    boundary = np.zeros(hi - lo + 1, dtype=bool)
+    boundary[1:-1] = cut  # cut before byte i + 1 (a cut at a text's first byte is its start anyway)
+    boundary[offsets - lo] = True
+    bounds = np.flatnonzero(boundary) + lo
+    pieces = pa.LargeStringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds.astype(np.int64)), data)
+    per_text = np.searchsorted(bounds, offsets[1:]) - np.searchsorted(bounds, offsets[:-1])
+    return pieces, per_text.astype(np.int64)
 
 
 def _encode_pieces(tok: Tokenizer, pieces: Sequence[str], batch_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +134,7 @@ def _gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, codes: np
 
 def encode_texts(
     tok: Tokenizer,
-    texts: Sequence[str],
+    texts: Sequence[str] | pa.Array | pa.ChunkedArray,
     *,
     eos_id: int | None = None,
     space_segmentable: bool = False,
@@ -104,48 +142,37 @@ def encode_texts(
     batch_size: int = 1000,
     dtype: np.dtype = np.dtype(np.uint32),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(flat ids, tokens per document) for `texts`, with `eos_id` appended to each when given.
+    """(flat ids, tokens per document) for `texts` (no nulls), with `eos_id` appended to each when given.
 
     With `space_segmentable` (see `tokenizer.space_segmentable`) texts are cut where a
-    pre-token must start (before spaces, after newlines, ...) and each distinct piece is encoded once: the same ids as whole-document encoding, a
-    fraction of the work, since words repeat. Otherwise documents over `max_chunk_chars`
-    are cut after newlines, which may change a few tokens at the cuts.
+    pre-token must start (`space_pieces`) and each distinct piece is encoded once: the same
+    ids as whole-document encoding for a fraction of the work, since words repeat. Otherwise
+    documents over `max_chunk_chars` are cut after newlines, which may change a few tokens at
+    the cuts.
     """
     if space_segmentable:
-        array = pa.array(texts, pa.large_string())
-        has_mark = pc.fill_null(pc.match_substring(array, _MARK), False)
-        marked = array
-        for pattern, replacement in _CUTS:
-            marked = pc.replace_substring_regex(marked, pattern, replacement.format(m=_MARK))
-        pieces = pc.split_pattern(pc.if_else(has_mark, "", marked), _MARK)
-        per_doc = pc.list_value_length(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
-        coded = pc.dictionary_encode(pc.list_flatten(pieces))
+        pieces, per_doc = space_pieces(_as_large_strings(texts))
+        coded = pc.dictionary_encode(pieces)
         codes = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         flat_u, lengths_u = _encode_pieces(tok, coded.dictionary.to_pylist(), batch_size, dtype)
         flat, piece_lengths = _gather(flat_u, _starts(lengths_u), lengths_u, codes)
-        if pc.any(has_mark).as_py():  # rare: encode those documents whole and splice them in
-            marked_docs = np.flatnonzero(has_mark.to_numpy(zero_copy_only=False))
-            pieces_per = np.repeat(np.arange(len(texts)), per_doc)
-            lengths = np.bincount(pieces_per, weights=piece_lengths, minlength=len(texts)).astype(np.int64)
-            flat_m, lengths_m = _encode_pieces(tok, [texts[i] for i in marked_docs], batch_size, dtype)
-            starts = _starts(lengths)
-            starts[marked_docs] = len(flat) + _starts(lengths_m)
-            lengths[marked_docs] = lengths_m
-            flat, piece_lengths = _gather(np.concatenate([flat, flat_m]), starts, lengths, np.arange(len(texts)))
-            per_doc = np.ones(len(texts), dtype=np.int64)
     else:
-        pieces: list[str] = []
+        if not isinstance(texts, Sequence):
+            texts = texts.to_pylist()
+        pieces_list: list[str] = []
         per_doc = np.ones(len(texts), dtype=np.int64)
         for i, text in enumerate(texts):  # a loop over documents only to find the rare long ones
             if len(text) > max_chunk_chars:
                 chunk = line_chunks(text, max_chunk_chars)
-                pieces.extend(chunk)
+                pieces_list.extend(chunk)
                 per_doc[i] = len(chunk)
             else:
-                pieces.append(text)
-        flat, piece_lengths = _encode_pieces(tok, pieces, batch_size, dtype)
-    doc_of_piece = np.repeat(np.arange(len(texts), dtype=np.int64), per_doc)
-    lengths = np.bincount(doc_of_piece, weights=piece_lengths, minlength=len(texts)).astype(np.int64)
+                pieces_list.append(text)
+        flat, piece_lengths = _encode_pieces(tok, pieces_list, batch_size, dtype)
+    lengths = np.zeros(len(per_doc), dtype=np.int64)  # tokens per document: its pieces' summed
+    has_pieces = per_doc > 0
+    if has_pieces.any():
+        lengths[has_pieces] = np.add.reduceat(piece_lengths, _starts(per_doc)[has_pieces])
     if eos_id is not None:
         flat = np.insert(flat, np.cumsum(lengths), np.asarray(eos_id, dtype=dtype))
         lengths += 1

@@ -95,7 +95,7 @@ def evaluate(tokenizer: Path | str, texts: Mapping[str, pa.Array], cfg: Tokenize
     total = np.zeros(info.vocab_size, dtype=np.int64)
     rows = []
     for domain, text in texts.items():
-        flat, _ = encode_texts(tok, text.to_pylist(), space_segmentable=info.space_segmentable,
+        flat, _ = encode_texts(tok, text, space_segmentable=info.space_segmentable,
                                batch_size=cfg.batch_size)
         counts = np.bincount(flat.astype(np.int64), minlength=info.vocab_size)
         total += counts
