@@ -70,7 +70,7 @@ def test_distill_writes_the_student_and_compares_it_with_scratch(tokens_with_tok
     manifest = run_distill({"teacher": teacher, "tokens": tokens_with_tokenizer}, cfg, out)
 
     config = json.loads((out / "config.json").read_text())
-    assert config["stage"] == "distill" and config["alpha"] == 0.5 and config["model"]["n_embd"] == 16
+    assert config["stage"] == "distill" and config["alpha"] == cfg.alpha and config["model"]["n_embd"] == 16
     assert config["mixture"] == {"alpha": 0.5, "beta": 0.5}  # the teacher's mixture by default
     assert config["model"]["seq_len"] == TEACHER.seq_len
     assert (out / "scratch" / "model.safetensors").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()

@@ -54,8 +54,11 @@ class DistillConfig(TrainConfig):
     SECTION = "distill"
 
     student: Path | None = option(None, "student size file (.yaml/.json with GPTConfig keys); size flags override it")
-    alpha: float = option(0.5, "weight of the distillation (KL) term; 1 - alpha weighs plain cross-entropy")
-    tau: float = option(2.0, "softmax temperature of teacher and student in the KL term")
+    # Defaults measured on the quickstart (400-step teacher, 200-step student, same tokens): target
+    # loss 4.13 at alpha 0.9 / tau 1, 4.22 at 0.5 / 1, 4.42 at 0.5 / 2, against 4.41 from scratch.
+    # A language model's next-token distribution is already soft; tau > 1 flattens it towards noise.
+    alpha: float = option(0.9, "weight of the distillation (KL) term; 1 - alpha weighs plain cross-entropy")
+    tau: float = option(1.0, "softmax temperature of teacher and student in the KL term")
     logit_chunk: int = option(64, "positions per chunk when computing vocabulary logits (bounds memory)")
     compare_scratch: bool = option(False, "also train the same student from scratch on the same tokens")
 
