@@ -173,3 +173,36 @@ def test_a_pipeline_killed_mid_swarm_resumes_to_the_outputs_of_an_uninterrupted_
     comp_a, comp_b = (json.loads((d / "09_pretrain" / "comparison.json").read_text()) for d in (killed, straight))
     for name, model in comp_b["models"].items():
         assert comp_a["models"][name]["target"] == pytest.approx(model["target"], abs=1e-4)
+
+
+BLEND = """
+seed: 1
+synth: {domains: [prose, code, tabular, legal], docs_per_domain: 300, doc_words: 200, near_dup_clusters: 10,
+        exact_dups: 4, target_blend: {prose: 0.7, code: 0.3}, target_docs: 100}
+tokenizer_train: {vocab_size: 512}
+mixtures_sample: {candidates: 48}
+swarm_train: {n_layer: 2, n_embd: 64, n_head: 4, seq_len: 64, batch_size: 8, steps: 60, warmup_steps: 6,
+              eval_sequences: 16, repeats: 2, repeat_mixtures: 2}
+mixtures_fit: {target: target}
+mixtures_select: {samples: 20000}
+pretrain: {n_layer: 2, n_embd: 64, n_head: 4, seq_len: 64, steps: 200, eval_every: 100, baselines: [natural, uniform]}
+"""
+
+
+@pytest.mark.slow
+def test_the_synthetic_blend_target_is_found_and_pays_off_in_pretraining(tmp_path: Path) -> None:
+    """The whole search on the synthetic corpus, scored against what it planted: a target drawn
+    70/30 from prose and code. The chosen mixture must lean on those two, and the model
+    pretrained on it must beat natural and uniform at equal tokens."""
+    run = tmp_path / "run"
+    run_pipeline(write(tmp_path, BLEND), run, until_stage="pretrain")
+    mixture = json.loads((run / "08_mixtures_select" / "mixture.json").read_text())
+    assert mixture["weights"]["prose"] + mixture["weights"]["code"] >= 0.8, mixture["weights"]
+    assert mixture["predicted_target_loss"] < mixture["natural"]["predicted_target_loss"]
+    assert mixture["predicted_target_loss"] < mixture["uniform"]["predicted_target_loss"]
+    comparison = json.loads((run / "09_pretrain" / "comparison.json").read_text())
+    models = comparison["models"]
+    assert comparison["best"] == "chosen", models
+    noise = mixture["noise_floor"]["rmse"]
+    for baseline in ("natural", "uniform"):
+        assert models[baseline]["target"] - models["chosen"]["target"] > noise, (baseline, models, noise)
