@@ -71,7 +71,7 @@ def main() -> None:
         for name in ("tokens", "tokens_warm"):
             start, cpu = time.perf_counter(), time.process_time()
             manifest = run_tokenize({"documents": docs, "tokenizer": work / "tokenizer"},
-                                    TokenizeConfig(rows_per_task=2000), work / name, client)
+                                    TokenizeConfig(), work / name, client)
             runs.append((time.perf_counter() - start, time.process_time() - cpu + manifest.stats["worker_cpu_seconds"]))
             assert manifest.counts["tokens"] == n_tokens, (manifest.counts["tokens"], n_tokens)
     loop_rate = mb / loop_s

@@ -318,3 +318,31 @@ def test_a_corrupt_manifest_is_reported(tmp_path):
     with pytest.raises(InputError, match="corrupt manifest"):
         Manifest.load(tmp_path / "out")
 
+
+
+def _rows_file(path: Path, n: int, row_group_size: int | None = None) -> Path:
+    from mixlab.io import write_table
+
+    write_table(pa.table({"id": [f"d{i:05d}" for i in range(n)], "x": list(range(n))}), path, row_group_size=row_group_size)
+    return path
+
+
+def test_partitions_cover_every_row_once_and_respect_the_cap(tmp_path: Path) -> None:
+    from mixlab.io import plan_partitions, read_partition
+
+    files = [_rows_file(tmp_path / "a.parquet", 5000, row_group_size=700), _rows_file(tmp_path / "b.parquet", 3)]
+    parts = plan_partitions(files, max_rows=1000)
+    assert [p.index for p in parts] == list(range(len(parts)))
+    assert all(p.stop - p.start <= 1000 for p in parts)
+    ids = [i for p in parts for i in read_partition(p, ["id"])["id"].to_pylist()]
+    assert ids == [f"d{i:05d}" for i in range(5000)] + [f"d{i:05d}" for i in range(3)]
+
+
+def test_a_small_corpus_is_still_split_for_every_worker_but_not_into_crumbs(tmp_path: Path) -> None:
+    from mixlab.io import plan_partitions
+
+    small = _rows_file(tmp_path / "small.parquet", 40_000)
+    assert len(plan_partitions([small], max_rows=20_000)) == 8  # 5,000 rows each: eight workers busy
+    tiny = _rows_file(tmp_path / "tiny.parquet", 3000)
+    assert len(plan_partitions([tiny], max_rows=20_000)) == 2  # never below 2,000 rows a part
+    assert plan_partitions([small], max_rows=20_000) == plan_partitions([small], max_rows=20_000)

@@ -21,7 +21,7 @@ import xxhash
 
 from mixlab.config import IngestConfig
 from mixlab.errors import InputError
-from mixlab.io import Manifest, StageDir, log, run_stage, shard_name, write_table
+from mixlab.io import DOCUMENT_ROW_GROUP, Manifest, StageDir, log, run_stage, shard_name, write_table
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -201,7 +201,7 @@ def run_ingest(
                 cols = list(zip(*pending))
                 table = pa.table({name: pa.array(list(values), pa.string())
                                   for name, values in zip(("id", "domain", "text", "source"), cols)})
-                write_table(table, stage.out / shard_name(shard))
+                write_table(table, stage.out / shard_name(shard), row_group_size=DOCUMENT_ROW_GROUP)
                 shard += 1
                 pending = []
 

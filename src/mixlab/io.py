@@ -380,12 +380,62 @@ def _fingerprint_inputs(inputs: Mapping[str, Any]) -> dict[str, str]:
 # --- writing tables ------------------------------------------------------------------------
 
 
-def write_table(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
+# Row groups of the documents tables mixlab writes. Tasks read row ranges, and parquet reads
+# whole row groups: small groups keep a task from decoding text it does not use.
+DOCUMENT_ROW_GROUP = 4096
+
+
+def write_table(table: pa.Table, path: Path, *, compression: str = "zstd", row_group_size: int | None = None) -> None:
     """Write one parquet file atomically (temp name + rename) so a kill leaves no torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression=compression)
+    pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size)
     os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """Rows [start, stop) of one parquet file: a data-parallel stage's unit of work and of resume."""
+
+    index: int
+    file: str
+    start: int
+    stop: int
+
+
+def plan_partitions(files: Iterable[Path], max_rows: int, min_parts: int = 8, min_rows: int = 2000) -> list[Partition]:
+    """Row ranges of at most `max_rows` rows, and small enough that a small corpus still makes
+    about `min_parts` of them (so every worker has work), but not below `min_rows`: a part has
+    fixed costs (reading, the tokenizer's first pass over its words) that smaller parts repeat.
+
+    The plan depends only on the files and the settings, never on the cluster, so a resumed
+    run finds its completion markers where it left them.
+    """
+    files = [Path(f) for f in files]
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    per_part = max(1, min(max_rows, max(min_rows, -(-sum(counts) // min_parts))))
+    parts: list[Partition] = []
+    for file, rows in zip(files, counts):
+        for start in range(0, max(rows, 1), per_part):
+            parts.append(Partition(len(parts), str(file), start, min(rows, start + per_part)))
+    return parts
+
+
+def read_partition(part: Partition, columns: Iterable[str] | None = None) -> pa.Table:
+    """The partition's rows, reading only the row groups that overlap it."""
+    columns = list(columns) if columns is not None else None
+    pf = pq.ParquetFile(part.file)
+    tables, offset = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < part.stop and offset + n > part.start:
+            t = pf.read_row_group(g, columns=columns)
+            lo, hi = max(part.start - offset, 0), min(part.stop - offset, n)
+            tables.append(t.slice(lo, hi - lo))
+        offset += n
+    if not tables:
+        return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
+    return pa.concat_tables(tables)
 
 
 def shard_name(index: int) -> str:

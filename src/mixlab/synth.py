@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from mixlab.config import SynthConfig
-from mixlab.io import Manifest, StageDir, log, run_stage, write_json, write_table
+from mixlab.io import DOCUMENT_ROW_GROUP, Manifest, StageDir, log, run_stage, write_json, write_table
 
 SHINGLE_WORDS = 5  # the ground truth's shingle: word 5-grams of the whitespace-split text
 
@@ -418,7 +418,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path | str, *, force: bool = False) -> 
         all_pairs: list[dict[str, Any]] = []
         for domain in cfg.domains:
             table, pairs = _domain_documents(cfg, domain, vocab)
-            write_table(table, stage.out / "documents" / f"{domain}.parquet")
+            write_table(table, stage.out / "documents" / f"{domain}.parquet", row_group_size=DOCUMENT_ROW_GROUP)
             nbytes = int(pc.sum(pc.binary_length(table["text"])).as_py())
             per_domain[domain] = {"documents": table.num_rows, "bytes": nbytes, "planted_pairs": len(pairs)}
             counts["documents"] += table.num_rows

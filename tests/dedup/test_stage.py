@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from mixlab.cli import main
 from mixlab.dedup import DedupConfig, run_dedup
-from mixlab.dedup.stage import plan_partitions, signature_partition
+from mixlab.dedup.stage import signature_partition
 from mixlab.errors import ConfigError, InputError, MixlabError
-from mixlab.io import Manifest, check_documents, run_stage
+from mixlab.io import Manifest, check_documents, plan_partitions, run_stage
 from mixlab.synth import jaccard
 
 CFG = DedupConfig(partition_docs=150)

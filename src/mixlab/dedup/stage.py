@@ -15,7 +15,6 @@ of copies) is linked up to ``--max-bucket`` members per band and reported.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -43,12 +42,16 @@ from mixlab.dedup.minhash import (
 from mixlab.dedup.shingles import EMPTY, NULL, OK, SHORT, STATUS_NAMES, shingle_batch
 from mixlab.errors import InputError
 from mixlab.io import (
+    DOCUMENT_ROW_GROUP,
     DUPLICATES_SCHEMA,
     Manifest,
+    Partition,
     StageDir,
     check_documents,
     log,
+    plan_partitions,
     progress,
+    read_partition,
     run_stage,
     shard_name,
     write_json,
@@ -59,45 +62,10 @@ BATCH_DOCS = 4096  # documents shingled at once inside a partition (bounds tempo
 SIGNATURES = "signatures"
 
 
-@dataclasses.dataclass(frozen=True)
-class Partition:
-    """Rows [start, stop) of one input parquet file: the unit of work and of resume."""
-
-    index: int
-    file: str
-    start: int
-    stop: int
-
-
 def resolve_bands(cfg: DedupConfig) -> tuple[int, int]:
     if cfg.bands is not None and cfg.rows is not None:
         return cfg.bands, cfg.rows
     return choose_bands(cfg.threshold, cfg.num_perm, cfg.band_recall)
-
-
-def plan_partitions(files: Sequence[Path], partition_docs: int) -> list[Partition]:
-    parts: list[Partition] = []
-    for file in files:
-        rows = pq.ParquetFile(file).metadata.num_rows
-        for start in range(0, max(rows, 1), partition_docs):
-            parts.append(Partition(len(parts), str(file), start, min(rows, start + partition_docs)))
-    return parts
-
-
-def read_partition(part: Partition, columns: Sequence[str] | None = None) -> pa.Table:
-    """The partition's rows, reading only the row groups that overlap it."""
-    pf = pq.ParquetFile(part.file)
-    tables, offset = [], 0
-    for g in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        if offset < part.stop and offset + n > part.start:
-            t = pf.read_row_group(g, columns=list(columns) if columns else None)
-            lo, hi = max(part.start - offset, 0), min(part.stop - offset, n)
-            tables.append(t.slice(lo, hi - lo))
-        offset += n
-    if not tables:
-        return pf.schema_arrow.empty_table().select(list(columns)) if columns else pf.schema_arrow.empty_table()
-    return pa.concat_tables(tables)
 
 
 def _part_file(work: Path, index: int) -> Path:
@@ -196,7 +164,7 @@ def write_kept(part: Partition, removed_rows: np.ndarray, out: str) -> dict[str,
     keep = np.ones(table.num_rows, dtype=bool)
     keep[removed_rows] = False
     kept = table.filter(pa.array(keep))
-    write_table(kept, Path(out) / shard_name(part.index))
+    write_table(kept, Path(out) / shard_name(part.index), row_group_size=DOCUMENT_ROW_GROUP)
     return {"docs": kept.num_rows}
 
 

@@ -3,8 +3,8 @@
 Reads one or more documents tables and a tokenizer directory; writes the layout described in
 `mixlab.tokenize.shards` (shards sorted by document id, ``_stream.npy`` per split,
 ``token_counts.parquet``, a copy of the tokenizer, manifest stats). Each Dask task encodes a
-slice of one row group and leaves per-domain/split part files and a completion marker in the
-stage's scratch directory, so a killed run resumes; one task per domain/split then merges
+row range (`mixlab.io.plan_partitions`) and leaves per-domain/split part files and a
+completion marker in the stage's scratch directory, so a killed run resumes; one task per domain/split then merges
 the parts in id order, so the output does not depend on the number of workers.
 """
 
@@ -29,9 +29,12 @@ from mixlab.errors import InputError
 from mixlab.io import (
     TOKEN_COUNTS_SCHEMA,
     Manifest,
+    Partition,
     StageDir,
     log,
+    plan_partitions,
     progress,
+    read_partition,
     run_stage,
     shard_name,
     write_json,
@@ -48,20 +51,8 @@ def shard_schema(dtype: np.dtype) -> pa.Schema:
     return pa.schema([("id", pa.string()), ("domain", pa.string()), ("tokens", pa.list_(pa.from_numpy_dtype(dtype)))])
 
 
-def plan_parts(files: Sequence[Path], rows_per_task: int) -> list[tuple[str, int, int, int]]:
-    """(file, row group, first row, end row) slices of at most `rows_per_task` documents."""
-    parts = []
-    for file in files:
-        meta = pq.ParquetFile(file).metadata
-        for group in range(meta.num_row_groups):
-            n = meta.row_group(group).num_rows
-            parts.extend((str(file), group, start, min(start + rows_per_task, n)) for start in range(0, n, rows_per_task))
-    return parts
-
-
 def encode_part(
-    index: int,
-    part: tuple[str, int, int, int],
+    part: Partition,
     tokenizer_dir: str,
     eos_token: str,
     cfg: TokenizeConfig,
@@ -70,10 +61,10 @@ def encode_part(
 ) -> dict[str, Any]:
     """Dask task: encode one slice, write its part files per domain/split, then its marker."""
     started, cpu = time.perf_counter(), time.process_time()
-    file, group, start, stop = part
+    index = part.index
     tok, info = worker_tokenizer(tokenizer_dir, eos_token)
     dtype = token_dtype(info.vocab_size)
-    table = pq.ParquetFile(file).read_row_group(group, columns=["id", "domain", "text"]).slice(start, stop - start)
+    table = read_partition(part, ["id", "domain", "text"])
     null = pc.is_null(table["text"])
     nulls = Counter(table.filter(null)["domain"].to_pylist())
     table = table.filter(pc.invert(null))
@@ -172,7 +163,7 @@ def run_tokenize(
         missing = sorted(set(cfg.valid_domains) - set(names))
         if missing:
             raise InputError(f"--valid-domains: {missing} not in the documents (found: {', '.join(names)})")
-        parts = plan_parts(files, cfg.rows_per_task)
+        parts = plan_partitions(files, cfg.rows_per_task)
         markers = stage.work / "markers"
         markers.mkdir(parents=True, exist_ok=True)
         results: dict[int, dict[str, Any]] = {}
@@ -187,7 +178,7 @@ def run_tokenize(
             from distributed import as_completed
 
             futures = {
-                dask.submit(encode_part, i, parts[i], str(tok_path), info.eos_token, cfg, forced, str(stage.work),
+                dask.submit(encode_part, parts[i], str(tok_path), info.eos_token, cfg, forced, str(stage.work),
                             pure=False): i
                 for i in todo
             }
