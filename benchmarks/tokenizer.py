@@ -81,8 +81,9 @@ def main() -> None:
         print(f"    mixlab tokenize, {label}: {stage_rate:6.2f} MB/s/core ({stage_s:.1f} s, {workers} workers, same token "
               f"count), {mb / stage_cpu:.2f} MB per CPU-second (driver + workers); ratio {stage_rate / loop_rate:.1f}x per "
               f"core, {loop_cpu / stage_cpu:.1f}x per CPU-second (target >= 5x)")
-    print(f"    space-segmented: {manifest.stats['space_segmented']}; cold = first run on fresh workers (a one-off per "
-          "worker process, amortised on a real corpus); warm = the same stage again on those workers")
+    print(f"    space-segmented: {manifest.stats['space_segmented']}; cold = first run on fresh workers (each loads "
+          "its tokenizer and meets every word for the first time): the figure for a new corpus; warm = the same corpus "
+          "again on those workers, every piece already in their memory: the ceiling")
     print(f"outputs in {work}")
 
 

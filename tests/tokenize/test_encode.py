@@ -68,3 +68,36 @@ def test_tokenizer_directory_from_another_tool_is_refused(tmp_path: Path) -> Non
     (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
     with pytest.raises(InputError, match="not a Hugging Face tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_a_worker_remembers_pieces_across_calls_and_gives_the_same_ids(bpe_dir: Path) -> None:
+    from mixlab.tokenize.encode import worker_memory, worker_tokenizer
+
+    tok, info = worker_tokenizer(str(bpe_dir))
+    memory = worker_memory(str(bpe_dir))
+    memory.clear()
+    texts = HARD_TEXTS + _tricky_strings(500, seed=2)
+    fresh = encode_texts(tok, texts, eos_id=info.eos_id, space_segmentable=True)
+    first = encode_texts(tok, texts[::2], eos_id=info.eos_id, space_segmentable=True, memory=memory)
+    assert memory  # the first call taught it its pieces
+    second = encode_texts(tok, texts, eos_id=info.eos_id, space_segmentable=True, memory=memory)  # half remembered
+    assert _split(*first) == _split(*fresh)[::2]
+    assert np.array_equal(second[0], fresh[0]) and np.array_equal(second[1], fresh[1])
+
+
+def test_a_tokenizer_retrained_in_place_is_not_served_from_a_workers_cache(tiny_corpus: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from mixlab.tokenize.encode import worker_memory, worker_tokenizer
+    from mixlab.tokenize.train import run_tokenizer_train
+
+    from .conftest import SMALL_BPE
+
+    out = tmp_path / "tok"
+    run_tokenizer_train(tiny_corpus / "documents", dataclasses.replace(SMALL_BPE, vocab_size=300), out)
+    first, _ = worker_tokenizer(str(out))
+    worker_memory(str(out))["hello"] = (1, 2, 3)
+    run_tokenizer_train(tiny_corpus / "documents", SMALL_BPE, out, force=True)
+    second, _ = worker_tokenizer(str(out))
+    assert (first.get_vocab_size(), second.get_vocab_size()) == (300, 400)
+    assert "hello" not in worker_memory(str(out))

@@ -42,7 +42,7 @@ from mixlab.io import (
 )
 from mixlab.tokenize.config import TokenizeConfig
 from mixlab.tokenize.documents import document_files, split_table, valid_mask
-from mixlab.tokenize.encode import encode_texts, token_lists, worker_tokenizer
+from mixlab.tokenize.encode import encode_texts, token_lists, worker_memory, worker_tokenizer
 from mixlab.tokenize.shards import SPLITS, STREAM, TOKEN_COUNTS, TOKENIZER_DIR, token_dtype
 from mixlab.tokenize.tokenizer import HF_FILES, load_tokenizer, tokenizer_file
 
@@ -71,6 +71,7 @@ def encode_part(
     flat, lengths = encode_texts(
         tok, table["text"], eos_id=info.eos_id, space_segmentable=info.space_segmentable,
         max_chunk_chars=cfg.max_chunk_chars, batch_size=cfg.batch_size, dtype=dtype,
+        memory=worker_memory(tokenizer_dir, eos_token),
     )
     valid = valid_mask(table["id"], cfg.seed, cfg.valid_fraction, forced)
     if cfg.valid_domains:

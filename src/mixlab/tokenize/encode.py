@@ -8,6 +8,7 @@ one flat id array plus per-document lengths, ready to become a parquet list colu
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 from tokenizers import Tokenizer
 
-from mixlab.tokenize.tokenizer import TokenizerInfo, load_tokenizer
+from mixlab.tokenize.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_file
 
-_LOADED: dict[tuple[str, str | None], tuple[Tokenizer, TokenizerInfo]] = {}
+# Per process, keyed by (directory, eos token, digest of tokenizer.json): a long-lived worker
+# must not serve a tokenizer, or ids, from a file that has since been retrained in place.
+_LOADED: dict[tuple[str, str | None, str], tuple[Tokenizer, TokenizerInfo]] = {}
+_MEMORIES: dict[tuple[str, str | None, str], dict[str, tuple[int, ...]]] = {}
+MEMORY_PIECES = 500_000  # pieces a worker remembers (~60 MB); Zipf's law fills it with the frequent ones first
 
 
 def worker_tokenizer(path: str, eos_token: str | None = None) -> tuple[Tokenizer, TokenizerInfo]:
@@ -29,10 +35,19 @@ def worker_tokenizer(path: str, eos_token: str | None = None) -> tuple[Tokenizer
     core, and a tokenizer that ran threads before a fork would silently encode serially.
     """
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    key = (path, eos_token)
+    key = _key(path, eos_token)
     if key not in _LOADED:
         _LOADED[key] = load_tokenizer(Path(path), eos_token)
     return _LOADED[key]
+
+
+def worker_memory(path: str, eos_token: str | None = None) -> dict[str, tuple[int, ...]]:
+    """This process's piece -> ids memory for the tokenizer `worker_tokenizer` loads (see `encode_texts`)."""
+    return _MEMORIES.setdefault(_key(path, eos_token), {})
+
+
+def _key(path: str, eos_token: str | None) -> tuple[str, str | None, str]:
+    return path, eos_token, xxhash.xxh3_64_hexdigest(tokenizer_file(path).read_bytes())
 
 
 def line_chunks(text: str, max_chars: int) -> list[str]:
@@ -103,18 +118,31 @@ def space_pieces(texts: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.nd
     return pieces, per_text.astype(np.int64)
 
 
-def _encode_pieces(tok: Tokenizer, pieces: Sequence[str], batch_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(flat ids, ids per piece) of independent pieces of text."""
-    flat_parts: list[np.ndarray] = []
-    lengths = np.zeros(len(pieces), dtype=np.int64)
-    for start in range(0, len(pieces), batch_size):
-        encodings = tok.encode_batch_fast(list(pieces[start: start + batch_size]), add_special_tokens=False)
-        # A loop over encodings is the only way out of `tokenizers`; the encoding work ran in Rust.
-        ids = [e.ids for e in encodings]
-        n = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        lengths[start: start + len(ids)] = n
-        flat_parts.append(np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(n.sum())))
-    flat = np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype=dtype)
+def _encode_pieces(
+    tok: Tokenizer,
+    pieces: Sequence[str],
+    batch_size: int,
+    dtype: np.dtype,
+    memory: dict[str, tuple[int, ...]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flat ids, ids per piece) of independent pieces of text.
+
+    With a `memory`, pieces already in it are not encoded again and new ones are added while
+    it has room (up to MEMORY_PIECES).
+    """
+    # Loops over pieces are the only way in and out of `tokenizers` (the encoding runs in Rust);
+    # they run once per distinct piece, not per occurrence.
+    ids: list[tuple[int, ...] | None] = [memory.get(p) for p in pieces] if memory is not None else [None] * len(pieces)
+    todo = [i for i, x in enumerate(ids) if x is None]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start: start + batch_size]
+        encodings = tok.encode_batch_fast([pieces[i] for i in batch], add_special_tokens=False)
+        for i, e in zip(batch, encodings):
+            ids[i] = tuple(e.ids)
+        if memory is not None and len(memory) < MEMORY_PIECES:
+            memory.update((pieces[i], ids[i]) for i in batch)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))  # type: ignore[arg-type]
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))  # type: ignore[arg-type]
     return flat, lengths
 
 
@@ -141,20 +169,22 @@ def encode_texts(
     max_chunk_chars: int = 100_000,
     batch_size: int = 1000,
     dtype: np.dtype = np.dtype(np.uint32),
+    memory: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flat ids, tokens per document) for `texts` (no nulls), with `eos_id` appended to each when given.
 
     With `space_segmentable` (see `tokenizer.space_segmentable`) texts are cut where a
     pre-token must start (`space_pieces`) and each distinct piece is encoded once: the same
-    ids as whole-document encoding for a fraction of the work, since words repeat. Otherwise
-    documents over `max_chunk_chars` are cut after newlines, which may change a few tokens at
-    the cuts.
+    ids as whole-document encoding for a fraction of the work, since words repeat. A `memory`
+    (`worker_memory`, one per process and tokenizer) carries pieces over from earlier calls.
+    Otherwise documents over `max_chunk_chars` are cut after newlines, which may change a few
+    tokens at the cuts.
     """
     if space_segmentable:
         pieces, per_doc = space_pieces(_as_large_strings(texts))
         coded = pc.dictionary_encode(pieces)
         codes = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        flat_u, lengths_u = _encode_pieces(tok, coded.dictionary.to_pylist(), batch_size, dtype)
+        flat_u, lengths_u = _encode_pieces(tok, coded.dictionary.to_pylist(), batch_size, dtype, memory)
         flat, piece_lengths = _gather(flat_u, _starts(lengths_u), lengths_u, codes)
     else:
         if not isinstance(texts, Sequence):
