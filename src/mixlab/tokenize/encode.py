@@ -80,6 +80,24 @@ for _lo, _hi in ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)):
     _BYTE_CLASS[_lo:_hi + 1] |= _PUNCT
 
 
+def _cut_table() -> np.ndarray:
+    """(65536,) bool: is there a cut between byte `prev` and byte `cur`, indexed by prev << 8 | cur."""
+    prev, cur = np.meshgrid(_BYTE_CLASS, _BYTE_CLASS, indexing="ij")  # (256, 256)
+
+    def has(c: np.ndarray, flags: int) -> np.ndarray:
+        return (c & flags) != 0
+
+    cut = (
+        (has(cur, _SPACE) & has(prev, _PRINTABLE))
+        | (has(prev, _NEWLINE) & has(cur, _PRINTABLE))
+        | (has(prev, _ALNUM) & has(cur, _PUNCT | _NEWLINE))
+    )
+    return cut.reshape(-1)
+
+
+_CUT_BETWEEN = _cut_table()
+
+
 def _as_large_strings(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks() if texts.num_chunks else pa.array([], pa.large_string())
@@ -98,17 +116,9 @@ def space_pieces(texts: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.nd
     lo, hi = (int(offsets[0]), int(offsets[-1])) if n else (0, 0)
     data = texts.buffers()[2]
     raw = np.frombuffer(data, dtype=np.uint8)[lo:hi] if data is not None else np.zeros(0, np.uint8)
-    cls = _BYTE_CLASS[raw]
-    prev, cur = cls[:-1], cls[1:]
-
-    def has(c: np.ndarray, flags: int) -> np.ndarray:
-        return (c & flags) != 0
-
-    cut = (
-        (has(cur, _SPACE) & has(prev, _PRINTABLE))
-        | (has(prev, _NEWLINE) & has(cur, _PRINTABLE))
-        | (has(prev, _ALNUM) & has(cur, _PUNCT | _NEWLINE))
-    )
+    pair = raw[:-1].astype(np.uint16) << 8  # (prev byte, next byte) as one index into the cut table
+    pair |= raw[1:]
+    cut = _CUT_BETWEEN[pair]
     boundary = np.zeros(hi - lo + 1, dtype=bool)
     boundary[1:-1] = cut  # cut before byte i + 1 (a cut at a text's first byte is its start anyway)
     boundary[offsets - lo] = True
