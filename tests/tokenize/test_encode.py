@@ -4,6 +4,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from mixlab.errors import InputError
@@ -101,3 +102,14 @@ def test_a_tokenizer_retrained_in_place_is_not_served_from_a_workers_cache(tiny_
     second, _ = worker_tokenizer(str(out))
     assert (first.get_vocab_size(), second.get_vocab_size()) == (300, 400)
     assert "hello" not in worker_memory(str(out))
+
+
+def test_texts_encoded_in_many_slices_give_the_ids_of_whole_documents(bpe_dir: Path, monkeypatch) -> None:
+    import mixlab.tokenize.encode as encode
+
+    monkeypatch.setattr(encode, "SEGMENT_BYTES", 200)  # a slice every few documents
+    tok, info = load_tokenizer(bpe_dir)
+    texts = ["", *HARD_TEXTS, "", *_tricky_strings(400, seed=3), ""]
+    flat, lengths = encode_texts(tok, pa.array(texts).slice(1), eos_id=info.eos_id, space_segmentable=True)
+    expected = [tok.encode(t, add_special_tokens=False).ids + [info.eos_id] for t in texts[1:]]
+    assert _split(flat, lengths) == expected

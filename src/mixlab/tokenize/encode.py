@@ -170,6 +170,30 @@ def _gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, codes: np
     return flat[index], take
 
 
+SEGMENT_BYTES = 4 << 20  # text per pass of the space-segmented path: its arrays stay small and reused
+
+
+def _per_document(piece_lengths: np.ndarray, per_doc: np.ndarray) -> np.ndarray:
+    """Tokens per document: the sum over its (consecutive) pieces."""
+    lengths = np.zeros(len(per_doc), dtype=np.int64)
+    has_pieces = per_doc > 0
+    if has_pieces.any():
+        lengths[has_pieces] = np.add.reduceat(piece_lengths, _starts(per_doc)[has_pieces])
+    return lengths
+
+
+def _encode_segmented(
+    tok: Tokenizer, texts: pa.LargeStringArray, batch_size: int, dtype: np.dtype, memory: dict[str, tuple[int, ...]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flat ids, tokens per document) of texts cut into pieces, each distinct piece encoded once."""
+    pieces, per_doc = space_pieces(texts)
+    coded = pc.dictionary_encode(pieces)
+    codes = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    flat_u, lengths_u = _encode_pieces(tok, coded.dictionary.to_pylist(), batch_size, dtype, memory)
+    flat, piece_lengths = _gather(flat_u, _starts(lengths_u), lengths_u, codes)
+    return flat, _per_document(piece_lengths, per_doc)
+
+
 def encode_texts(
     tok: Tokenizer,
     texts: Sequence[str] | pa.Array | pa.ChunkedArray,
@@ -185,17 +209,26 @@ def encode_texts(
 
     With `space_segmentable` (see `tokenizer.space_segmentable`) texts are cut where a
     pre-token must start (`space_pieces`) and each distinct piece is encoded once: the same
-    ids as whole-document encoding for a fraction of the work, since words repeat. A `memory`
-    (`worker_memory`, one per process and tokenizer) carries pieces over from earlier calls.
+    ids as whole-document encoding for a fraction of the work, since words repeat. The texts
+    go through in slices of about SEGMENT_BYTES (small arrays, reused memory; a first pass
+    over fresh memory pays the page faults of every temporary) that share a piece -> ids
+    memory: the caller's (`worker_memory`, one per process and tokenizer) or one for this call.
     Otherwise documents over `max_chunk_chars` are cut after newlines, which may change a few
     tokens at the cuts.
     """
     if space_segmentable:
-        pieces, per_doc = space_pieces(_as_large_strings(texts))
-        coded = pc.dictionary_encode(pieces)
-        codes = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        flat_u, lengths_u = _encode_pieces(tok, coded.dictionary.to_pylist(), batch_size, dtype, memory)
-        flat, piece_lengths = _gather(flat_u, _starts(lengths_u), lengths_u, codes)
+        array = _as_large_strings(texts)
+        memory = memory if memory is not None else {}
+        n = len(array)
+        done = []
+        if n:
+            offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset: array.offset + n + 1]
+            slice_of_doc = (offsets[:-1] - offsets[0]) // SEGMENT_BYTES  # by where each document starts
+            cuts = np.r_[0, np.flatnonzero(np.diff(slice_of_doc)) + 1, n]
+            done = [_encode_segmented(tok, array.slice(lo, hi - lo), batch_size, dtype, memory)
+                    for lo, hi in zip(cuts[:-1], cuts[1:])]
+        flat = np.concatenate([f for f, _ in done]) if done else np.zeros(0, dtype=dtype)
+        lengths = np.concatenate([n for _, n in done]) if done else np.zeros(0, dtype=np.int64)
     else:
         if not isinstance(texts, Sequence):
             texts = texts.to_pylist()
@@ -209,10 +242,7 @@ def encode_texts(
             else:
                 pieces_list.append(text)
         flat, piece_lengths = _encode_pieces(tok, pieces_list, batch_size, dtype)
-    lengths = np.zeros(len(per_doc), dtype=np.int64)  # tokens per document: its pieces' summed
-    has_pieces = per_doc > 0
-    if has_pieces.any():
-        lengths[has_pieces] = np.add.reduceat(piece_lengths, _starts(per_doc)[has_pieces])
+        lengths = _per_document(piece_lengths, per_doc)
     if eos_id is not None:
         flat = np.insert(flat, np.cumsum(lengths), np.asarray(eos_id, dtype=dtype))
         lengths += 1
