@@ -75,7 +75,7 @@ def test_a_worker_remembers_pieces_across_calls_and_gives_the_same_ids(bpe_dir: 
     from mixlab.tokenize.encode import worker_memory, worker_tokenizer
 
     tok, info = worker_tokenizer(str(bpe_dir))
-    memory = worker_memory(str(bpe_dir))
+    memory = worker_memory(tok)
     memory.clear()
     texts = HARD_TEXTS + _tricky_strings(500, seed=2)
     fresh = encode_texts(tok, texts, eos_id=info.eos_id, space_segmentable=True)
@@ -97,11 +97,11 @@ def test_a_tokenizer_retrained_in_place_is_not_served_from_a_workers_cache(tiny_
     out = tmp_path / "tok"
     run_tokenizer_train(tiny_corpus / "documents", dataclasses.replace(SMALL_BPE, vocab_size=300), out)
     first, _ = worker_tokenizer(str(out))
-    worker_memory(str(out))["hello"] = (1, 2, 3)
+    worker_memory(first)["hello"] = (1, 2, 3)
     run_tokenizer_train(tiny_corpus / "documents", SMALL_BPE, out, force=True)
     second, _ = worker_tokenizer(str(out))
     assert (first.get_vocab_size(), second.get_vocab_size()) == (300, 400)
-    assert "hello" not in worker_memory(str(out))
+    assert "hello" not in worker_memory(second)
 
 
 def test_texts_encoded_in_many_slices_give_the_ids_of_whole_documents(bpe_dir: Path, monkeypatch) -> None:

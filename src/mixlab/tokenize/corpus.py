@@ -4,8 +4,8 @@ Reads one or more documents tables and a tokenizer directory; writes the layout 
 `mixlab.tokenize.shards` (shards sorted by document id, ``_stream.npy`` per split,
 ``token_counts.parquet``, a copy of the tokenizer, manifest stats). Each Dask task encodes a
 row range (`mixlab.io.plan_partitions`) and leaves per-domain/split part files and a
-completion marker in the stage's scratch directory, so a killed run resumes; one task per domain/split then merges
-the parts in id order, so the output does not depend on the number of workers.
+completion marker in the stage's scratch directory, so a killed run resumes; one task per
+domain/split then merges the parts in id order, so the output does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def encode_part(
     flat, lengths = encode_texts(
         tok, table["text"], eos_id=info.eos_id, space_segmentable=info.space_segmentable,
         max_chunk_chars=cfg.max_chunk_chars, batch_size=cfg.batch_size, dtype=dtype,
-        memory=worker_memory(tokenizer_dir, eos_token),
+        memory=worker_memory(tok),
     )
     valid = valid_mask(table["id"], cfg.seed, cfg.valid_fraction, forced)
     if cfg.valid_domains:

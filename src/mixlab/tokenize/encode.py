@@ -24,7 +24,7 @@ from mixlab.tokenize.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_f
 # Per process, keyed by (directory, eos token, digest of tokenizer.json): a long-lived worker
 # must not serve a tokenizer, or ids, from a file that has since been retrained in place.
 _LOADED: dict[tuple[str, str | None, str], tuple[Tokenizer, TokenizerInfo]] = {}
-_MEMORIES: dict[tuple[str, str | None, str], dict[str, tuple[int, ...]]] = {}
+_MEMORIES: dict[int, dict[str, tuple[int, ...]]] = {}  # by id() of a tokenizer in _LOADED (kept alive there)
 MEMORY_PIECES = 500_000  # pieces a worker remembers (~60 MB); Zipf's law fills it with the frequent ones first
 
 
@@ -35,19 +35,15 @@ def worker_tokenizer(path: str, eos_token: str | None = None) -> tuple[Tokenizer
     core, and a tokenizer that ran threads before a fork would silently encode serially.
     """
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    key = _key(path, eos_token)
+    key = (path, eos_token, xxhash.xxh3_64_hexdigest(tokenizer_file(path).read_bytes()))
     if key not in _LOADED:
         _LOADED[key] = load_tokenizer(Path(path), eos_token)
     return _LOADED[key]
 
 
-def worker_memory(path: str, eos_token: str | None = None) -> dict[str, tuple[int, ...]]:
-    """This process's piece -> ids memory for the tokenizer `worker_tokenizer` loads (see `encode_texts`)."""
-    return _MEMORIES.setdefault(_key(path, eos_token), {})
-
-
-def _key(path: str, eos_token: str | None) -> tuple[str, str | None, str]:
-    return path, eos_token, xxhash.xxh3_64_hexdigest(tokenizer_file(path).read_bytes())
+def worker_memory(tok: Tokenizer) -> dict[str, tuple[int, ...]]:
+    """This process's piece -> ids memory for a tokenizer from `worker_tokenizer` (see `encode_texts`)."""
+    return _MEMORIES.setdefault(id(tok), {})
 
 
 def line_chunks(text: str, max_chars: int) -> list[str]:
@@ -108,12 +104,16 @@ def _as_large_strings(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.L
     return texts.cast(pa.large_string())
 
 
+def _offsets(texts: pa.LargeStringArray) -> np.ndarray:
+    """(n + 1,) int64 byte offsets of the texts into their data buffer (no copy)."""
+    return np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset: texts.offset + len(texts) + 1]
+
+
 def space_pieces(texts: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.ndarray]:
     """(pieces, pieces per text): every text cut where a pre-token must start, in one numpy pass
     over the UTF-8 bytes. The pieces share the texts' byte buffer (only new offsets are made)."""
-    n = len(texts)
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset: texts.offset + n + 1]
-    lo, hi = (int(offsets[0]), int(offsets[-1])) if n else (0, 0)
+    offsets = _offsets(texts)
+    lo, hi = (int(offsets[0]), int(offsets[-1])) if len(texts) else (0, 0)
     data = texts.buffers()[2]
     raw = np.frombuffer(data, dtype=np.uint8)[lo:hi] if data is not None else np.zeros(0, np.uint8)
     pair = raw[:-1].astype(np.uint16) << 8  # (prev byte, next byte) as one index into the cut table
@@ -219,16 +219,15 @@ def encode_texts(
     if space_segmentable:
         array = _as_large_strings(texts)
         memory = memory if memory is not None else {}
-        n = len(array)
         done = []
-        if n:
-            offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset: array.offset + n + 1]
+        if len(array):
+            offsets = _offsets(array)
             slice_of_doc = (offsets[:-1] - offsets[0]) // SEGMENT_BYTES  # by where each document starts
-            cuts = np.r_[0, np.flatnonzero(np.diff(slice_of_doc)) + 1, n]
+            cuts = np.r_[0, np.flatnonzero(np.diff(slice_of_doc)) + 1, len(array)]
             done = [_encode_segmented(tok, array.slice(lo, hi - lo), batch_size, dtype, memory)
                     for lo, hi in zip(cuts[:-1], cuts[1:])]
-        flat = np.concatenate([f for f, _ in done]) if done else np.zeros(0, dtype=dtype)
-        lengths = np.concatenate([n for _, n in done]) if done else np.zeros(0, dtype=np.int64)
+        flat = np.concatenate([ids for ids, _ in done]) if done else np.zeros(0, dtype=dtype)
+        lengths = np.concatenate([per_doc for _, per_doc in done]) if done else np.zeros(0, dtype=np.int64)
     else:
         if not isinstance(texts, Sequence):
             texts = texts.to_pylist()
