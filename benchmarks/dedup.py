@@ -29,7 +29,9 @@ from mixlab.dedup.stage import BATCH_DOCS
 from mixlab.synth import SHINGLE_WORDS, jaccard, run_synth, word_shingles
 
 
-def datasketch_loop(ids: list[str], texts: list[str], threshold: float, num_perm: int) -> tuple[set, float, float]:
+def datasketch_loop(
+    ids: list[str], texts: list[str], threshold: float, num_perm: int
+) -> tuple[set, float, float]:
     from datasketch import MinHash, MinHashLSH
 
     start = time.perf_counter()
@@ -62,31 +64,47 @@ def mixlab_signatures(texts: pa.Array, cfg: DedupConfig) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--docs", type=int, default=10_000, help="documents before planted duplicates")
     parser.add_argument("--doc-words", type=int, default=320, help="mean words per document (~2 KB)")
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--num-perm", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=None, help="LocalCluster workers for (c) (default: cores)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="LocalCluster workers for (c) (default: cores)"
+    )
     args = parser.parse_args()
 
     domains = ("prose", "code", "tabular", "legal")
     per_domain = max(1, args.docs // len(domains))
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
-        run_synth(SynthConfig(domains=domains, docs_per_domain=per_domain, doc_words=args.doc_words,
-                              near_dup_clusters=max(1, per_domain // 50), exact_dups=max(1, per_domain // 250)),
-                  corpus)
+        run_synth(
+            SynthConfig(
+                domains=domains,
+                docs_per_domain=per_domain,
+                doc_words=args.doc_words,
+                near_dup_clusters=max(1, per_domain // 50),
+                exact_dups=max(1, per_domain // 250),
+            ),
+            corpus,
+        )
         docs = pl.concat([pl.read_parquet(f) for f in sorted((corpus / "documents").glob("*.parquet"))])
         ids, texts = docs["id"].to_list(), docs["text"].to_list()
         text_of = dict(zip(ids, texts))
         n = len(ids)
         mean_bytes = sum(len(t.encode()) for t in texts) / n
         truth = pl.read_parquet(corpus / "near_duplicates.parquet")
-        positives = {(min(a, b), max(a, b)) for a, b, j in truth.select("id_a", "id_b", "jaccard").iter_rows()
-                     if j >= args.threshold}
-        print(f"corpus: {n} documents, mean {mean_bytes / 1024:.2f} KB, {len(positives)} planted pairs "
-              f"with Jaccard >= {args.threshold}")
+        positives = {
+            (min(a, b), max(a, b))
+            for a, b, j in truth.select("id_a", "id_b", "jaccard").iter_rows()
+            if j >= args.threshold
+        }
+        print(
+            f"corpus: {n} documents, mean {mean_bytes / 1024:.2f} KB, {len(positives)} planted pairs "
+            f"with Jaccard >= {args.threshold}"
+        )
 
         cfg = DedupConfig(threshold=args.threshold, num_perm=args.num_perm)
         # (b) first: it is quick, and warms nothing (a) reuses.
@@ -111,7 +129,9 @@ def main() -> None:
         dup = pl.read_parquet(out / "duplicates.parquet")
         removed = set(dup["id"])
         m_recall = sum(a in removed or b in removed for a, b in positives) / max(1, len(positives))
-        m_true = sum(jaccard(text_of[i], text_of[k]) >= args.threshold for i, k in zip(dup["id"], dup["kept_id"]))
+        m_true = sum(
+            jaccard(text_of[i], text_of[k]) >= args.threshold for i, k in zip(dup["id"], dup["kept_id"])
+        )
         m_precision = m_true / max(1, dup.height)
         a_recall, a_precision = quality_pairs(pairs_a)
 
@@ -136,11 +156,15 @@ def main() -> None:
         print(f"{'(a) datasketch LSH query pairs':<44}{a_recall:>9.4f}{a_precision:>11.4f}")
         print(f"{'mixlab removals (verified)':<44}{m_recall:>9.4f}{m_precision:>11.4f}")
         print("  recall: planted pairs at >= threshold flagged (a) / with a member removed (mixlab);")
-        print("  precision: flagged pairs (a) / removed documents vs their kept_id (mixlab) truly >= threshold")
+        print(
+            "  precision: flagged pairs (a) / removed documents vs their kept_id (mixlab) truly >= threshold"
+        )
         stats = manifest.stats
-        print(f"mixlab: banding {stats['banding']['bands']}x{stats['banding']['rows']}, "
-              f"{stats['candidates']['checked']} candidates checked, {stats['candidates']['rejected']} rejected; "
-              f"removed {manifest.counts['removed_exact']} exact, {manifest.counts['removed_near']} near")
+        print(
+            f"mixlab: banding {stats['banding']['bands']}x{stats['banding']['rows']}, "
+            f"{stats['candidates']['checked']} candidates checked, {stats['candidates']['rejected']} rejected; "
+            f"removed {manifest.counts['removed_exact']} exact, {manifest.counts['removed_near']} near"
+        )
 
 
 if __name__ == "__main__":

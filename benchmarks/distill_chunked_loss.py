@@ -46,8 +46,12 @@ print(json.dumps({"loss": float(loss[0]), "seconds": min(times), "peak_mib": (pe
 
 
 def measure(vocab: int, batch: int, seq: int, chunk: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(vocab), str(batch), str(seq), str(chunk)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(vocab), str(batch), str(seq), str(chunk)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,8 +68,10 @@ def main() -> None:
     print(f"{'variant':<24}{'peak extra MiB':>16}{'seconds':>10}{'loss':>10}")
     for name, r in ((f"full logits (chunk {args.seq})", full), (f"chunked ({args.chunk})", chunked)):
         print(f"{name:<24}{r['peak_mib']:>16.0f}{r['seconds']:>10.3f}{r['loss']:>10.4f}")
-    print(f"memory ratio full/chunked: {full['peak_mib'] / max(chunked['peak_mib'], 1e-9):.1f}x; "
-          f"time ratio chunked/full: {chunked['seconds'] / full['seconds']:.2f}x")
+    print(
+        f"memory ratio full/chunked: {full['peak_mib'] / max(chunked['peak_mib'], 1e-9):.1f}x; "
+        f"time ratio chunked/full: {chunked['seconds'] / full['seconds']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_table(known_runs(args.runs, target_blend={"prose": 0.7, "code": 0.3}, seed=0), root / "runs.parquet")
+        write_table(
+            known_runs(args.runs, target_blend={"prose": 0.7, "code": 0.3}, seed=0), root / "runs.parquet"
+        )
         run_fit(root / "runs.parquet", FitConfig(target="target"), root / "fit")
         fitted = load_fit(root / "fit", num_threads=args.threads)
-        print(f"model: {fitted.final.rounds} trees from {args.runs} runs; {args.samples:,} mixtures, "
-              f"top {args.top_k}, {args.threads} threads")
+        print(
+            f"model: {fitted.final.rounds} trees from {args.runs} runs; {args.samples:,} mixtures, "
+            f"top {args.top_k}, {args.threads} threads"
+        )
 
         sampler = fitted.fit["sampler"]
         start = time.perf_counter()

@@ -20,7 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 from mixlab.proxy_models.model import GPT, GPTConfig, count_params, flops_per_token  # noqa: E402
 
 # Dense bf16 peak FLOP/s, for MFU; pass --peak-tflops for other devices.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0, "4090": 165.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "L4": 121.0,
+    "4090": 165.0,
+}
 
 
 def train_steps(models: list[GPT], optimizers: list, batches: torch.Tensor, device: str) -> float:
@@ -45,7 +53,9 @@ def train_steps(models: list[GPT], optimizers: list, batches: torch.Tensor, devi
     return time.perf_counter() - start
 
 
-def bench(cfg: GPTConfig, M: int, steps: int, warmup: int, batch_size: int, device: str) -> tuple[float, float]:
+def bench(
+    cfg: GPTConfig, M: int, steps: int, warmup: int, batch_size: int, device: str
+) -> tuple[float, float]:
     """(loop tokens/s, swarm tokens/s) for M models."""
     gen = torch.Generator().manual_seed(0)
     data = torch.randint(0, cfg.vocab_size, (warmup + steps, M, batch_size, cfg.seq_len + 1), generator=gen)
@@ -70,11 +80,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 8192 CUDA, 1024 CPU)")
-    p.add_argument("--n-embd", type=int, default=None, help="width (default 128 CUDA: ~1M non-embedding params; 64 CPU)")
+    p.add_argument(
+        "--n-embd", type=int, default=None, help="width (default 128 CUDA: ~1M non-embedding params; 64 CPU)"
+    )
     p.add_argument("--n-layer", type=int, default=None, help="layers (default 5 CUDA, 2 CPU)")
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=None, help="default 256 CUDA, 64 CPU")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per model per step (default 16 CUDA, 8 CPU)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per model per step (default 16 CUDA, 8 CPU)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak bf16 TFLOP/s for MFU")
     args = p.parse_args()
@@ -97,9 +111,11 @@ def main() -> None:
     name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if gpu and k in name), None)
     fpt = flops_per_token(cfg)
-    print(f"device: {name}; model: {count_params(cfg, non_embedding=True):,} non-embedding params "
-          f"({count_params(cfg):,} total), L={cfg.n_layer} C={cfg.n_embd} V={cfg.vocab_size} T={cfg.seq_len} "
-          f"B={batch_size}; {steps} timed steps; {fpt / 1e6:.1f} MFLOP/token")
+    print(
+        f"device: {name}; model: {count_params(cfg, non_embedding=True):,} non-embedding params "
+        f"({count_params(cfg):,} total), L={cfg.n_layer} C={cfg.n_embd} V={cfg.vocab_size} T={cfg.seq_len} "
+        f"B={batch_size}; {steps} timed steps; {fpt / 1e6:.1f} MFLOP/token"
+    )
     header = f"{'M':>4} {'loop tok/s':>12} {'swarm tok/s':>12} {'swarm/loop':>10}"
     if peak:
         header += f" {'MFU loop':>9} {'MFU swarm':>9}"

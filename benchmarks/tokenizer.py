@@ -48,7 +48,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mixlab-bench-tok-"))
     run_synth(SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words), work / "corpus")
     docs = work / "corpus" / "documents"
-    texts = [t for f in sorted(docs.glob("*.parquet")) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
+    texts = [
+        t
+        for f in sorted(docs.glob("*.parquet"))
+        for t in pq.read_table(f, columns=["text"])["text"].to_pylist()
+    ]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"corpus: {len(texts)} documents, {mb:.1f} MB")
 
@@ -56,14 +60,18 @@ def main() -> None:
     cfg = TokenizerTrainConfig(vocab_size=args.vocab_size, sample_bytes=10**12, valid_fraction=0.0)
     tok, trainer = build_tokenizer(cfg)
     start = time.perf_counter()
-    tok.train_from_iterator((texts[i: i + 1000] for i in range(0, len(texts), 1000)), trainer, length=len(texts))
+    tok.train_from_iterator(
+        (texts[i : i + 1000] for i in range(0, len(texts), 1000)), trainer, length=len(texts)
+    )
     raw_s = time.perf_counter() - start
     start = time.perf_counter()
     run_tokenizer_train(docs, cfg, work / "tokenizer")
     mixlab_s = time.perf_counter() - start
     same = Tokenizer.from_file(str(work / "tokenizer" / "tokenizer.json")).get_vocab() == tok.get_vocab()
-    print(f"(a) train  raw train_from_iterator: {raw_s:6.2f} s   mixlab tokenizer train: {mixlab_s:6.2f} s   "
-          f"overhead {mixlab_s / raw_s:.2f}x (target <= 1.2x); same vocabulary: {same}")
+    print(
+        f"(a) train  raw train_from_iterator: {raw_s:6.2f} s   mixlab tokenizer train: {mixlab_s:6.2f} s   "
+        f"overhead {mixlab_s / raw_s:.2f}x (target <= 1.2x); same vocabulary: {same}"
+    )
 
     # (b) tokenizing: a per-document encode loop (one core) vs the tokenize stage on all cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -74,35 +82,64 @@ def main() -> None:
     workers = len(os.sched_getaffinity(0))
     # Another seed's corpus: the same kinds of text, none of the same words (synth vocabularies
     # are drawn per seed), to put the workers in their steady state without teaching them words.
-    run_synth(SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words, seed=1), work / "other")
+    run_synth(
+        SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words, seed=1), work / "other"
+    )
     runs = {}  # label -> (wall s, CPU s)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      env={"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            env={"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         # Workers up, imports done and the tokenizer loaded before timing, as the loop's was.
         from mixlab.tokenize.encode import worker_tokenizer
 
         client.run(worker_tokenizer, str(work / "tokenizer"))
-        for label, name in (("fresh workers", "tokens"), ("steady workers", "tokens_steady"),
-                            ("same corpus again", "tokens_again")):
-            if label == "steady workers":  # forget this corpus's pieces (from the fresh run), then see other text
+        for label, name in (
+            ("fresh workers", "tokens"),
+            ("steady workers", "tokens_steady"),
+            ("same corpus again", "tokens_again"),
+        ):
+            if (
+                label == "steady workers"
+            ):  # forget this corpus's pieces (from the fresh run), then see other text
                 client.run(_forget_pieces)
-                run_tokenize({"documents": work / "other" / "documents", "tokenizer": work / "tokenizer"},
-                             TokenizeConfig(), work / "tokens_other", client)
+                run_tokenize(
+                    {"documents": work / "other" / "documents", "tokenizer": work / "tokenizer"},
+                    TokenizeConfig(),
+                    work / "tokens_other",
+                    client,
+                )
             start, cpu = time.perf_counter(), time.process_time()
-            manifest = run_tokenize({"documents": docs, "tokenizer": work / "tokenizer"}, TokenizeConfig(),
-                                    work / name, client)
-            runs[label] = (time.perf_counter() - start, time.process_time() - cpu + manifest.stats["worker_cpu_seconds"])
+            manifest = run_tokenize(
+                {"documents": docs, "tokenizer": work / "tokenizer"}, TokenizeConfig(), work / name, client
+            )
+            runs[label] = (
+                time.perf_counter() - start,
+                time.process_time() - cpu + manifest.stats["worker_cpu_seconds"],
+            )
             assert manifest.counts["tokens"] == n_tokens, (manifest.counts["tokens"], n_tokens)
     loop_rate = mb / loop_s
-    print(f"(b) encode per-document loop: {loop_rate:6.2f} MB/s/core ({loop_s:.1f} s, 1 core, {mb / loop_cpu:.2f} MB per CPU-second)")
+    print(
+        f"(b) encode per-document loop: {loop_rate:6.2f} MB/s/core ({loop_s:.1f} s, 1 core, {mb / loop_cpu:.2f} MB per CPU-second)"
+    )
     for label, (stage_s, stage_cpu) in runs.items():
         stage_rate = mb / stage_s / workers
-        print(f"    mixlab tokenize, {label:17s}: {stage_rate:6.2f} MB/s/core ({stage_s:.1f} s, {workers} workers, same "
-              f"token count), {mb / stage_cpu:.2f} MB per CPU-second (driver + workers); ratio {stage_rate / loop_rate:.1f}x "
-              f"per core, {loop_cpu / stage_cpu:.1f}x per CPU-second (target >= 5x)")
-    print(f"    space-segmented: {manifest.stats['space_segmented']}. fresh = the first task in each worker process "
-          "(a one-off per worker); steady = workers that have tokenized another corpus, so every word here is new "
-          "to them: the figure for a long run over new text; same corpus again = every piece remembered: a ceiling")
+        print(
+            f"    mixlab tokenize, {label:17s}: {stage_rate:6.2f} MB/s/core ({stage_s:.1f} s, {workers} workers, same "
+            f"token count), {mb / stage_cpu:.2f} MB per CPU-second (driver + workers); ratio {stage_rate / loop_rate:.1f}x "
+            f"per core, {loop_cpu / stage_cpu:.1f}x per CPU-second (target >= 5x)"
+        )
+    print(
+        f"    space-segmented: {manifest.stats['space_segmented']}. fresh = the first task in each worker process "
+        "(a one-off per worker); steady = workers that have tokenized another corpus, so every word here is new "
+        "to them: the figure for a long run over new text; same corpus again = every piece remembered: a ceiling"
+    )
     print(f"outputs in {work}")
 
 

@@ -96,8 +96,9 @@ def test_usage_errors_go_to_stderr_without_traceback(cli, args, needle):
 
 
 def test_the_console_script_runs_as_a_module():
-    done = subprocess.run([sys.executable, "-m", "mixlab.cli", "--version"], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mixlab.cli", "--version"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0 and __version__ in done.stdout
 
 

@@ -32,12 +32,16 @@ RECORDS = [{"text": "the first document"}, {"text": "the second one"}, {"text": 
 
 
 def test_parquet_with_id_and_domain_columns_keeps_them(tmp_path):
-    table = pa.table({"id": ["d1", "d2"], "domain": ["web", "code"], "text": ["hello world", "x = 1"],
-                      "url": ["u1", "u2"]})
+    table = pa.table(
+        {"id": ["d1", "d2"], "domain": ["web", "code"], "text": ["hello world", "x = 1"], "url": ["u1", "u2"]}
+    )
     pq.write_table(table, tmp_path / "raw.parquet")
     manifest = run_ingest([tmp_path / "raw.parquet"], IngestConfig(), tmp_path / "out")
     docs = read_docs(tmp_path / "out")
-    assert docs.select("id", "domain", "text").rows() == [("d1", "web", "hello world"), ("d2", "code", "x = 1")]
+    assert docs.select("id", "domain", "text").rows() == [
+        ("d1", "web", "hello world"),
+        ("d2", "code", "x = 1"),
+    ]
     assert docs["source"].unique().to_list() == ["raw.parquet"]
     assert manifest.counts["documents"] == 2 and manifest.counts["skipped"] == 0
     assert manifest.stats["per_domain"] == {"web": 1, "code": 1}
@@ -68,26 +72,38 @@ def test_jsonl_and_gzipped_jsonl_give_the_same_documents(tmp_path):
 
 
 def test_jsonl_keys_for_id_domain_and_text_are_configurable(tmp_path):
-    records = [{"doc": "d1", "kind": "code", "content": "print(1)"}, {"doc": "d2", "kind": "web", "content": "hi"}]
+    records = [
+        {"doc": "d1", "kind": "code", "content": "print(1)"},
+        {"doc": "d2", "kind": "web", "content": "hi"},
+    ]
     write_jsonl(tmp_path / "x.jsonl", records)
     cfg = IngestConfig(text_column="content", id_column="doc", domain_column="kind")
     run_ingest([tmp_path / "x.jsonl"], cfg, tmp_path / "out")
     assert read_docs(tmp_path / "out").select("id", "domain", "text").rows() == [
-        ("d1", "code", "print(1)"), ("d2", "web", "hi"),
+        ("d1", "code", "print(1)"),
+        ("d2", "web", "hi"),
     ]
 
 
 def test_a_folder_of_text_files_takes_the_domain_from_the_folder(tmp_path):
     corpus = tmp_path / "corpus"
-    for rel, text in [("legal/a.txt", "contract one"), ("legal/2020/b.txt", "contract two"),
-                      ("code/c.md", "def f(): pass"), ("top.txt", "loose file"), (".hidden/x.txt", "no")]:
+    for rel, text in [
+        ("legal/a.txt", "contract one"),
+        ("legal/2020/b.txt", "contract two"),
+        ("code/c.md", "def f(): pass"),
+        ("top.txt", "loose file"),
+        (".hidden/x.txt", "no"),
+    ]:
         (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
         (corpus / rel).write_text(text)
     (corpus / "notes.csv").write_text("ignored,file\n")
     manifest = run_ingest([corpus], IngestConfig(), tmp_path / "out")
     docs = read_docs(tmp_path / "out")
     assert dict(zip(docs["source"], docs["domain"])) == {
-        "legal/a.txt": "legal", "legal/2020/b.txt": "legal", "code/c.md": "code", "top.txt": "corpus",
+        "legal/a.txt": "legal",
+        "legal/2020/b.txt": "legal",
+        "code/c.md": "code",
+        "top.txt": "corpus",
     }
     assert manifest.counts["files"] == 4
 
@@ -121,7 +137,9 @@ def test_domain_from_column_skips_and_counts_documents_without_one(tmp_path):
 
 
 def test_null_empty_and_non_utf8_documents_are_counted_not_fatal(tmp_path):
-    table = pa.table({"text": pa.array([b"good text", None, b"", b"  \n\t", b"bad \xff\xfe bytes"], pa.binary())})
+    table = pa.table(
+        {"text": pa.array([b"good text", None, b"", b"  \n\t", b"bad \xff\xfe bytes"], pa.binary())}
+    )
     pq.write_table(table, tmp_path / "p.parquet")
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "ok.txt").write_text("fine")
@@ -197,7 +215,9 @@ def test_a_broken_jsonl_line_is_a_one_line_error_naming_file_and_line(tmp_path, 
 def test_a_parquet_without_text_column_is_a_one_line_error_naming_the_fix(tmp_path, cli):
     pq.write_table(pa.table({"body": ["x"], "url": ["u"]}), tmp_path / "raw.parquet")
     result = cli("ingest", tmp_path / "raw.parquet", "--out", tmp_path / "out")
-    assert_clean_failure(result, tmp_path / "out", "raw.parquet", "'text' missing", "body, url", "--text-column")
+    assert_clean_failure(
+        result, tmp_path / "out", "raw.parquet", "'text' missing", "body, url", "--text-column"
+    )
 
 
 def test_an_empty_folder_is_a_one_line_error(tmp_path, cli):
@@ -244,11 +264,21 @@ def test_running_the_same_ingest_twice_writes_nothing_new(tmp_path, cli):
 def test_a_changed_ingest_config_needs_force(tmp_path, cli):
     write_jsonl(tmp_path / "x.jsonl", RECORDS)
     assert cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out").exit_code == 0
-    refused = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out", "--domain-from", "flag",
-                  "--domain", "web")
+    refused = cli(
+        "ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out", "--domain-from", "flag", "--domain", "web"
+    )
     assert refused.exit_code == 1 and "--force" in refused.stderr
-    forced = cli("ingest", tmp_path / "x.jsonl", "--out", tmp_path / "out", "--domain-from", "flag",
-                 "--domain", "web", "--force")
+    forced = cli(
+        "ingest",
+        tmp_path / "x.jsonl",
+        "--out",
+        tmp_path / "out",
+        "--domain-from",
+        "flag",
+        "--domain",
+        "web",
+        "--force",
+    )
     assert forced.exit_code == 0, forced.output
     assert read_docs(tmp_path / "out")["domain"].unique().to_list() == ["web"]
     assert json.loads((tmp_path / "out" / MANIFEST).read_text())["config"]["domain"] == "web"

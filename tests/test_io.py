@@ -92,7 +92,9 @@ def test_parquet_files_skips_hidden_and_underscored_paths_and_reports_empty_fold
     for name in ("b.parquet", "a.parquet", ".partial/x.parquet", "_work/y.parquet", "sub/c.parquet"):
         write_table(documents(["a"]), tmp_path / "d" / name)
     assert [p.relative_to(tmp_path / "d").as_posix() for p in parquet_files(tmp_path / "d")] == [
-        "a.parquet", "b.parquet", "sub/c.parquet",
+        "a.parquet",
+        "b.parquet",
+        "sub/c.parquet",
     ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .parquet files"):
@@ -319,18 +321,24 @@ def test_a_corrupt_manifest_is_reported(tmp_path):
         Manifest.load(tmp_path / "out")
 
 
-
 def _rows_file(path: Path, n: int, row_group_size: int | None = None) -> Path:
     from mixlab.io import write_table
 
-    write_table(pa.table({"id": [f"d{i:05d}" for i in range(n)], "x": list(range(n))}), path, row_group_size=row_group_size)
+    write_table(
+        pa.table({"id": [f"d{i:05d}" for i in range(n)], "x": list(range(n))}),
+        path,
+        row_group_size=row_group_size,
+    )
     return path
 
 
 def test_partitions_cover_every_row_once_and_respect_the_cap(tmp_path: Path) -> None:
     from mixlab.io import plan_partitions, read_partition
 
-    files = [_rows_file(tmp_path / "a.parquet", 5000, row_group_size=700), _rows_file(tmp_path / "b.parquet", 3)]
+    files = [
+        _rows_file(tmp_path / "a.parquet", 5000, row_group_size=700),
+        _rows_file(tmp_path / "b.parquet", 3),
+    ]
     parts = plan_partitions(files, max_rows=1000)
     assert [p.index for p in parts] == list(range(len(parts)))
     assert all(p.stop - p.start <= 1000 for p in parts)

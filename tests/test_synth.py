@@ -102,7 +102,9 @@ def test_near_duplicates_land_close_to_the_requested_levels():
         texts = DOMAIN_GENERATORS[domain](_rng(0, "docs", domain), vocab, 20, 300)
         rng = np.random.default_rng(7)
         for level in (0.95, 0.9, 0.85, 0.7, 0.5):
-            got = [reference_jaccard(t, near_duplicate(rng, t, level, vocab.own[domain][:500])) for t in texts]
+            got = [
+                reference_jaccard(t, near_duplicate(rng, t, level, vocab.own[domain][:500])) for t in texts
+            ]
             assert abs(np.mean(got) - level) < 0.03, (domain, level, np.mean(got))
             assert max(abs(g - level) for g in got) < 0.08, (domain, level, got)
 
@@ -119,7 +121,9 @@ def test_near_duplicates_keep_the_layout_of_the_text():
 
 
 def test_the_corpus_levels_cover_the_requested_ones(tiny_corpus, tiny_config):
-    near = pl.read_parquet(tiny_corpus / "near_duplicates.parquet").filter(pl.col("kind") == "near")["jaccard"]
+    near = pl.read_parquet(tiny_corpus / "near_duplicates.parquet").filter(pl.col("kind") == "near")[
+        "jaccard"
+    ]
     for level in tiny_config.near_dup_levels:
         assert ((near - level).abs() < 0.05).sum() >= 2, level
 
@@ -178,8 +182,23 @@ def test_every_domain_generator_produces_the_requested_number_of_nonempty_docume
 
 def test_synth_through_the_cli_reports_what_it_wrote(tmp_path, cli):
     out = tmp_path / "corpus"
-    args = ["synth", "--out", out, "--docs-per-domain", 20, "--doc-words", 30, "--near-dup-clusters", 2,
-            "--exact-dups", 1, "--domains", "prose,news", "--target-blend", "news=1"]
+    args = [
+        "synth",
+        "--out",
+        out,
+        "--docs-per-domain",
+        20,
+        "--doc-words",
+        30,
+        "--near-dup-clusters",
+        2,
+        "--exact-dups",
+        1,
+        "--domains",
+        "prose,news",
+        "--target-blend",
+        "news=1",
+    ]
     result = cli(*args)
     assert result.exit_code == 0, result.output
     assert f"synth: wrote {out}" in result.stdout

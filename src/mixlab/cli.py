@@ -108,9 +108,13 @@ def config_options(cls: type) -> Callable[[Callable], Callable]:
                 decl = [f"--{name}/--no-{name}"]
                 wrapper = click.option(*decl, f.name, default=None, help=help_text)(wrapper)
             else:
-                wrapper = click.option(f"--{name}", f.name, type=click_type, default=None, help=help_text)(wrapper)
+                wrapper = click.option(f"--{name}", f.name, type=click_type, default=None, help=help_text)(
+                    wrapper
+                )
         wrapper = click.option(
-            "--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            "--config",
+            "config_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="YAML file with these options (flags given here override it)",
         )(wrapper)
         return wrapper
@@ -127,14 +131,26 @@ def _show_default(value: Any) -> str:
 
 
 def out_option(func: Callable) -> Callable:
-    func = click.option("--force", is_flag=True, help="recompute and replace an existing output (needed when its settings or inputs changed)")(func)
-    return click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-                        help="output directory (written atomically)")(func)
+    func = click.option(
+        "--force",
+        is_flag=True,
+        help="recompute and replace an existing output (needed when its settings or inputs changed)",
+    )(func)
+    return click.option(
+        "--out",
+        "out_dir",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="output directory (written atomically)",
+    )(func)
 
 
 def scheduler_option(func: Callable) -> Callable:
     return click.option(
-        "--scheduler-address", default=None, envvar="DASK_SCHEDULER_ADDRESS", show_envvar=True,
+        "--scheduler-address",
+        default=None,
+        envvar="DASK_SCHEDULER_ADDRESS",
+        show_envvar=True,
         help="Dask scheduler to run on (default: a LocalCluster sized to this machine)",
     )(func)
 
@@ -195,7 +211,6 @@ def mixtures() -> None:
 # --- mixtures sample ---------------------------------------------------------------------------
 
 
-
 @mixtures.command("sample", context_settings=CONTEXT)
 @click.argument("tokens", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @config_options(SampleConfig)
@@ -211,7 +226,6 @@ def mixtures_sample(tokens: Path, cfg: SampleConfig, out_dir: Path, force: bool)
 # --- swarm train -------------------------------------------------------------------------------
 
 
-
 @main.group(cls=StageGroup, context_settings=CONTEXT)
 def swarm() -> None:
     """Train swarms of small GPT proxies on candidate mixtures."""
@@ -223,30 +237,46 @@ def swarm() -> None:
 @config_options(SwarmConfig)
 @out_option
 @scheduler_option
-def swarm_train(candidates: Path, tokens: Path, cfg: SwarmConfig, out_dir: Path, force: bool,
-                scheduler_address: str | None) -> None:
+def swarm_train(
+    candidates: Path,
+    tokens: Path,
+    cfg: SwarmConfig,
+    out_dir: Path,
+    force: bool,
+    scheduler_address: str | None,
+) -> None:
     """Train one proxy per candidate (in packs, on Dask) and score it on every validation domain."""
     from mixlab.proxy_models.swarm import run_swarm
 
     if candidates.is_dir() and (candidates / "candidates.parquet").is_file():
         candidates = candidates / "candidates.parquet"
-    manifest = run_swarm({"candidates": candidates, "tokens": tokens}, cfg, out_dir, force=force,
-                         scheduler_address=scheduler_address)
+    manifest = run_swarm(
+        {"candidates": candidates, "tokens": tokens},
+        cfg,
+        out_dir,
+        force=force,
+        scheduler_address=scheduler_address,
+    )
     summary(manifest, "swarm train")
     floor = manifest.stats.get("noise_floor")
     if floor:
-        click.echo("swarm train: noise floor (loss std across seeds) "
-                   + ", ".join(f"{d}={v:.4f}" for d, v in floor.items()))
+        click.echo(
+            "swarm train: noise floor (loss std across seeds) "
+            + ", ".join(f"{d}={v:.4f}" for d, v in floor.items())
+        )
 
 
 # --- mixtures fit / select ---------------------------------------------------------------------
 
 
-
 @mixtures.command("fit", context_settings=CONTEXT)
 @click.argument("runs", type=click.Path(exists=True, path_type=Path))
-@click.option("--candidates", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="the `mixtures sample` output the runs came from (its prior and sampler are used by select)")
+@click.option(
+    "--candidates",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="the `mixtures sample` output the runs came from (its prior and sampler are used by select)",
+)
 @config_options(FitConfig)
 @out_option
 def mixtures_fit(runs: Path, candidates: Path | None, cfg: FitConfig, out_dir: Path, force: bool) -> None:
@@ -261,17 +291,24 @@ def mixtures_fit(runs: Path, candidates: Path | None, cfg: FitConfig, out_dir: P
     summary(manifest, "mixtures fit")
     floor = manifest.stats.get("noise_floor_rmse")
     for kind, s in manifest.stats["held_out"].items():
-        click.echo(f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f}  pearson {s['pearson']:.3f}  "
-                   f"rmse {s['rmse']:.4g}" + (f" (noise floor {floor:.4g})" if floor else "")
-                   + ("  <- chosen" if kind == manifest.stats["chosen"] else ""))
+        click.echo(
+            f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f}  pearson {s['pearson']:.3f}  "
+            f"rmse {s['rmse']:.4g}"
+            + (f" (noise floor {floor:.4g})" if floor else "")
+            + ("  <- chosen" if kind == manifest.stats["chosen"] else "")
+        )
     for warning in manifest.stats.get("warnings", []):
         click.echo(f"mixtures fit: warning: {warning}", err=True)
 
 
 @mixtures.command("select", context_settings=CONTEXT)
 @click.argument("fit", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--tokens", type=click.Path(exists=True, path_type=Path), default=None,
-              help="tokenize output (or its token_counts.parquet): each domain's tokens, for --token-budget / --verify")
+@click.option(
+    "--tokens",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="tokenize output (or its token_counts.parquet): each domain's tokens, for --token-budget / --verify",
+)
 @config_options(SelectConfig)
 @out_option
 def mixtures_select(fit: Path, tokens: Path | None, cfg: SelectConfig, out_dir: Path, force: bool) -> None:
@@ -285,21 +322,25 @@ def mixtures_select(fit: Path, tokens: Path | None, cfg: SelectConfig, out_dir: 
     manifest = run_select({"fit": fit, "tokens": tokens}, cfg, out_dir, force=force)
     summary(manifest, "mixtures select")
     stats = manifest.stats
-    click.echo("mixtures select: " + ", ".join(f"{d}={w:.3f}" for d, w in stats["weights"].items())
-               + f"; predicted {stats['predicted_target_loss']:.4g} (natural {stats['natural_predicted']:.4g}, "
-               f"uniform {stats['uniform_predicted']:.4g})")
+    click.echo(
+        "mixtures select: "
+        + ", ".join(f"{d}={w:.3f}" for d, w in stats["weights"].items())
+        + f"; predicted {stats['predicted_target_loss']:.4g} (natural {stats['natural_predicted']:.4g}, "
+        f"uniform {stats['uniform_predicted']:.4g})"
+    )
     check = stats.get("verification")
     if check:
-        click.echo("mixtures select: at the larger proxy size, measured "
-                   + ", ".join(f"{n}={v:.4g}" for n, v in check["measured"].items())
-                   + ("; predicted order holds" if check["ordering_holds"] else "; predicted order does NOT hold")
-                   + ("; chosen beats both beyond seed noise" if check["chosen_beats_baselines"] else ""))
+        click.echo(
+            "mixtures select: at the larger proxy size, measured "
+            + ", ".join(f"{n}={v:.4g}" for n, v in check["measured"].items())
+            + ("; predicted order holds" if check["ordering_holds"] else "; predicted order does NOT hold")
+            + ("; chosen beats both beyond seed noise" if check["chosen_beats_baselines"] else "")
+        )
     for warning in stats.get("warnings", []):
         click.echo(f"mixtures select: warning: {warning}", err=True)
 
 
 # --- tokenizer train / eval, tokenize ----------------------------------------------------------
-
 
 
 @main.group(cls=StageGroup, context_settings=CONTEXT)
@@ -324,35 +365,53 @@ def tokenizer_train(inputs: tuple[Path, ...], cfg: TokenizerTrainConfig, out_dir
 @click.argument("documents", type=click.Path(exists=True, path_type=Path))
 @config_options(TokenizerEvalConfig)
 @out_option
-def tokenizer_eval(tokenizers: tuple[Path, ...], documents: Path, cfg: TokenizerEvalConfig, out_dir: Path,
-                   force: bool) -> None:
+def tokenizer_eval(
+    tokenizers: tuple[Path, ...], documents: Path, cfg: TokenizerEvalConfig, out_dir: Path, force: bool
+) -> None:
     """Compare TOKENIZERS (one or more directories) per domain on held-out DOCUMENTS."""
     from mixlab.tokenize.evaluate import format_table, read_eval, run_tokenizer_eval
 
-    manifest = run_tokenizer_eval({"tokenizers": list(tokenizers), "documents": documents}, cfg, out_dir, force=force)
+    manifest = run_tokenizer_eval(
+        {"tokenizers": list(tokenizers), "documents": documents}, cfg, out_dir, force=force
+    )
     summary(manifest, "tokenizer eval")
     click.echo(format_table(read_eval(out_dir)))
 
 
 @main.command("tokenize", context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(exists=True, path_type=Path),
-              help="tokenizer directory (from `mixlab tokenizer train`, or any with tokenizer.json)")
+@click.option(
+    "--tokenizer",
+    "tokenizer_dir",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="tokenizer directory (from `mixlab tokenizer train`, or any with tokenizer.json)",
+)
 @config_options(TokenizeConfig)
 @out_option
 @scheduler_option
-def tokenize_command(inputs: tuple[Path, ...], tokenizer_dir: Path, cfg: TokenizeConfig, out_dir: Path,
-                     force: bool, scheduler_address: str | None) -> None:
+def tokenize_command(
+    inputs: tuple[Path, ...],
+    tokenizer_dir: Path,
+    cfg: TokenizeConfig,
+    out_dir: Path,
+    force: bool,
+    scheduler_address: str | None,
+) -> None:
     """Tokenize documents INPUTS into token shards per domain and train/valid split, on Dask."""
     from mixlab.tokenize.corpus import run_tokenize
 
-    manifest = run_tokenize({"documents": list(inputs), "tokenizer": tokenizer_dir}, cfg, out_dir, force=force,
-                            scheduler_address=scheduler_address)
+    manifest = run_tokenize(
+        {"documents": list(inputs), "tokenizer": tokenizer_dir},
+        cfg,
+        out_dir,
+        force=force,
+        scheduler_address=scheduler_address,
+    )
     summary(manifest, "tokenize")
 
 
 # --- dedup -------------------------------------------------------------------------------------
-
 
 
 @main.command("dedup", context_settings=CONTEXT)
@@ -360,8 +419,9 @@ def tokenize_command(inputs: tuple[Path, ...], tokenizer_dir: Path, cfg: Tokeniz
 @config_options(DedupConfig)
 @out_option
 @scheduler_option
-def dedup_command(inputs: tuple[Path, ...], cfg: DedupConfig, out_dir: Path, force: bool,
-                  scheduler_address: str | None) -> None:
+def dedup_command(
+    inputs: tuple[Path, ...], cfg: DedupConfig, out_dir: Path, force: bool, scheduler_address: str | None
+) -> None:
     """Remove exact and near duplicates (MinHash LSH, verified by exact Jaccard) from documents INPUTS."""
     from mixlab.dedup import run_dedup
 
@@ -369,12 +429,13 @@ def dedup_command(inputs: tuple[Path, ...], cfg: DedupConfig, out_dir: Path, for
     summary(manifest, "dedup")
     if not manifest.skipped:
         cand = manifest.stats["candidates"]
-        click.echo(f"dedup: {cand['pairs']} candidate pairs checked, {cand['rejected']} rejected; "
-                   f"kept documents in {Path(out_dir) / 'documents'}, removed ones in duplicates.parquet")
+        click.echo(
+            f"dedup: {cand['pairs']} candidate pairs checked, {cand['rejected']} rejected; "
+            f"kept documents in {Path(out_dir) / 'documents'}, removed ones in duplicates.parquet"
+        )
 
 
 # --- pretrain, distill, export hf ----------------------------------------------------------
-
 
 
 def _comparison_lines(out_dir: Path) -> None:
@@ -385,14 +446,26 @@ def _comparison_lines(out_dir: Path) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--tokens", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="tokenize output directory (token shards, token counts, tokenizer)")
-@click.option("--mixture", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}")
+@click.option(
+    "--tokens",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="tokenize output directory (token shards, token counts, tokenizer)",
+)
+@click.option(
+    "--mixture",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
+)
 @config_options(PretrainConfig)
 @out_option
-@click.option("--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint")
-def pretrain(tokens: Path, mixture: Path, cfg: PretrainConfig, out_dir: Path, force: bool, resume: bool) -> None:
+@click.option(
+    "--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint"
+)
+def pretrain(
+    tokens: Path, mixture: Path, cfg: PretrainConfig, out_dir: Path, force: bool, resume: bool
+) -> None:
     """Pretrain the full model on the chosen mixture (and --baselines for comparison)."""
     from mixlab.proxy_models.pretrain import run_pretrain
 
@@ -403,22 +476,44 @@ def pretrain(tokens: Path, mixture: Path, cfg: PretrainConfig, out_dir: Path, fo
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--teacher", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="teacher model directory (from `mixlab pretrain`, `distill` or `export hf`)")
-@click.option("--tokens", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="tokenize output directory made with the teacher's tokenizer")
-@click.option("--mixture", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="mixture.json to train on [default: the teacher's training mixture]")
+@click.option(
+    "--teacher",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="teacher model directory (from `mixlab pretrain`, `distill` or `export hf`)",
+)
+@click.option(
+    "--tokens",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="tokenize output directory made with the teacher's tokenizer",
+)
+@click.option(
+    "--mixture",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="mixture.json to train on [default: the teacher's training mixture]",
+)
 @config_options(DistillConfig)
 @out_option
-@click.option("--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint")
-def distill(teacher: Path, tokens: Path, mixture: Path | None, cfg: DistillConfig, out_dir: Path, force: bool,
-            resume: bool) -> None:
+@click.option(
+    "--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint"
+)
+def distill(
+    teacher: Path,
+    tokens: Path,
+    mixture: Path | None,
+    cfg: DistillConfig,
+    out_dir: Path,
+    force: bool,
+    resume: bool,
+) -> None:
     """Distill a teacher into a smaller student (--compare-scratch: and train it from scratch)."""
     from mixlab.proxy_models.distill import run_distill
 
-    manifest = run_distill({"teacher": teacher, "tokens": tokens, "mixture": mixture}, cfg, out_dir,
-                           force=force, resume=resume)
+    manifest = run_distill(
+        {"teacher": teacher, "tokens": tokens, "mixture": mixture}, cfg, out_dir, force=force, resume=resume
+    )
     summary(manifest, "distill")
     _comparison_lines(out_dir)
 
@@ -450,24 +545,46 @@ def pipeline() -> None:
 
 @pipeline.command("run", context_settings=CONTEXT)
 @click.argument("pipeline_file", metavar="PIPELINE")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="run root; each stage writes <out>/NN_<stage> [default: runs/<pipeline name>]")
-@click.option("--from", "from_stage", default=None, help="start at this stage (earlier ones must be finished)")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="run root; each stage writes <out>/NN_<stage> [default: runs/<pipeline name>]",
+)
+@click.option(
+    "--from", "from_stage", default=None, help="start at this stage (earlier ones must be finished)"
+)
 @click.option("--until", "until_stage", default=None, help="stop after this stage")
 @click.option("--dry-run", is_flag=True, help="print the plan and the resolved configs, run nothing")
 @click.option("--force", is_flag=True, help="recompute every selected stage, replacing its output")
 @scheduler_option
-def pipeline_run(pipeline_file: str, out_dir: Path | None, from_stage: str | None, until_stage: str | None,
-                 dry_run: bool, force: bool, scheduler_address: str | None) -> None:
+def pipeline_run(
+    pipeline_file: str,
+    out_dir: Path | None,
+    from_stage: str | None,
+    until_stage: str | None,
+    dry_run: bool,
+    force: bool,
+    scheduler_address: str | None,
+) -> None:
     """Run PIPELINE (a YAML file or a shipped name) stage by stage; finished stages are skipped."""
     from mixlab.pipelines.run import describe, pipeline_path, plan_pipeline, run_pipeline
 
     root = out_dir or Path("runs") / pipeline_path(pipeline_file).stem
     if dry_run:
-        click.echo(describe(plan_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage)))
+        click.echo(
+            describe(plan_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage))
+        )
         return
-    manifests = run_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage, force=force,
-                             scheduler_address=scheduler_address)
+    manifests = run_pipeline(
+        pipeline_file,
+        root,
+        from_stage=from_stage,
+        until_stage=until_stage,
+        force=force,
+        scheduler_address=scheduler_address,
+    )
     report = manifests.get("report")
     if report is not None:
         click.echo(f"report: {report.path / 'report.html'}")
@@ -478,8 +595,13 @@ def pipeline_run(pipeline_file: str, out_dir: Path | None, from_stage: str | Non
 @main.command("report", context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @config_options(ReportConfig)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="where to write report.html / report.md [default: RUN_DIR/NN_report]")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where to write report.html / report.md [default: RUN_DIR/NN_report]",
+)
 @click.option("--force", is_flag=True, help="rebuild an existing report")
 def report_command(run_dir: Path, cfg: ReportConfig, out_dir: Path | None, force: bool) -> None:
     """Write a one-page HTML + markdown report of a pipeline run directory."""

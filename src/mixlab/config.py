@@ -50,9 +50,7 @@ def check_choices(cfg: Any) -> None:
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
         if choices and value not in choices:
-            raise ConfigError(
-                f"{flag_name(f.name)}: {value!r} is not one of {', '.join(map(str, choices))}"
-            )
+            raise ConfigError(f"{flag_name(f.name)}: {value!r} is not one of {', '.join(map(str, choices))}")
 
 
 def flag_name(name: str) -> str:
@@ -185,7 +183,9 @@ def resolve_config(
         types_ = field_types(cls)
         unknown = [k for k in given if k not in types_]
         if unknown:
-            raise ConfigError(f"unknown option(s) {unknown} for {section_name(cls)} (valid: {', '.join(types_)})")
+            raise ConfigError(
+                f"unknown option(s) {unknown} for {section_name(cls)} (valid: {', '.join(types_)})"
+            )
         values.update({k: coerce(flag_name(k), v, types_[k]) for k, v in given.items()})
     # One construction from the merged values, so a flag can complete what the YAML started
     # (validation in __post_init__ sees the final combination, not the YAML alone).
@@ -263,7 +263,9 @@ class SynthConfig:
 
         unknown = [d for d in self.domains if d not in DOMAIN_GENERATORS]
         if unknown:
-            raise ConfigError(f"--domains: unknown domain(s) {unknown} (known: {', '.join(DOMAIN_GENERATORS)})")
+            raise ConfigError(
+                f"--domains: unknown domain(s) {unknown} (known: {', '.join(DOMAIN_GENERATORS)})"
+            )
         if len(set(self.domains)) != len(self.domains):
             raise ConfigError(f"--domains: listed twice: {list(self.domains)}")
         if self.docs_per_domain < 1:
@@ -280,7 +282,9 @@ class SynthConfig:
             check_weights(self.target_blend, "target_blend")
             missing = [d for d in self.target_blend if d not in self.domains]
             if missing:
-                raise ConfigError(f"--target-blend: domain(s) {missing} are not in --domains {list(self.domains)}")
+                raise ConfigError(
+                    f"--target-blend: domain(s) {missing} are not in --domains {list(self.domains)}"
+                )
         if self.target_docs < 1:
             raise ConfigError("--target-docs: must be at least 1")
 
@@ -290,16 +294,21 @@ class IngestConfig:
     """`mixlab ingest`: raw parquet / JSONL / text folders into the documents contract."""
 
     text_column: str = option("text", "column (parquet) or key (JSONL) holding the document text")
-    id_column: str = option("id", "column or key holding document ids; derived from source + content when absent")
+    id_column: str = option(
+        "id", "column or key holding document ids; derived from source + content when absent"
+    )
     domain_column: str = option("domain", "column or key holding the domain, used when present")
-    domain: str | None = option(None, "domain for documents without a domain column (with --domain-from flag: for every document)")
+    domain: str | None = option(
+        None, "domain for documents without a domain column (with --domain-from flag: for every document)"
+    )
     domain_from: str = option(
         "auto",
         "where the domain comes from: auto (column, else --domain, else file/folder name), column, file, folder, flag",
         choices=("auto", "column", "file", "folder", "flag"),
     )
     on_invalid_utf8: str = option(
-        "skip", "documents that are not valid UTF-8: skip (counted) or replace bad bytes with U+FFFD",
+        "skip",
+        "documents that are not valid UTF-8: skip (counted) or replace bad bytes with U+FFFD",
         choices=("skip", "replace"),
     )
     rows_per_file: int = option(100_000, "maximum documents per output parquet file")

@@ -64,7 +64,8 @@ def discover(inputs: Sequence[Path]) -> list[tuple[Path, str, Path]]:
             found.append((root, kind, root.parent))
             continue
         files = sorted(
-            p for p in root.rglob("*")
+            p
+            for p in root.rglob("*")
             if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts) and _kind(p)
         )
         if not files:
@@ -96,7 +97,13 @@ def _read_parquet(path: Path, cfg: IngestConfig) -> Iterator[list[Record]]:
         for batch in pf.iter_batches(batch_size=BATCH, columns=columns):
             n = batch.num_rows
             col = {name: batch.column(name).to_pylist() for name in columns}
-            yield list(zip(col.get(cfg.id_column, [None] * n), col.get(cfg.domain_column, [None] * n), col[cfg.text_column]))
+            yield list(
+                zip(
+                    col.get(cfg.id_column, [None] * n),
+                    col.get(cfg.domain_column, [None] * n),
+                    col[cfg.text_column],
+                )
+            )
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: corrupt parquet data ({exc})") from None
 
@@ -118,9 +125,13 @@ def _read_jsonl(path: Path, cfg: IngestConfig) -> Iterator[list[Record]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.args[0] if exc.args else exc}); fix or remove the line") from None
+                    raise InputError(
+                        f"{path}:{lineno}: not valid JSON ({exc.args[0] if exc.args else exc}); fix or remove the line"
+                    ) from None
                 if not isinstance(obj, dict):
-                    raise InputError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+                    raise InputError(
+                        f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
+                    )
                 if cfg.text_column not in obj:
                     raise InputError(
                         f"{path}:{lineno}: key {cfg.text_column!r} missing (found: {', '.join(obj)}); "
@@ -199,8 +210,12 @@ def run_ingest(
             nonlocal shard, pending
             if pending:
                 cols = list(zip(*pending))
-                table = pa.table({name: pa.array(list(values), pa.string())
-                                  for name, values in zip(("id", "domain", "text", "source"), cols)})
+                table = pa.table(
+                    {
+                        name: pa.array(list(values), pa.string())
+                        for name, values in zip(("id", "domain", "text", "source"), cols)
+                    }
+                )
                 write_table(table, stage.out / shard_name(shard), row_group_size=DOCUMENT_ROW_GROUP)
                 shard += 1
                 pending = []
@@ -261,10 +276,17 @@ def run_ingest(
         for source, c in skipped.items():
             log(f"ingest: {source}: skipped {dict(c)}")
         return (
-            {"documents": written, "skipped": sum(v for k, v in totals.items() if k != "utf8_replaced"),
-             "files": len(files), "shards": shard},
-            {"per_domain": dict(per_domain), "skipped": totals,
-             "skipped_per_source": {s: dict(c) for s, c in skipped.items()}},
+            {
+                "documents": written,
+                "skipped": sum(v for k, v in totals.items() if k != "utf8_replaced"),
+                "files": len(files),
+                "shards": shard,
+            },
+            {
+                "per_domain": dict(per_domain),
+                "skipped": totals,
+                "skipped_per_source": {s: dict(c) for s, c in skipped.items()},
+            },
         )
 
     return run_stage("ingest", cfg, {"inputs": paths}, out_dir, body, force=force)

@@ -29,9 +29,7 @@ from mixlab.errors import InputError, MixlabError
 MANIFEST = "manifest.json"
 WORK = "_work"  # scratch inside a partial dir (markers, signatures); deleted on success
 
-DOCUMENTS_SCHEMA = pa.schema(
-    [("id", pa.string()), ("domain", pa.string()), ("text", pa.string())]
-)
+DOCUMENTS_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("text", pa.string())])
 DUPLICATES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -58,8 +56,16 @@ def progress(items: Iterable[Any], total: int, desc: str, unit: str) -> Iterable
     """A progress bar on stderr for a long phase (hidden when stderr is not a terminal)."""
     from tqdm.auto import tqdm
 
-    return tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False,
-                dynamic_ncols=True)
+    return tqdm(
+        items,
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=None,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 # --- reading parquet inputs ----------------------------------------------------------------
@@ -183,8 +189,18 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for name in ("mixlab", "numpy", "polars", "pyarrow", "dask", "distributed", "datasketch",
-                 "tokenizers", "torch", "lightgbm"):
+    for name in (
+        "mixlab",
+        "numpy",
+        "polars",
+        "pyarrow",
+        "dask",
+        "distributed",
+        "datasketch",
+        "tokenizers",
+        "torch",
+        "lightgbm",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -287,7 +303,9 @@ def run_stage(
 
     if out_dir.exists():
         if not out_dir.is_dir():
-            raise MixlabError(f"{out_dir}: exists and is a file, not an output directory; choose another --out")
+            raise MixlabError(
+                f"{out_dir}: exists and is a file, not an output directory; choose another --out"
+            )
         if (out_dir / MANIFEST).is_file():
             old = Manifest.load(out_dir)
             if old.stage == stage and old.config == config and old.inputs == fingerprints and not force:
@@ -385,7 +403,9 @@ def _fingerprint_inputs(inputs: Mapping[str, Any]) -> dict[str, str]:
 DOCUMENT_ROW_GROUP = 4096
 
 
-def write_table(table: pa.Table, path: Path, *, compression: str = "zstd", row_group_size: int | None = None) -> None:
+def write_table(
+    table: pa.Table, path: Path, *, compression: str = "zstd", row_group_size: int | None = None
+) -> None:
     """Write one parquet file atomically (temp name + rename) so a kill leaves no torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -403,7 +423,9 @@ class Partition:
     stop: int
 
 
-def plan_partitions(files: Iterable[Path], max_rows: int, min_parts: int = 8, min_rows: int = 2000) -> list[Partition]:
+def plan_partitions(
+    files: Iterable[Path], max_rows: int, min_parts: int = 8, min_rows: int = 2000
+) -> list[Partition]:
     """Row ranges of at most `max_rows` rows, and small enough that a small corpus still makes
     about `min_parts` of them (so every worker has work), but not below `min_rows`: a part has
     fixed costs (reading, the tokenizer's first pass over its words) that smaller parts repeat.

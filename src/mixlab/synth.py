@@ -61,7 +61,9 @@ def _make_words(rng: np.random.Generator, style: str, n: int, taken: set[str]) -
     while len(words) < n:
         batch = 2 * (n - len(words)) + 16  # headroom for candidates that are already taken
         syllables = rng.integers(1, 5, batch)
-        pieces = cons[rng.integers(len(cons), size=(batch, 4))] + vows[rng.integers(len(vows), size=(batch, 4))]
+        pieces = (
+            cons[rng.integers(len(cons), size=(batch, 4))] + vows[rng.integers(len(vows), size=(batch, 4))]
+        )
         tails = np.where(rng.random(batch) < 0.4, cons[rng.integers(len(cons), size=batch)], "")
         for row, k, tail in zip(pieces, syllables, tails):
             w = "".join(row[:k]) + tail
@@ -107,7 +109,9 @@ class _Vocab:
 # --- domain generators: (rng, vocab, n_docs, mean_words) -> list of texts -------------------
 
 
-def _markov_docs(rng: np.random.Generator, words: Sequence[str], succ: np.ndarray, n_docs: int, mean_words: int) -> list[str]:
+def _markov_docs(
+    rng: np.random.Generator, words: Sequence[str], succ: np.ndarray, n_docs: int, mean_words: int
+) -> list[str]:
     """Word-level first-order Markov text: word i is followed by one of ``succ[i]``, Zipf-weighted.
 
     Vectorised over documents: one numpy step per word position, not per word.
@@ -225,10 +229,14 @@ def _code(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> l
     ident_arr, class_arr = pa.array(idents, pa.string()), pa.array(classes, pa.string())
     w = pa.array(comment_words, pa.string()).take(pa.array(np.concatenate(words)))
     fields = {
-        "a": ident_arr.take(pa.array(pick[:, 0])), "b": ident_arr.take(pa.array(pick[:, 1])),
-        "c": ident_arr.take(pa.array(pick[:, 2])), "A": class_arr.take(pa.array(pick[:, 0])),
-        "B": class_arr.take(pa.array(pick[:, 1])), "n": _as_text(np.concatenate(nums)),
-        "q": pc.binary_join_element_wise('"', w, '"', ""), "w": w,
+        "a": ident_arr.take(pa.array(pick[:, 0])),
+        "b": ident_arr.take(pa.array(pick[:, 1])),
+        "c": ident_arr.take(pa.array(pick[:, 2])),
+        "A": class_arr.take(pa.array(pick[:, 0])),
+        "B": class_arr.take(pa.array(pick[:, 1])),
+        "n": _as_text(np.concatenate(nums)),
+        "q": pc.binary_join_element_wise('"', w, '"', ""),
+        "w": w,
     }
     templates = ["    " * indent + template for template, indent in _CODE_TEMPLATES]
     return _lines_to_docs(_format_lines(templates, np.concatenate(tpls), fields), n_lines)
@@ -261,7 +269,9 @@ def _tabular(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -
         pa.array(dates, pa.string()),
         pa.array(regions, pa.string()).take(pa.array(np.concatenate(region))),
         pa.array(products, pa.string()).take(pa.array(np.concatenate(product))),
-        _as_text(q), _money(c), _money(q * c),
+        _as_text(q),
+        _money(c),
+        _money(q * c),
         " ",
     )
     return _lines_to_docs(lines, n_rows, header="date region product qty price total")
@@ -274,8 +284,13 @@ def _legal(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> 
     words = vocab.common[:150] + vocab.own["legal"][:1200]
     # Boilerplate: few clauses, reused. The clause book belongs to the domain (drawn from the
     # seed, not from this call's stream), so every sample of legal text quotes the same clauses.
-    clauses = _markov_docs(_rng(vocab.seed, "clauses", "legal"), words, vocab.chain("legal", len(words), 6), 200, 18)
-    parties = [w.capitalize() + " " + s for w, s in zip(vocab.own["legal"][1200:1260], itertools.cycle(["Ltd", "LLC", "Inc", "GmbH"]))]
+    clauses = _markov_docs(
+        _rng(vocab.seed, "clauses", "legal"), words, vocab.chain("legal", len(words), 6), 200, 18
+    )
+    parties = [
+        w.capitalize() + " " + s
+        for w, s in zip(vocab.own["legal"][1200:1260], itertools.cycle(["Ltd", "LLC", "Inc", "GmbH"]))
+    ]
     c_cdf = _zipf_cdf(len(clauses), 0.7)
     # Every sentence is "<k>. <clause> The <A> shall pay the <B> <amount> on <d> <Month> <yyyy>.":
     # the clause's words plus 14, so the sentences a document needs follow from its clause draws.
@@ -289,11 +304,13 @@ def _legal(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> 
         picks = picks[:m]
         day, month = rng.integers(1, 29, m), rng.integers(0, len(_MONTHS), m)
         year, amount = rng.integers(1990, 2026, m), rng.integers(100, 99999, m)
-        texts.append("\n".join(
-            f"{k + 1}. {clauses[picks[k]]} The {parties[a]} shall pay the {parties[b]} {amount[k]} "
-            f"on {day[k]} {_MONTHS[month[k]]} {year[k]}."
-            for k in range(m)
-        ))
+        texts.append(
+            "\n".join(
+                f"{k + 1}. {clauses[picks[k]]} The {parties[a]} shall pay the {parties[b]} {amount[k]} "
+                f"on {day[k]} {_MONTHS[month[k]]} {year[k]}."
+                for k in range(m)
+            )
+        )
     return texts
 
 
@@ -402,8 +419,13 @@ def _domain_documents(cfg: SynthConfig, domain: str, vocab: _Vocab) -> tuple[pa.
             j = _set_jaccard(shingles[a], shingles[b])
             exact = texts[a].split() == texts[b].split()
             pairs.append(
-                {"id_a": ids[a], "id_b": ids[b], "domain": domain,
-                 "jaccard": j, "kind": "exact" if exact else "near"}
+                {
+                    "id_a": ids[a],
+                    "id_b": ids[b],
+                    "domain": domain,
+                    "jaccard": j,
+                    "kind": "exact" if exact else "near",
+                }
             )
     return table, pairs
 
@@ -418,17 +440,28 @@ def run_synth(cfg: SynthConfig, out_dir: Path | str, *, force: bool = False) -> 
         all_pairs: list[dict[str, Any]] = []
         for domain in cfg.domains:
             table, pairs = _domain_documents(cfg, domain, vocab)
-            write_table(table, stage.out / "documents" / f"{domain}.parquet", row_group_size=DOCUMENT_ROW_GROUP)
+            write_table(
+                table, stage.out / "documents" / f"{domain}.parquet", row_group_size=DOCUMENT_ROW_GROUP
+            )
             nbytes = int(pc.sum(pc.binary_length(table["text"])).as_py())
             per_domain[domain] = {"documents": table.num_rows, "bytes": nbytes, "planted_pairs": len(pairs)}
             counts["documents"] += table.num_rows
             counts["bytes"] += nbytes
             all_pairs.extend(pairs)
-            log(f"synth: {domain}: {table.num_rows} documents, {nbytes / 1e6:.1f} MB, {len(pairs)} planted pairs")
+            log(
+                f"synth: {domain}: {table.num_rows} documents, {nbytes / 1e6:.1f} MB, {len(pairs)} planted pairs"
+            )
         truth = pa.Table.from_pylist(
             all_pairs,
-            schema=pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("domain", pa.string()),
-                              ("jaccard", pa.float64()), ("kind", pa.string())]),
+            schema=pa.schema(
+                [
+                    ("id_a", pa.string()),
+                    ("id_b", pa.string()),
+                    ("domain", pa.string()),
+                    ("jaccard", pa.float64()),
+                    ("kind", pa.string()),
+                ]
+            ),
         )
         write_table(truth, stage.out / "near_duplicates.parquet")
         stats: dict[str, Any] = {"domains": per_domain, "planted_pairs": len(all_pairs)}
@@ -453,8 +486,12 @@ def _write_target(cfg: SynthConfig, vocab: _Vocab, out: Path) -> dict[str, Any]:
         texts += docs
         source += [domain] * len(docs)
     table = pa.table(
-        {"id": pa.array(ids, pa.string()), "domain": pa.array(["target"] * len(ids), pa.string()),
-         "text": pa.array(texts, pa.string()), "source_domain": pa.array(source, pa.string())}
+        {
+            "id": pa.array(ids, pa.string()),
+            "domain": pa.array(["target"] * len(ids), pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "source_domain": pa.array(source, pa.string()),
+        }
     )
     write_table(table, out / "documents.parquet")
     write_json(out / "blend.json", {"blend": dict(cfg.target_blend), "documents": len(ids)})

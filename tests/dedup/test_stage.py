@@ -82,7 +82,9 @@ def test_removed_set_is_the_same_whatever_partitions_and_workers(corpus, deduped
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         with Client(cluster) as one_worker:
-            run_dedup(corpus / "documents", dataclasses.replace(CFG, partition_docs=37), tmp_path / "a", one_worker)
+            run_dedup(
+                corpus / "documents", dataclasses.replace(CFG, partition_docs=37), tmp_path / "a", one_worker
+            )
     assert _removed(tmp_path / "a") == _removed(deduped)
     a = pl.read_parquet(tmp_path / "a" / "duplicates.parquet")
     b = pl.read_parquet(deduped / "duplicates.parquet")
@@ -104,8 +106,10 @@ def test_killed_run_resumes_only_unfinished_partitions(corpus, deduped, dask_cli
         run_stage("dedup", CFG, {"documents": [inputs]}, out, killed)
     manifest = run_dedup(inputs, CFG, out, dask_client)
     assert manifest.stats["partitions"] == {"total": len(parts), "reused": 2}
-    assert pl.read_parquet(out / "duplicates.parquet").sort("id").equals(
-        pl.read_parquet(deduped / "duplicates.parquet").sort("id")
+    assert (
+        pl.read_parquet(out / "duplicates.parquet")
+        .sort("id")
+        .equals(pl.read_parquet(deduped / "duplicates.parquet").sort("id"))
     )
 
 
@@ -129,8 +133,14 @@ def _bad_corpus(path: Path, copies: int = 1500) -> Path:
         texts.append(" ".join(w))
     ids += ["empty-1", "empty-2", "blank", "null", "short-1", "short-2", "huge"]
     texts += ["", "", " \n\t ", None, "tiny doc", "tiny doc", " ".join(f"h{i}" for i in range(40000))]
-    table = pa.table({"id": ids, "domain": ["web"] * len(ids), "text": pa.array(texts, pa.string()),
-                      "url": [f"u{i}" for i in range(len(ids))]})
+    table = pa.table(
+        {
+            "id": ids,
+            "domain": ["web"] * len(ids),
+            "text": pa.array(texts, pa.string()),
+            "url": [f"u{i}" for i in range(len(ids))],
+        }
+    )
     path.mkdir(parents=True)
     pq.write_table(table, path / "web.parquet")
     return path
@@ -155,11 +165,13 @@ def test_bad_input_is_counted_never_dropped_silently(tmp_path, dask_client):
 
 def test_keep_policy_longest_and_domain_priority(tmp_path, dask_client):
     body = " ".join(f"w{i}" for i in range(80))
-    table = pa.table({
-        "id": ["a", "b", "c"],
-        "domain": ["web", "books", "web"],
-        "text": [body, body + " tail", body + "    "],
-    })
+    table = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "domain": ["web", "books", "web"],
+            "text": [body, body + " tail", body + "    "],
+        }
+    )
     (tmp_path / "in").mkdir()
     pq.write_table(table, tmp_path / "in" / "d.parquet")
     run_dedup(tmp_path / "in", DedupConfig(keep="longest", threshold=0.9), tmp_path / "long", dask_client)
@@ -201,8 +213,16 @@ def test_cli_dedup_help_and_run(corpus, dask_client, tmp_path):
     out = tmp_path / "cli"
     result = runner.invoke(
         main,
-        ["dedup", str(corpus / "documents"), "--out", str(out), "--partition-docs", "150",
-         "--scheduler-address", dask_client.scheduler.address],
+        [
+            "dedup",
+            str(corpus / "documents"),
+            "--out",
+            str(out),
+            "--partition-docs",
+            "150",
+            "--scheduler-address",
+            dask_client.scheduler.address,
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "dedup: wrote" in result.output
@@ -217,8 +237,13 @@ def test_ten_megabyte_documents_are_deduplicated_in_bounded_chunks(tmp_path, das
     edited = list(words)
     for i in range(0, len(edited), 5000):
         edited[i] = "edit"
-    table = pa.table({"id": ["big-a", "big-b", "small"], "domain": ["web"] * 3,
-                      "text": [" ".join(words), " ".join(edited), "a small unrelated document here"]})
+    table = pa.table(
+        {
+            "id": ["big-a", "big-b", "small"],
+            "domain": ["web"] * 3,
+            "text": [" ".join(words), " ".join(edited), "a small unrelated document here"],
+        }
+    )
     assert len(table["text"][0].as_py()) > 10_000_000
     (tmp_path / "in").mkdir()
     pq.write_table(table, tmp_path / "in" / "d.parquet")

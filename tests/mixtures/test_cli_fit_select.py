@@ -20,12 +20,34 @@ def test_help_lists_the_options(cli, command):
 
 def test_fit_then_select_from_the_command_line(cli, tmp_path):
     write_table(known_runs(40, seed=3), tmp_path / "runs.parquet")
-    result = cli("mixtures", "fit", tmp_path / "runs.parquet", "--target", "code=0.5,prose=0.5",
-                 "--max-rounds", 150, "--learning-rate", 0.05, "--out", tmp_path / "fit")
+    result = cli(
+        "mixtures",
+        "fit",
+        tmp_path / "runs.parquet",
+        "--target",
+        "code=0.5,prose=0.5",
+        "--max-rounds",
+        150,
+        "--learning-rate",
+        0.05,
+        "--out",
+        tmp_path / "fit",
+    )
     assert result.exit_code == 0, result.output
     assert "lightgbm" in result.output and "<- chosen" in result.output
-    result = cli("mixtures", "select", tmp_path / "fit", "--samples", 5000, "--top-k", 16,
-                 "--max-weight", "code=0.4", "--out", tmp_path / "sel")
+    result = cli(
+        "mixtures",
+        "select",
+        tmp_path / "fit",
+        "--samples",
+        5000,
+        "--top-k",
+        16,
+        "--max-weight",
+        "code=0.4",
+        "--out",
+        tmp_path / "sel",
+    )
     assert result.exit_code == 0, result.output
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     assert mixture["weights"]["code"] <= 0.4 + 1e-9

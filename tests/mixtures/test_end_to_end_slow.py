@@ -31,11 +31,18 @@ def write_tokens(out, streams):
         for domain, splits in streams.items():
             for split, tokens in splits.items():
                 docs = [tokens[i : i + 100].astype(dtype) for i in range(0, len(tokens), 100)]
-                write_table(pa.table({
-                    "id": [f"{domain}-{split}-{i}" for i in range(len(docs))],
-                    "domain": [domain] * len(docs),
-                    "tokens": pa.array([d.tolist() for d in docs], pa.list_(pa.from_numpy_dtype(dtype))),
-                }), stage.out / domain / split / shard_name(0))
+                write_table(
+                    pa.table(
+                        {
+                            "id": [f"{domain}-{split}-{i}" for i in range(len(docs))],
+                            "domain": [domain] * len(docs),
+                            "tokens": pa.array(
+                                [d.tolist() for d in docs], pa.list_(pa.from_numpy_dtype(dtype))
+                            ),
+                        }
+                    ),
+                    stage.out / domain / split / shard_name(0),
+                )
                 rows.append({"domain": domain, "split": split, "documents": len(docs), "tokens": len(tokens)})
         write_table(pa.Table.from_pylist(rows), stage.out / TOKEN_COUNTS)
         return {"tokens": sum(r["tokens"] for r in rows)}, {"vocab_size": VOCAB, "eos_id": 0}
@@ -52,20 +59,40 @@ def test_blend_target_chosen_mixture_beats_natural_and_uniform_when_retrained(tm
     from mixlab.proxy_models.swarm import SwarmConfig, run_swarm
 
     sizes = {"a": 40_000, "b": 40_000, "c": 120_000}  # the natural mixture leans on c, which the target lacks
-    streams = {d: {"train": stream(k, n, 0), "valid": stream(k, 4_000, 1)} for k, (d, n) in enumerate(sizes.items())}
+    streams = {
+        d: {"train": stream(k, n, 0), "valid": stream(k, 4_000, 1)} for k, (d, n) in enumerate(sizes.items())
+    }
     target = np.concatenate([stream(0, 2_800, 2), stream(1, 1_200, 2)])  # 70% a, 30% b
     streams["target"] = {"valid": target}
     tokens = write_tokens(tmp_path / "tokens", streams)
 
     run_sample(tokens, SampleConfig(candidates=32, proxy_tokens=20_000), tmp_path / "cands")
-    swarm_cfg = SwarmConfig(n_embd=32, n_head=2, seq_len=32, batch_size=8, steps=50, warmup_steps=5,
-                            eval_sequences=16, pack_size=16)
-    run_swarm({"candidates": tmp_path / "cands" / "candidates.parquet", "tokens": tokens}, swarm_cfg, tmp_path / "swarm")
-    fit_manifest = run_fit({"runs": tmp_path / "swarm", "candidates": tmp_path / "cands"},
-                           FitConfig(target="target"), tmp_path / "fit")
+    swarm_cfg = SwarmConfig(
+        n_embd=32,
+        n_head=2,
+        seq_len=32,
+        batch_size=8,
+        steps=50,
+        warmup_steps=5,
+        eval_sequences=16,
+        pack_size=16,
+    )
+    run_swarm(
+        {"candidates": tmp_path / "cands" / "candidates.parquet", "tokens": tokens},
+        swarm_cfg,
+        tmp_path / "swarm",
+    )
+    fit_manifest = run_fit(
+        {"runs": tmp_path / "swarm", "candidates": tmp_path / "cands"},
+        FitConfig(target="target"),
+        tmp_path / "fit",
+    )
     assert fit_manifest.stats["held_out"]["lightgbm"]["spearman"] > 0.7
-    run_select({"fit": tmp_path / "fit", "tokens": tokens},
-               SelectConfig(samples=100_000, verify=True, verify_scale=1.5, verify_seeds=1), tmp_path / "sel")
+    run_select(
+        {"fit": tmp_path / "fit", "tokens": tokens},
+        SelectConfig(samples=100_000, verify=True, verify_scale=1.5, verify_seeds=1),
+        tmp_path / "sel",
+    )
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     w = mixture["weights"]
     assert w["a"] + w["b"] >= 0.8

@@ -105,7 +105,10 @@ def test_few_runs_fit_with_a_warning_naming_the_number_needed(tmp_path):
 def test_nan_runs_are_dropped_before_counting_whether_there_are_enough(tmp_path):
     df = pl.from_arrow(known_runs(14, seed=8))
     df = df.with_columns(
-        pl.when(pl.int_range(pl.len()) < 6).then(float("nan")).otherwise(pl.col("loss.code")).alias("loss.code")
+        pl.when(pl.int_range(pl.len()) < 6)
+        .then(float("nan"))
+        .otherwise(pl.col("loss.code"))
+        .alias("loss.code")
     )
     df.write_parquet(tmp_path / "runs.parquet")
     with pytest.raises(InputError, match=r"only 8 usable runs .*\(6 dropped for NaN losses\)"):
@@ -123,8 +126,14 @@ def test_fit_takes_prior_and_sampler_from_the_candidates(tmp_path):
     tokens.mkdir()
     domains = ["prose", "code", "tabular", "legal"]
     write_table(
-        pa.table({"domain": domains, "split": ["train"] * 4, "documents": [10] * 4,
-                  "tokens": [400_000, 300_000, 200_000, 100_000]}),
+        pa.table(
+            {
+                "domain": domains,
+                "split": ["train"] * 4,
+                "documents": [10] * 4,
+                "tokens": [400_000, 300_000, 200_000, 100_000],
+            }
+        ),
         tokens / "token_counts.parquet",
     )
     run_sample(tokens, SampleConfig(candidates=8, proxy_tokens=10_000, spread_max=3.0), tmp_path / "cands")

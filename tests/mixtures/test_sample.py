@@ -20,8 +20,11 @@ def _token_counts(out: Path, train: dict[str, int]) -> Path:
     """A tokens directory holding only what sampling reads: token_counts.parquet and a manifest."""
 
     def body(stage):
-        rows = [{"domain": d, "split": s, "documents": 10, "tokens": n if s == "train" else n // 10}
-                for d, n in train.items() for s in ("train", "valid")]
+        rows = [
+            {"domain": d, "split": s, "documents": 10, "tokens": n if s == "train" else n // 10}
+            for d, n in train.items()
+            for s in ("train", "valid")
+        ]
         rows.append({"domain": "target", "split": "valid", "documents": 5, "tokens": 5000})
         write_table(pa.Table.from_pylist(rows), stage.out / "token_counts.parquet")
         return {}, {"vocab_size": 100, "eos_id": 0}
@@ -43,7 +46,9 @@ def test_candidates_start_with_natural_and_uniform_and_sum_to_one(tmp_path) -> N
     c = _sample(tmp_path, candidates=40, proxy_tokens=100_000)
     w = c.select(pl.selectors.starts_with("w.")).to_numpy()
     assert c.height == 40 and c["kind"][:2].to_list() == ["natural", "uniform"]
-    assert sorted(c.columns) == sorted(["run_id", "seed", "kind", "spread", "w.code", "w.legal", "w.prose", "w.tabular"])
+    assert sorted(c.columns) == sorted(
+        ["run_id", "seed", "kind", "spread", "w.code", "w.legal", "w.prose", "w.tabular"]
+    )
     np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-9)
     total = sum(TRAIN.values())
     np.testing.assert_allclose(w[0], [TRAIN[d] / total for d in sorted(TRAIN)])
@@ -98,7 +103,19 @@ def test_cap_weights_moves_the_excess_to_domains_with_room() -> None:
 
 def test_cli_mixtures_sample(tmp_path) -> None:
     tokens = _token_counts(tmp_path / "tokens", TRAIN)
-    result = CliRunner().invoke(main, ["mixtures", "sample", str(tokens), "--out", str(tmp_path / "c"),
-                                       "--candidates", "8", "--proxy-tokens", "1000"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "mixtures",
+            "sample",
+            str(tokens),
+            "--out",
+            str(tmp_path / "c"),
+            "--candidates",
+            "8",
+            "--proxy-tokens",
+            "1000",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "candidates=8" in result.output

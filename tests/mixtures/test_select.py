@@ -22,8 +22,12 @@ SAMPLER = {"prior_power": 1.0, "spread_min": 0.1, "spread_max": 5.0, "spread_lev
 def blend_fit(tmp_path_factory):
     """A fit of the known law on a target drawn from prose 0.7 + code 0.3 (loss.target)."""
     root = tmp_path_factory.mktemp("blend")
-    write_table(known_runs(160, target_blend={"prose": 0.7, "code": 0.3}, noise=0.01, seed=11), root / "runs.parquet")
-    run_fit(root / "runs.parquet", FitConfig(target="target", max_rounds=400, learning_rate=0.03), root / "fit")
+    write_table(
+        known_runs(160, target_blend={"prose": 0.7, "code": 0.3}, noise=0.01, seed=11), root / "runs.parquet"
+    )
+    run_fit(
+        root / "runs.parquet", FitConfig(target="target", max_rounds=400, learning_rate=0.03), root / "fit"
+    )
     return root / "fit"
 
 
@@ -88,8 +92,17 @@ def test_near_prior_optimisation_stays_within_max_kl(blend_fit, tmp_path):
 
 def test_token_budget_and_max_epochs_cap_each_domain(blend_fit, tmp_path):
     counts = tmp_path / "token_counts.parquet"
-    write_table(pa.table({"domain": DOMAINS + DOMAINS, "split": ["train"] * 4 + ["valid"] * 4,
-                          "documents": [1] * 8, "tokens": [1_000, 5_000, 5_000, 5_000, 99, 99, 99, 99]}), counts)
+    write_table(
+        pa.table(
+            {
+                "domain": DOMAINS + DOMAINS,
+                "split": ["train"] * 4 + ["valid"] * 4,
+                "documents": [1] * 8,
+                "tokens": [1_000, 5_000, 5_000, 5_000, 99, 99, 99, 99],
+            }
+        ),
+        counts,
+    )
     cfg = SelectConfig(samples=20_000, token_budget=10_000, max_epochs=2.0, min_weight={"legal": 0.05})
     run_select({"fit": blend_fit, "tokens": counts}, cfg, tmp_path / "sel")
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
@@ -102,17 +115,24 @@ def test_token_budget_and_max_epochs_cap_each_domain(blend_fit, tmp_path):
 
 def test_impossible_constraints_are_refused_with_the_reason(blend_fit, tmp_path):
     counts = tmp_path / "token_counts.parquet"
-    write_table(pa.table({"domain": DOMAINS, "split": ["train"] * 4, "documents": [1] * 4,
-                          "tokens": [100] * 4}), counts)
+    write_table(
+        pa.table({"domain": DOMAINS, "split": ["train"] * 4, "documents": [1] * 4, "tokens": [100] * 4}),
+        counts,
+    )
     with pytest.raises(ConfigError, match="no mixture fits.*raise --max-epochs"):
-        run_select({"fit": blend_fit, "tokens": counts}, SelectConfig(samples=1000, token_budget=10_000),
-                   tmp_path / "sel")
+        run_select(
+            {"fit": blend_fit, "tokens": counts},
+            SelectConfig(samples=1000, token_budget=10_000),
+            tmp_path / "sel",
+        )
     with pytest.raises(ConfigError, match="unknown domain"):
         run_select(blend_fit, SelectConfig(samples=1000, max_weight={"news": 0.2}), tmp_path / "sel")
     with pytest.raises(ConfigError, match="--token-budget: pass --tokens"):
         run_select(blend_fit, SelectConfig(samples=1000, token_budget=5), tmp_path / "sel")
     with pytest.raises(ConfigError, match="minimums sum"):
-        run_select(blend_fit, SelectConfig(samples=1000, min_weight={"code": 0.6, "prose": 0.6}), tmp_path / "sel")
+        run_select(
+            blend_fit, SelectConfig(samples=1000, min_weight={"code": 0.6, "prose": 0.6}), tmp_path / "sel"
+        )
     assert not (tmp_path / "sel").exists()
 
 
@@ -121,5 +141,7 @@ def test_select_with_a_baseline_model(blend_fit, tmp_path):
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     assert mixture["method"]["model"] == "loglinear"
     assert mixture["predicted_target_loss"] < mixture["natural"]["predicted_target_loss"]
-    assert mixture["held_out"] == {k: json.loads((blend_fit / "fit.json").read_text())["models"]["loglinear"][k]
-                                   for k in ("spearman", "pearson", "rmse")}
+    assert mixture["held_out"] == {
+        k: json.loads((blend_fit / "fit.json").read_text())["models"]["loglinear"][k]
+        for k in ("spearman", "pearson", "rmse")
+    }

@@ -23,7 +23,9 @@ def runs_file(tmp_path):
 def test_target_mean_weights_every_domain_equally(runs_file):
     runs = load_runs(runs_file, "mean")
     df = pl.read_parquet(runs_file)
-    expected = df.select(pl.mean_horizontal("loss.prose", "loss.code", "loss.tabular", "loss.legal")).to_series()
+    expected = df.select(
+        pl.mean_horizontal("loss.prose", "loss.code", "loss.tabular", "loss.legal")
+    ).to_series()
     assert runs.domains == ["prose", "code", "tabular", "legal"]
     assert np.allclose(runs.target_loss, expected.to_numpy())
     assert np.allclose(runs.weights.sum(axis=1), 1.0)
@@ -51,7 +53,10 @@ def test_target_naming_an_absent_domain_is_an_error(runs_file):
 def test_runs_with_nan_losses_are_dropped_and_counted(tmp_path):
     df = pl.from_arrow(known_runs(30, seed=2))
     df = df.with_columns(
-        pl.when(pl.int_range(pl.len()) < 3).then(float("nan")).otherwise(pl.col("loss.code")).alias("loss.code"),
+        pl.when(pl.int_range(pl.len()) < 3)
+        .then(float("nan"))
+        .otherwise(pl.col("loss.code"))
+        .alias("loss.code"),
         pl.when(pl.int_range(pl.len()) == 5).then(None).otherwise(pl.col("loss.prose")).alias("loss.prose"),
     )
     df.write_parquet(tmp_path / "runs.parquet")

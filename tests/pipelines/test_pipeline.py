@@ -84,16 +84,27 @@ def test_from_a_stage_whose_predecessors_are_unfinished_is_refused(tmp_path: Pat
 
 
 def test_dry_run_prints_the_plan_and_configs_without_running(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["pipeline", "run", str(write(tmp_path, TINY)), "--out", str(tmp_path / "run"),
-                                       "--dry-run"])
+    result = CliRunner().invoke(
+        main, ["pipeline", "run", str(write(tmp_path, TINY)), "--out", str(tmp_path / "run"), "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert "[swarm_train]" in result.output and '"steps": 8' in result.output
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_until_stage_is_a_one_line_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["pipeline", "run", str(write(tmp_path, TINY)), "--out", str(tmp_path / "r"),
-                                       "--until", "pretraining"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "pipeline",
+            "run",
+            str(write(tmp_path, TINY)),
+            "--out",
+            str(tmp_path / "r"),
+            "--until",
+            "pretraining",
+        ],
+    )
     assert result.exit_code != 0
     assert "unknown stage 'pretraining'" in result.output and "Traceback" not in result.output
 
@@ -123,8 +134,16 @@ def test_whole_tiny_pipeline_ends_in_a_report_and_reruns_as_a_no_op(tmp_path: Pa
     html = (report / "report.html").read_text()
     md = (report / "report.md").read_text()
     assert str(report / "report.html") in result.output
-    for heading in ("Answer", "Dedup", "Tokenizer and tokens", "Proxy swarm", "Regression", "Chosen mixture",
-                    "Pretraining", "Distillation"):
+    for heading in (
+        "Answer",
+        "Dedup",
+        "Tokenizer and tokens",
+        "Proxy swarm",
+        "Regression",
+        "Chosen mixture",
+        "Pretraining",
+        "Distillation",
+    ):
         assert f"<h2>{heading}" in html and f"## {heading}" in md
     assert html.count("data:image/png;base64,") >= 6  # self-contained: figures embedded
     mixture = json.loads((run / "08_mixtures_select" / "mixture.json").read_text())
@@ -147,8 +166,21 @@ def test_a_pipeline_killed_mid_swarm_resumes_to_the_outputs_of_an_uninterrupted_
     yaml = write(tmp_path, TINY)
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mixlab.cli", "pipeline", "run", str(yaml), "--out", str(killed), "--until", "swarm_train"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mixlab.cli",
+            "pipeline",
+            "run",
+            str(yaml),
+            "--out",
+            str(killed),
+            "--until",
+            "swarm_train",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     partial = killed / ".06_swarm_train.partial"
     deadline = time.time() + 300
@@ -167,10 +199,14 @@ def test_a_pipeline_killed_mid_swarm_resumes_to_the_outputs_of_an_uninterrupted_
     assert a.column("run_id").to_pylist() == b.column("run_id").to_pylist()
     for column in (c for c in a.column_names if c.startswith(("w.", "loss."))):
         np.testing.assert_allclose(a[column].to_numpy(), b[column].to_numpy(), rtol=0, atol=1e-5)
-    mix_a, mix_b = (json.loads((d / "08_mixtures_select" / "mixture.json").read_text()) for d in (killed, straight))
+    mix_a, mix_b = (
+        json.loads((d / "08_mixtures_select" / "mixture.json").read_text()) for d in (killed, straight)
+    )
     for domain, w in mix_b["weights"].items():
         assert mix_a["weights"][domain] == pytest.approx(w, abs=1e-6)
-    comp_a, comp_b = (json.loads((d / "09_pretrain" / "comparison.json").read_text()) for d in (killed, straight))
+    comp_a, comp_b = (
+        json.loads((d / "09_pretrain" / "comparison.json").read_text()) for d in (killed, straight)
+    )
     for name, model in comp_b["models"].items():
         assert comp_a["models"][name]["target"] == pytest.approx(model["target"], abs=1e-4)
 

@@ -85,7 +85,9 @@ def write_tokenizer(out: Path, seed: int = 0, vocab_size: int = VOCAB) -> Path:
     words = ["".join(rng.choice(letters, size=int(rng.integers(3, 9)))) for _ in range(3000)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>"], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<eos>", "<pad>"], show_progress=False
+    )
     tok.train_from_iterator([" ".join(words[i : i + 30]) for i in range(0, len(words), 30)], trainer)
     assert tok.get_vocab_size() == vocab_size and tok.token_to_id("<eos>") == EOS
     save_tokenizer(tok, out, {"eos": "<eos>", "pad": "<pad>"})

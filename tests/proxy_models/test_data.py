@@ -44,7 +44,9 @@ def test_domains_are_drawn_by_weight_and_tokens_counted_per_domain(banded) -> No
 
 
 def test_windows_are_contiguous_slices_of_the_train_stream(tmp_path, make_tokens) -> None:
-    make_tokens(tmp_path / "t", {"x": {"train": np.arange(500) % 60, "valid": np.arange(100) % 60}}, vocab_size=64)
+    make_tokens(
+        tmp_path / "t", {"x": {"train": np.arange(500) % 60, "valid": np.arange(100) % 60}}, vocab_size=64
+    )
     batch = MixtureLoader(tmp_path / "t", {"x": 1.0}, 8, 16, seed=3, run_id="r").next_batch()
     np.testing.assert_array_equal(np.diff(batch, axis=1) % 60, np.ones((16, 8)))
 

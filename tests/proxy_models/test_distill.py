@@ -18,13 +18,28 @@ from mixlab.proxy_models.model import GPT, GPTConfig
 
 VOCAB = 64  # the vocabulary of the tokens_dir fixture
 TEACHER = GPTConfig(vocab_size=VOCAB, seq_len=32, n_layer=2, n_head=2, n_embd=32)
-TINY = dict(n_layer=1, n_head=2, n_embd=16, batch_size=4, steps=6, eval_every=3, checkpoint_every=3,
-            eval_sequences=4, warmup_steps=1, logit_chunk=8)
+TINY = dict(
+    n_layer=1,
+    n_head=2,
+    n_embd=16,
+    batch_size=4,
+    steps=6,
+    eval_every=3,
+    checkpoint_every=3,
+    eval_sequences=4,
+    warmup_steps=1,
+    logit_chunk=8,
+)
 
 
 def make_teacher(out: Path, tokens_dir: Path, cfg: GPTConfig = TEACHER) -> Path:
     """A real mixlab model directory (randomly initialised weights) trained 'on' alpha+beta."""
-    meta = {"stage": "pretrain", "mixture": {"alpha": 0.5, "beta": 0.5}, "target": {"target": 1.0}, "eos_id": 0}
+    meta = {
+        "stage": "pretrain",
+        "mixture": {"alpha": 0.5, "beta": 0.5},
+        "target": {"target": 1.0},
+        "eos_id": 0,
+    }
     tokenizer = tokens_dir / "tokenizer"
     save_model(out, GPT(cfg, seeds=(7,)), 0, meta, tokenizer if tokenizer.is_dir() else None)
     return out
@@ -44,7 +59,12 @@ def test_chunked_loss_equals_the_full_logits_loss_and_gradients() -> None:
         t_logits = teacher(x[:1])[0]
     ce = F.cross_entropy(s_logits.reshape(-1, VOCAB), y.reshape(-1), reduction="none").view(2, -1).mean(1)
     p_t = F.softmax(t_logits / tau, -1)
-    kl = (p_t * (F.log_softmax(t_logits / tau, -1) - F.log_softmax(s_logits / tau, -1))).sum(-1).view(2, -1).mean(1)
+    kl = (
+        (p_t * (F.log_softmax(t_logits / tau, -1) - F.log_softmax(s_logits / tau, -1)))
+        .sum(-1)
+        .view(2, -1)
+        .mean(1)
+    )
     reference = alpha * tau**2 * kl + (1 - alpha) * ce
     reference.sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in student.named_parameters()}
@@ -63,7 +83,9 @@ def test_chunked_loss_equals_the_full_logits_loss_and_gradients() -> None:
         torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6)
 
 
-def test_distill_writes_the_student_and_compares_it_with_scratch(tokens_with_tokenizer: Path, tmp_path: Path) -> None:
+def test_distill_writes_the_student_and_compares_it_with_scratch(
+    tokens_with_tokenizer: Path, tmp_path: Path
+) -> None:
     teacher = make_teacher(tmp_path / "teacher", tokens_with_tokenizer)
     out = tmp_path / "student"
     cfg = DistillConfig(**TINY, compare_scratch=True)
@@ -73,12 +95,16 @@ def test_distill_writes_the_student_and_compares_it_with_scratch(tokens_with_tok
     assert config["stage"] == "distill" and config["alpha"] == cfg.alpha and config["model"]["n_embd"] == 16
     assert config["mixture"] == {"alpha": 0.5, "beta": 0.5}  # the teacher's mixture by default
     assert config["model"]["seq_len"] == TEACHER.seq_len
-    assert (out / "scratch" / "model.safetensors").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert (out / "scratch" / "model.safetensors").is_file() and (
+        out / "tokenizer" / "tokenizer.json"
+    ).is_file()
     comparison = json.loads((out / "comparison.json").read_text())
     assert set(comparison["models"]) == {"distilled", "scratch", "teacher"}
     assert comparison["target"] == {"target": 1.0}
     metrics = pq.read_table(out / "metrics.parquet").to_pylist()
-    assert {(r["step"], r["model"]) for r in metrics} == {(s, m) for s in (3, 6) for m in ("distilled", "scratch")}
+    assert {(r["step"], r["model"]) for r in metrics} == {
+        (s, m) for s in (3, 6) for m in ("distilled", "scratch")
+    }
     assert manifest.stats["warnings"] == []
 
 
@@ -90,17 +116,22 @@ def test_student_larger_than_teacher_warns(tokens_dir: Path, tmp_path: Path) -> 
     assert "larger than the teacher" in manifest.stats["warnings"][0]
 
 
-def test_teacher_with_another_tokenizer_is_refused(tokens_with_tokenizer: Path, tmp_path: Path,
-                                                   make_tokenizer) -> None:
+def test_teacher_with_another_tokenizer_is_refused(
+    tokens_with_tokenizer: Path, tmp_path: Path, make_tokenizer
+) -> None:
     teacher = make_teacher(tmp_path / "teacher", tokens_with_tokenizer)
     shutil.rmtree(teacher / "tokenizer")
     make_tokenizer(teacher / "tokenizer", seed=1)  # same vocabulary size, other merges
     with pytest.raises(InputError, match="must share the tokenizer"):
-        run_distill({"teacher": teacher, "tokens": tokens_with_tokenizer}, DistillConfig(**TINY), tmp_path / "s")
+        run_distill(
+            {"teacher": teacher, "tokens": tokens_with_tokenizer}, DistillConfig(**TINY), tmp_path / "s"
+        )
     assert not (tmp_path / "s").exists() and not (tmp_path / ".s.partial").exists()
 
 
-def test_not_a_checkpoint_and_corrupt_checkpoints_are_clear_errors(tokens_dir: Path, tmp_path: Path, cli) -> None:
+def test_not_a_checkpoint_and_corrupt_checkpoints_are_clear_errors(
+    tokens_dir: Path, tmp_path: Path, cli
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     result = cli("distill", "--teacher", empty, "--tokens", tokens_dir, "--out", tmp_path / "s")
@@ -135,14 +166,36 @@ def test_distilled_student_beats_the_same_student_from_scratch(tmp_path: Path, m
         out[noise] = rng.integers(1, VOCAB, int(noise.sum()))
         return out
 
-    streams = {d: {"train": stream(k, 4000), "valid": stream(k, 1200)} for k, d in enumerate(["alpha", "gamma"])}
+    streams = {
+        d: {"train": stream(k, 4000), "valid": stream(k, 1200)} for k, d in enumerate(["alpha", "gamma"])
+    }
     tokens = make_tokens(tmp_path / "tokens", streams)
     (tmp_path / "mixture.json").write_text(json.dumps({"alpha": 0.5, "gamma": 0.5}))
-    teacher_cfg = PretrainConfig(n_layer=1, n_embd=32, n_head=2, seq_len=32, steps=50, batch_size=8, eval_every=50,
-                                 eval_sequences=16, warmup_steps=5, lr=3e-3)
+    teacher_cfg = PretrainConfig(
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        seq_len=32,
+        steps=50,
+        batch_size=8,
+        eval_every=50,
+        eval_sequences=16,
+        warmup_steps=5,
+        lr=3e-3,
+    )
     run_pretrain({"tokens": tokens, "mixture": tmp_path / "mixture.json"}, teacher_cfg, tmp_path / "teacher")
-    cfg = DistillConfig(n_layer=1, n_embd=16, n_head=2, steps=40, batch_size=8, eval_every=20, eval_sequences=16,
-                        warmup_steps=4, lr=3e-3, compare_scratch=True)
+    cfg = DistillConfig(
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        steps=40,
+        batch_size=8,
+        eval_every=20,
+        eval_sequences=16,
+        warmup_steps=4,
+        lr=3e-3,
+        compare_scratch=True,
+    )
     manifest = run_distill({"teacher": tmp_path / "teacher", "tokens": tokens}, cfg, tmp_path / "student")
     losses = manifest.stats["target_loss"]
     assert losses["distilled"] < losses["scratch"]

@@ -17,7 +17,9 @@ VOCAB = 64
 
 
 def make_model_dir(out: Path, tokenizer: Path | None, tied: bool = True) -> Path:
-    cfg = GPTConfig(vocab_size=VOCAB, seq_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, tie_embeddings=tied)
+    cfg = GPTConfig(
+        vocab_size=VOCAB, seq_len=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, tie_embeddings=tied
+    )
     model = GPT(cfg, seeds=(3,))
     with torch.no_grad():  # move norms away from 1 so a mis-mapped norm would show in the logits
         for p in model.parameters():
@@ -28,14 +30,17 @@ def make_model_dir(out: Path, tokenizer: Path | None, tied: bool = True) -> Path
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_export_loads_in_transformers_with_the_same_logits(tokens_with_tokenizer: Path, tmp_path: Path,
-                                                           tied: bool, cli) -> None:
+def test_export_loads_in_transformers_with_the_same_logits(
+    tokens_with_tokenizer: Path, tmp_path: Path, tied: bool, cli
+) -> None:
     transformers = pytest.importorskip("transformers")
     src = make_model_dir(tmp_path / "model", tokens_with_tokenizer / "tokenizer", tied)
     result = cli("export", "hf", src, "--out", tmp_path / "hf")
     assert result.exit_code == 0, result.output
     out = tmp_path / "hf"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in out.iterdir()
+    }
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["eos_token_id"] == 0
 

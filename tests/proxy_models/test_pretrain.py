@@ -21,8 +21,19 @@ from mixlab.proxy_models.pretrain import (
     run_pretrain,
 )
 
-TINY = dict(n_layer=1, n_head=2, n_embd=32, seq_len=32, batch_size=4, steps=8, eval_every=4,
-            checkpoint_every=4, eval_sequences=4, warmup_steps=2, lr=3e-3)
+TINY = dict(
+    n_layer=1,
+    n_head=2,
+    n_embd=32,
+    seq_len=32,
+    batch_size=4,
+    steps=8,
+    eval_every=4,
+    checkpoint_every=4,
+    eval_sequences=4,
+    warmup_steps=2,
+    lr=3e-3,
+)
 
 
 def write_mixture(path: Path, weights: dict, target=None) -> Path:
@@ -35,12 +46,16 @@ def write_mixture(path: Path, weights: dict, target=None) -> Path:
 
 @pytest.fixture
 def mixture(tmp_path: Path) -> Path:
-    return write_mixture(tmp_path / "mixture.json", {"alpha": 0.5, "beta": 0.5, "gamma": 0.0},
-                         {"spec": "target", "terms": {"target": 1.0}})
+    return write_mixture(
+        tmp_path / "mixture.json",
+        {"alpha": 0.5, "beta": 0.5, "gamma": 0.0},
+        {"spec": "target", "terms": {"target": 1.0}},
+    )
 
 
-def test_pretrain_writes_model_metrics_and_baseline_comparison(tokens_with_tokenizer: Path, mixture: Path,
-                                                                 tmp_path: Path) -> None:
+def test_pretrain_writes_model_metrics_and_baseline_comparison(
+    tokens_with_tokenizer: Path, mixture: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "pre"
     cfg = PretrainConfig(**TINY, baselines=("natural", "uniform"))
     manifest = run_pretrain({"tokens": tokens_with_tokenizer, "mixture": mixture}, cfg, out)
@@ -49,31 +64,50 @@ def test_pretrain_writes_model_metrics_and_baseline_comparison(tokens_with_token
     assert config["format"] == "mixlab" and config["model"]["n_embd"] == 32
     assert config["mixture"] == {"alpha": 0.5, "beta": 0.5, "gamma": 0.0}
     assert "model.embed_tokens.weight" in load_file(out / "model.safetensors")
-    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == \
-        (tokens_with_tokenizer / "tokenizer" / "tokenizer.json").read_bytes()
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == (
+        tokens_with_tokenizer / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
     for name in ("natural", "uniform"):
         assert (out / "baselines" / name / "model.safetensors").is_file()
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))
 
     metrics = pq.read_table(out / "metrics.parquet").to_pylist()
-    assert {r["step"] for r in metrics} == {4, 8} and {r["model"] for r in metrics} == {"chosen", "natural", "uniform"}
+    assert {r["step"] for r in metrics} == {4, 8} and {r["model"] for r in metrics} == {
+        "chosen",
+        "natural",
+        "uniform",
+    }
     row = metrics[-1]
-    for column in ("tokens", "lr", "train_loss", "loss.alpha", "loss.beta", "loss.gamma", "loss.target", "target"):
+    for column in (
+        "tokens",
+        "lr",
+        "train_loss",
+        "loss.alpha",
+        "loss.beta",
+        "loss.gamma",
+        "loss.target",
+        "target",
+    ):
         assert np.isfinite(row[column])
-    assert row["target"] == pytest.approx(row["loss.target"])  # the mixture file's target: the 'target' domain
+    assert row["target"] == pytest.approx(
+        row["loss.target"]
+    )  # the mixture file's target: the 'target' domain
     assert max(r["tokens"] for r in metrics) == 8 * 4 * 32
 
     comparison = json.loads((out / "comparison.json").read_text())
     assert set(comparison["models"]) == {"chosen", "natural", "uniform"}
-    assert comparison["models"]["uniform"]["weights"] == pytest.approx({"alpha": 1 / 3, "beta": 1 / 3, "gamma": 1 / 3})
+    assert comparison["models"]["uniform"]["weights"] == pytest.approx(
+        {"alpha": 1 / 3, "beta": 1 / 3, "gamma": 1 / 3}
+    )
     assert comparison["models"]["natural"]["weights"]["alpha"] == pytest.approx(6000 / 18000)
     table = pq.read_table(out / "comparison.parquet")
     assert table.num_rows == 3 and "loss.gamma" in table.column_names
     assert manifest.stats["target_loss"] == pytest.approx(comparison["models"]["chosen"]["target"])
 
 
-def test_resume_after_a_kill_ends_where_the_uninterrupted_run_ends(tokens_dir: Path, mixture: Path,
-                                                                     tmp_path: Path) -> None:
+def test_resume_after_a_kill_ends_where_the_uninterrupted_run_ends(
+    tokens_dir: Path, mixture: Path, tmp_path: Path
+) -> None:
     cfg = PretrainConfig(**{**TINY, "checkpoint_every": 2}, baselines=("uniform",))
     inputs = {"tokens": tokens_dir, "mixture": mixture}
     run_pretrain(inputs, cfg, tmp_path / "straight")
@@ -100,13 +134,17 @@ def test_resume_after_a_kill_ends_where_the_uninterrupted_run_ends(tokens_dir: P
         assert a["model"] == b["model"]
         for k in set(a) - {"model"}:
             assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-6), k
-    w1, w2 = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    w1, w2 = (
+        load_file(tmp_path / "straight" / "model.safetensors"),
+        load_file(tmp_path / "killed" / "model.safetensors"),
+    )
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], rtol=1e-6, atol=1e-6)
 
 
-def test_mixture_naming_an_absent_domain_fails_and_leaves_the_old_output(tokens_dir: Path, tmp_path: Path,
-                                                                           cli) -> None:
+def test_mixture_naming_an_absent_domain_fails_and_leaves_the_old_output(
+    tokens_dir: Path, tmp_path: Path, cli
+) -> None:
     out = tmp_path / "pre"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -132,7 +170,10 @@ def test_mixture_files_are_validated(tokens_dir: Path, tmp_path: Path) -> None:
 def test_target_comes_from_the_flag_then_the_mixture_file_then_the_mean() -> None:
     scored = ["alpha", "beta", "gamma", "target"]
     mix = ["alpha", "beta", "gamma"]
-    assert resolve_target("alpha=0.5,beta=0.5", {"terms": {"target": 1.0}}, mix, scored) == {"alpha": 0.5, "beta": 0.5}
+    assert resolve_target("alpha=0.5,beta=0.5", {"terms": {"target": 1.0}}, mix, scored) == {
+        "alpha": 0.5,
+        "beta": 0.5,
+    }
     assert resolve_target(None, {"spec": "target", "terms": {"target": 1.0}}, mix, scored) == {"target": 1.0}
     assert resolve_target(None, "target", mix, scored) == {"target": 1.0}
     assert resolve_target(None, None, mix, scored) == pytest.approx(dict.fromkeys(mix, 1 / 3))
@@ -157,7 +198,9 @@ def test_model_size_comes_from_defaults_then_the_model_file_then_flags(tmp_path:
 
 def test_schedules_warm_up_then_decay_to_the_floor() -> None:
     cos = PretrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
-    wsd = PretrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2)
+    wsd = PretrainConfig(
+        steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2
+    )
     assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(9, cos) == pytest.approx(1.0)
     assert lr_at(99, cos) == pytest.approx(0.1, abs=1e-3)
     assert lr_at(50, wsd) == 1.0 and lr_at(79, wsd) == 1.0
@@ -187,17 +230,34 @@ def blend_tokens(out: Path, make_tokens) -> Path:
 
     sizes = {"alpha": 3000, "beta": 12000, "gamma": 3000}
     streams = {d: {"train": stream(k, n), "valid": stream(k, 1200)} for k, (d, n) in enumerate(sizes.items())}
-    streams["target"] = {"valid": np.concatenate([streams["alpha"]["valid"][:600], streams["gamma"]["valid"][:600]])}
+    streams["target"] = {
+        "valid": np.concatenate([streams["alpha"]["valid"][:600], streams["gamma"]["valid"][:600]])
+    }
     return make_tokens(out, streams)
 
 
 @pytest.mark.slow
-def test_chosen_mixture_beats_natural_and_uniform_by_more_than_seed_noise(tmp_path: Path, make_tokens) -> None:
+def test_chosen_mixture_beats_natural_and_uniform_by_more_than_seed_noise(
+    tmp_path: Path, make_tokens
+) -> None:
     tokens = blend_tokens(tmp_path / "tokens", make_tokens)
-    mixture = write_mixture(tmp_path / "mixture.json", {"alpha": 0.5, "beta": 0.0, "gamma": 0.5},
-                            {"spec": "target", "terms": {"target": 1.0}})
-    recipe = dict(n_layer=1, n_embd=32, n_head=2, seq_len=32, steps=50, batch_size=8, eval_every=25,
-                  eval_sequences=16, warmup_steps=5, lr=3e-3)
+    mixture = write_mixture(
+        tmp_path / "mixture.json",
+        {"alpha": 0.5, "beta": 0.0, "gamma": 0.5},
+        {"spec": "target", "terms": {"target": 1.0}},
+    )
+    recipe = dict(
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        seq_len=32,
+        steps=50,
+        batch_size=8,
+        eval_every=25,
+        eval_sequences=16,
+        warmup_steps=5,
+        lr=3e-3,
+    )
     inputs = {"tokens": tokens, "mixture": mixture}
     run_pretrain(inputs, PretrainConfig(**recipe, baselines=("natural", "uniform")), tmp_path / "seed0")
     other_seed = run_pretrain(inputs, PretrainConfig(**recipe, seed=1), tmp_path / "seed1")
@@ -210,16 +270,41 @@ def test_chosen_mixture_beats_natural_and_uniform_by_more_than_seed_noise(tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_resume_after_sigkill_matches_the_uninterrupted_run(tokens_dir: Path, mixture: Path, tmp_path: Path) -> None:
+def test_cli_resume_after_sigkill_matches_the_uninterrupted_run(
+    tokens_dir: Path, mixture: Path, tmp_path: Path
+) -> None:
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    flags = ["--tokens", str(tokens_dir), "--mixture", str(mixture), "--n-layer", "1", "--n-embd", "32",
-             "--n-head", "2", "--seq-len", "32", "--batch-size", "4", "--steps", "30", "--eval-every", "10",
-             "--checkpoint-every", "2", "--eval-sequences", "4", "--threads", "1"]
+    flags = [
+        "--tokens",
+        str(tokens_dir),
+        "--mixture",
+        str(mixture),
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "32",
+        "--n-head",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "30",
+        "--eval-every",
+        "10",
+        "--checkpoint-every",
+        "2",
+        "--eval-sequences",
+        "4",
+        "--threads",
+        "1",
+    ]
     cmd = [sys.executable, "-m", "mixlab.cli", "pretrain", *flags]
     subprocess.run([*cmd, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stderr=subprocess.DEVNULL)
@@ -233,7 +318,9 @@ def test_cli_resume_after_sigkill_matches_the_uninterrupted_run(tokens_dir: Path
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed").exists()
-    done = subprocess.run([*cmd, "--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True)
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "resuming from the checkpoint at step" in done.stderr
     straight = json.loads((tmp_path / "straight" / "config.json").read_text())

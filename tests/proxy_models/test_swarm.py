@@ -16,13 +16,26 @@ from mixlab.errors import ConfigError, InputError
 from mixlab.io import write_table
 from mixlab.proxy_models.swarm import SwarmConfig, run_swarm, train_mixtures
 
-FAST = SwarmConfig(n_layer=1, n_head=2, n_embd=32, seq_len=16, batch_size=4, steps=12, warmup_steps=2,
-                   eval_sequences=8, pack_size=3, threads=1)
+FAST = SwarmConfig(
+    n_layer=1,
+    n_head=2,
+    n_embd=32,
+    seq_len=16,
+    batch_size=4,
+    steps=12,
+    warmup_steps=2,
+    eval_sequences=8,
+    pack_size=3,
+    threads=1,
+)
 
 
 def _candidates(path: Path, rows: list[dict]) -> Path:
     table = pa.Table.from_pylist(
-        [{"run_id": f"r{i:05d}", "seed": i, **{f"w.{d}": w for d, w in row.items()}} for i, row in enumerate(rows)]
+        [
+            {"run_id": f"r{i:05d}", "seed": i, **{f"w.{d}": w for d, w in row.items()}}
+            for i, row in enumerate(rows)
+        ]
     )
     write_table(table, path)
     return path
@@ -45,14 +58,26 @@ def client():
             yield c
 
 
-def test_swarm_writes_one_row_per_run_with_losses_on_every_validation_domain(tmp_path, tokens_dir, client) -> None:
+def test_swarm_writes_one_row_per_run_with_losses_on_every_validation_domain(
+    tmp_path, tokens_dir, client
+) -> None:
     cands = _candidates(tmp_path / "c.parquet", MIXES)
     cfg = dataclasses.replace(FAST, repeats=3, repeat_mixtures=2)
     manifest = run_swarm({"candidates": cands, "tokens": tokens_dir}, cfg, tmp_path / "swarm", client=client)
     runs = pl.read_parquet(tmp_path / "swarm" / "runs.parquet")
     assert runs.height == 4 + 2 * 2  # 4 candidates + 2 extra seeds for each of the first 2
-    for col in ("run_id", "seed", "w.alpha", "loss.alpha", "loss.gamma", "tokens", "params",
-                "params_nonembedding", "wall_s", "device"):
+    for col in (
+        "run_id",
+        "seed",
+        "w.alpha",
+        "loss.alpha",
+        "loss.gamma",
+        "tokens",
+        "params",
+        "params_nonembedding",
+        "wall_s",
+        "device",
+    ):
         assert col in runs.columns
     assert "loss.target" in runs.columns and "w.target" not in runs.columns  # scored, never trained on
     assert runs["tokens"].to_list() == [cfg.train_tokens] * runs.height
@@ -63,13 +88,19 @@ def test_swarm_writes_one_row_per_run_with_losses_on_every_validation_domain(tmp
     assert runs.filter(pl.col("repeat_of") == "r00000").height == 3
     floor = pl.read_parquet(tmp_path / "swarm" / "noise_floor.parquet")
     assert set(floor["domain"]) == {"alpha", "beta", "gamma", "target"} and (floor["loss_std"] > 0).all()
-    assert manifest.stats["noise_floor"]["alpha"] == pytest.approx(floor.filter(pl.col("domain") == "alpha")["loss_std"][0])
+    assert manifest.stats["noise_floor"]["alpha"] == pytest.approx(
+        floor.filter(pl.col("domain") == "alpha")["loss_std"][0]
+    )
     # A rerun with the same config and inputs does nothing.
-    assert run_swarm({"candidates": cands, "tokens": tokens_dir}, cfg, tmp_path / "swarm", client=client).skipped
+    assert run_swarm(
+        {"candidates": cands, "tokens": tokens_dir}, cfg, tmp_path / "swarm", client=client
+    ).skipped
 
 
 def test_a_run_gives_the_same_losses_whatever_pack_it_lands_in(tokens_dir) -> None:
-    alone = train_mixtures(tokens_dir, MIXES[1:2], dataclasses.replace(FAST, pack_size=1), seeds=[5], run_ids=["b"])
+    alone = train_mixtures(
+        tokens_dir, MIXES[1:2], dataclasses.replace(FAST, pack_size=1), seeds=[5], run_ids=["b"]
+    )
     packed = train_mixtures(tokens_dir, MIXES[:3], FAST, seeds=[9, 5, 4], run_ids=["a", "b", "c"])
     a = pl.from_arrow(alone).select(pl.selectors.starts_with("loss."))
     p = pl.from_arrow(packed).select(pl.selectors.starts_with("loss."))
@@ -100,10 +131,13 @@ def test_bad_candidates_are_refused_before_training(tmp_path, tokens_dir, rows, 
 
 def test_a_domain_with_too_few_tokens_is_refused_before_training(tmp_path, make_tokens) -> None:
     rng = np.random.default_rng(0)
-    tokens = make_tokens(tmp_path / "t", {
-        "big": {"train": rng.integers(0, 60, 3000), "valid": rng.integers(0, 60, 500)},
-        "small": {"train": rng.integers(0, 60, 10), "valid": rng.integers(0, 60, 500)},
-    })
+    tokens = make_tokens(
+        tmp_path / "t",
+        {
+            "big": {"train": rng.integers(0, 60, 3000), "valid": rng.integers(0, 60, 500)},
+            "small": {"train": rng.integers(0, 60, 10), "valid": rng.integers(0, 60, 500)},
+        },
+    )
     cands = _candidates(tmp_path / "c.parquet", [{"big": 0.5, "small": 0.5}])
     with pytest.raises(InputError, match=r"fewer train tokens than one sequence.*'small': 10"):
         run_swarm({"candidates": cands, "tokens": tokens}, FAST, tmp_path / "out")
@@ -122,21 +156,67 @@ def test_cli_swarm_train_and_mixtures_sample(tmp_path, tokens_dir, client) -> No
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
     assert "--repeats" in runner.invoke(main, ["swarm", "train", "--help"]).output
-    sample = runner.invoke(main, ["mixtures", "sample", str(tokens_dir), "--out", str(tmp_path / "cands"),
-                                  "--candidates", "5", "--proxy-tokens", "2000"])
+    sample = runner.invoke(
+        main,
+        [
+            "mixtures",
+            "sample",
+            str(tokens_dir),
+            "--out",
+            str(tmp_path / "cands"),
+            "--candidates",
+            "5",
+            "--proxy-tokens",
+            "2000",
+        ],
+    )
     assert sample.exit_code == 0, sample.output
-    result = runner.invoke(main, [
-        "swarm", "train", str(tmp_path / "cands"), str(tokens_dir), "--out", str(tmp_path / "swarm"),
-        "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "16", "--batch-size", "4",
-        "--steps", "5", "--warmup-steps", "1", "--eval-sequences", "4",
-        "--scheduler-address", client.scheduler.address,
-    ])
+    result = runner.invoke(
+        main,
+        [
+            "swarm",
+            "train",
+            str(tmp_path / "cands"),
+            str(tokens_dir),
+            "--out",
+            str(tmp_path / "swarm"),
+            "--n-layer",
+            "1",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "32",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--steps",
+            "5",
+            "--warmup-steps",
+            "1",
+            "--eval-sequences",
+            "4",
+            "--scheduler-address",
+            client.scheduler.address,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "runs=5" in result.output
     runs = pl.read_parquet(tmp_path / "swarm" / "runs.parquet")
     assert runs["run_id"].to_list() == [f"r{i:05d}" for i in range(5)]
-    bad = runner.invoke(main, ["swarm", "train", str(tmp_path / "cands"), str(tokens_dir), "--out",
-                               str(tmp_path / "x"), "--n-embd", "30"])
+    bad = runner.invoke(
+        main,
+        [
+            "swarm",
+            "train",
+            str(tmp_path / "cands"),
+            str(tokens_dir),
+            "--out",
+            str(tmp_path / "x"),
+            "--n-embd",
+            "30",
+        ],
+    )
     assert bad.exit_code == 1 and "--n-embd (30) must be divisible" in bad.output
 
 

@@ -15,18 +15,34 @@ import pytest
 from mixlab.mixtures.sample import SampleConfig, run_sample
 from mixlab.proxy_models.swarm import SwarmConfig, run_swarm, train_mixtures
 
-TINY = SwarmConfig(n_layer=1, n_head=2, n_embd=32, seq_len=16, batch_size=8, steps=40, warmup_steps=4,
-                   eval_sequences=16, pack_size=16, threads=1)
+TINY = SwarmConfig(
+    n_layer=1,
+    n_head=2,
+    n_embd=32,
+    seq_len=16,
+    batch_size=8,
+    steps=40,
+    warmup_steps=4,
+    eval_sequences=16,
+    pack_size=16,
+    threads=1,
+)
 
 
 def test_each_domain_loss_falls_as_its_weight_rises_across_the_swarm(tmp_path, tokens_dir) -> None:
-    run_sample(tokens_dir, SampleConfig(candidates=16, proxy_tokens=TINY.train_tokens, max_epochs=100),
-               tmp_path / "cands")
+    run_sample(
+        tokens_dir,
+        SampleConfig(candidates=16, proxy_tokens=TINY.train_tokens, max_epochs=100),
+        tmp_path / "cands",
+    )
     cands = pl.read_parquet(tmp_path / "cands" / "candidates.parquet")
     domains = [c[2:] for c in cands.columns if c.startswith("w.")]
     mixes = [dict(zip(domains, row)) for row in cands.select([f"w.{d}" for d in domains]).rows()]
-    runs = pl.from_arrow(train_mixtures(tokens_dir, mixes, TINY, seeds=cands["seed"].to_list(),
-                                        run_ids=cands["run_id"].to_list()))
+    runs = pl.from_arrow(
+        train_mixtures(
+            tokens_dir, mixes, TINY, seeds=cands["seed"].to_list(), run_ids=cands["run_id"].to_list()
+        )
+    )
     for d in domains:
         rho = runs.select(pl.corr(f"w.{d}", f"loss.{d}", method="spearman")).item()
         assert rho < -0.6, (d, rho)
@@ -40,21 +56,60 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
     from mixlab.tokenize.corpus import run_tokenize
     from mixlab.tokenize.train import run_tokenizer_train
 
-    run_synth(SynthConfig(docs_per_domain=300, doc_words=120, near_dup_clusters=5, exact_dups=2,
-                          target_blend={"prose": 0.7, "code": 0.3}, target_docs=100), tmp_path / "synth")
-    run_tokenizer_train([tmp_path / "synth" / "documents"], TokenizerTrainConfig(vocab_size=512, sample_bytes=2_000_000),
-                        tmp_path / "tok")
+    run_synth(
+        SynthConfig(
+            docs_per_domain=300,
+            doc_words=120,
+            near_dup_clusters=5,
+            exact_dups=2,
+            target_blend={"prose": 0.7, "code": 0.3},
+            target_docs=100,
+        ),
+        tmp_path / "synth",
+    )
+    run_tokenizer_train(
+        [tmp_path / "synth" / "documents"],
+        TokenizerTrainConfig(vocab_size=512, sample_bytes=2_000_000),
+        tmp_path / "tok",
+    )
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
-        run_tokenize({"documents": [tmp_path / "synth" / "documents", tmp_path / "synth" / "target"],
-                      "tokenizer": tmp_path / "tok"}, TokenizeConfig(valid_domains=("target",)), tmp_path / "tokens",
-                     client=c)
-        cfg = SwarmConfig(n_layer=2, n_head=4, n_embd=64, seq_len=64, batch_size=8, steps=80, warmup_steps=8,
-                          eval_sequences=16, pack_size=24, threads=2)
-        run_sample(tmp_path / "tokens", SampleConfig(candidates=24, proxy_tokens=cfg.train_tokens), tmp_path / "cands")
-        manifest = run_swarm({"candidates": tmp_path / "cands" / "candidates.parquet", "tokens": tmp_path / "tokens"},
-                             cfg, tmp_path / "swarm", client=c)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc,
+        Client(lc) as c,
+    ):
+        run_tokenize(
+            {
+                "documents": [tmp_path / "synth" / "documents", tmp_path / "synth" / "target"],
+                "tokenizer": tmp_path / "tok",
+            },
+            TokenizeConfig(valid_domains=("target",)),
+            tmp_path / "tokens",
+            client=c,
+        )
+        cfg = SwarmConfig(
+            n_layer=2,
+            n_head=4,
+            n_embd=64,
+            seq_len=64,
+            batch_size=8,
+            steps=80,
+            warmup_steps=8,
+            eval_sequences=16,
+            pack_size=24,
+            threads=2,
+        )
+        run_sample(
+            tmp_path / "tokens",
+            SampleConfig(candidates=24, proxy_tokens=cfg.train_tokens),
+            tmp_path / "cands",
+        )
+        manifest = run_swarm(
+            {"candidates": tmp_path / "cands" / "candidates.parquet", "tokens": tmp_path / "tokens"},
+            cfg,
+            tmp_path / "swarm",
+            client=c,
+        )
     runs = pl.read_parquet(tmp_path / "swarm" / "runs.parquet")
     assert "loss.target" in runs.columns and runs.height == 24
     for d in manifest.stats["domains"]:
@@ -64,15 +119,51 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
 
 @pytest.mark.slow
 def test_a_killed_swarm_resumes_and_skips_finished_runs(tmp_path, tokens_dir, capfd) -> None:
-    run_sample(tokens_dir, SampleConfig(candidates=6, proxy_tokens=10_000, max_epochs=100), tmp_path / "cands")
+    run_sample(
+        tokens_dir, SampleConfig(candidates=6, proxy_tokens=10_000, max_epochs=100), tmp_path / "cands"
+    )
     cands = tmp_path / "cands" / "candidates.parquet"
-    flags = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "16", "--batch-size", "8",
-             "--steps", "60", "--warmup-steps", "4", "--eval-sequences", "8", "--pack-size", "1", "--threads", "1"]
+    flags = [
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "32",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "60",
+        "--warmup-steps",
+        "4",
+        "--eval-sequences",
+        "8",
+        "--pack-size",
+        "1",
+        "--threads",
+        "1",
+    ]
     out = tmp_path / "swarm"
     work = tmp_path / ".swarm.partial" / "_work"
-    proc = subprocess.Popen([sys.executable, "-m", "mixlab.cli", "swarm", "train", str(cands), str(tokens_dir),
-                             "--out", str(out), *flags], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mixlab.cli",
+            "swarm",
+            "train",
+            str(cands),
+            str(tokens_dir),
+            "--out",
+            str(out),
+            *flags,
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while len(list(work.glob("pack_*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -83,16 +174,38 @@ def test_a_killed_swarm_resumes_and_skips_finished_runs(tmp_path, tokens_dir, ca
     finished = len(list(work.glob("pack_*.parquet")))
     assert 2 <= finished < 6 and not out.exists()
 
-    cfg = SwarmConfig(n_layer=1, n_head=2, n_embd=32, seq_len=16, batch_size=8, steps=60, warmup_steps=4,
-                      eval_sequences=8, pack_size=1, threads=1)
+    cfg = SwarmConfig(
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        seq_len=16,
+        batch_size=8,
+        steps=60,
+        warmup_steps=4,
+        eval_sequences=8,
+        pack_size=1,
+        threads=1,
+    )
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc,
+        Client(lc) as c,
+    ):
         run_swarm({"candidates": cands, "tokens": tokens_dir}, cfg, out, client=c)
     assert f"{finished} run(s) already finished" in capfd.readouterr().err
     runs = pl.read_parquet(out / "runs.parquet")
     c = pl.read_parquet(cands)
-    fresh = pl.from_arrow(train_mixtures(
-        tokens_dir, [dict(zip(["alpha", "beta", "gamma"], r)) for r in c.select("w.alpha", "w.beta", "w.gamma").rows()],
-        cfg, seeds=c["seed"].to_list(), run_ids=c["run_id"].to_list()))
+    fresh = pl.from_arrow(
+        train_mixtures(
+            tokens_dir,
+            [
+                dict(zip(["alpha", "beta", "gamma"], r))
+                for r in c.select("w.alpha", "w.beta", "w.gamma").rows()
+            ],
+            cfg,
+            seeds=c["seed"].to_list(),
+            run_ids=c["run_id"].to_list(),
+        )
+    )
     np.testing.assert_allclose(runs["loss.beta"].to_numpy(), fresh["loss.beta"].to_numpy(), rtol=1e-5)

@@ -21,7 +21,24 @@ def _split(flat: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
 def _tricky_strings(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     alphabet = list(" \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000\u200b  aZé日'sS19¹½.,!?-_()\"🎉\u0301\ufdd0")
-    alphabet += ["'s", "'LL", " 'd", "<|endoftext|>", "  ", "x_y", "(", "a1", "7b", "#", "\r\n", "[", "`", "{", "~", "@"]
+    alphabet += [
+        "'s",
+        "'LL",
+        " 'd",
+        "<|endoftext|>",
+        "  ",
+        "x_y",
+        "(",
+        "a1",
+        "7b",
+        "#",
+        "\r\n",
+        "[",
+        "`",
+        "{",
+        "~",
+        "@",
+    ]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 50))) for _ in range(n)]
 
 
@@ -44,7 +61,9 @@ def test_byte_level_bpe_round_trips_non_ascii_and_emoji(bpe_dir: Path) -> None:
 def test_literal_eos_string_in_a_document_is_not_the_eos_id(bpe_dir: Path) -> None:
     tok, info = load_tokenizer(bpe_dir)
     for segmented in (True, False):
-        flat, lengths = encode_texts(tok, ["x <|endoftext|> y"], eos_id=info.eos_id, space_segmentable=segmented)
+        flat, lengths = encode_texts(
+            tok, ["x <|endoftext|> y"], eos_id=info.eos_id, space_segmentable=segmented
+        )
         assert list(flat).count(info.eos_id) == 1 and flat[-1] == info.eos_id
 
 
@@ -81,12 +100,16 @@ def test_a_worker_remembers_pieces_across_calls_and_gives_the_same_ids(bpe_dir: 
     fresh = encode_texts(tok, texts, eos_id=info.eos_id, space_segmentable=True)
     first = encode_texts(tok, texts[::2], eos_id=info.eos_id, space_segmentable=True, memory=memory)
     assert memory  # the first call taught it its pieces
-    second = encode_texts(tok, texts, eos_id=info.eos_id, space_segmentable=True, memory=memory)  # half remembered
+    second = encode_texts(
+        tok, texts, eos_id=info.eos_id, space_segmentable=True, memory=memory
+    )  # half remembered
     assert _split(*first) == _split(*fresh)[::2]
     assert np.array_equal(second[0], fresh[0]) and np.array_equal(second[1], fresh[1])
 
 
-def test_a_tokenizer_retrained_in_place_is_not_served_from_a_workers_cache(tiny_corpus: Path, tmp_path: Path) -> None:
+def test_a_tokenizer_retrained_in_place_is_not_served_from_a_workers_cache(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
     import dataclasses
 
     from mixlab.tokenize.encode import worker_memory, worker_tokenizer

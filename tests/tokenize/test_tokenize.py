@@ -27,15 +27,27 @@ def target_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mixlab.synth import run_synth
 
     out = tmp_path_factory.mktemp("synth-target") / "corpus"
-    run_synth(SynthConfig(docs_per_domain=40, doc_words=40, near_dup_clusters=4, exact_dups=1,
-                          target_blend={"prose": 0.5, "code": 0.5}, target_docs=30), out)
+    run_synth(
+        SynthConfig(
+            docs_per_domain=40,
+            doc_words=40,
+            near_dup_clusters=4,
+            exact_dups=1,
+            target_blend={"prose": 0.5, "code": 0.5},
+            target_docs=30,
+        ),
+        out,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def tokens(target_corpus: Path, hard_documents: Path, bpe_dir: Path, dask_threads, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokens") / "tokens"
-    inputs = {"documents": [target_corpus / "documents", target_corpus / "target", hard_documents], "tokenizer": bpe_dir}
+    inputs = {
+        "documents": [target_corpus / "documents", target_corpus / "target", hard_documents],
+        "tokenizer": bpe_dir,
+    }
     run_tokenize(inputs, CFG, out, dask_threads)
     return out
 
@@ -45,8 +57,9 @@ def _documents(corpus: Path, hard: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, columns=["id", "domain", "text"]) for f in files])
 
 
-def test_shards_decode_back_to_the_documents_with_eos_appended(tokens: Path, target_corpus: Path,
-                                                               hard_documents: Path) -> None:
+def test_shards_decode_back_to_the_documents_with_eos_appended(
+    tokens: Path, target_corpus: Path, hard_documents: Path
+) -> None:
     info = tokens_info(tokens)
     assert info["token_dtype"] == "uint16" and info["eos_id"] == 0
     assert info["domains"] == ["code", "hard", "legal", "prose", "tabular", "target"]
@@ -77,41 +90,61 @@ def test_token_counts_match_shards_and_streams(tokens: Path) -> None:
         assert by_domain[(domain, "valid")] >= 1 and by_domain[(domain, "train")] >= 1
 
 
-def test_output_does_not_depend_on_partitioning_or_workers(tokens: Path, target_corpus: Path, hard_documents: Path,
-                                                           bpe_dir: Path, tmp_path: Path) -> None:
+def test_output_does_not_depend_on_partitioning_or_workers(
+    tokens: Path, target_corpus: Path, hard_documents: Path, bpe_dir: Path, tmp_path: Path
+) -> None:
     from distributed import Client
 
-    inputs = {"documents": [target_corpus / "documents", target_corpus / "target", hard_documents], "tokenizer": bpe_dir}
+    inputs = {
+        "documents": [target_corpus / "documents", target_corpus / "target", hard_documents],
+        "tokenizer": bpe_dir,
+    }
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as one:
-        run_tokenize(inputs, dataclasses.replace(CFG, rows_per_task=7, shard_tokens=500), tmp_path / "other", one)
+        run_tokenize(
+            inputs, dataclasses.replace(CFG, rows_per_task=7, shard_tokens=500), tmp_path / "other", one
+        )
     for domain in ("code", "target", "hard"):
         for split in ("train", "valid"):
             a = pq.read_table(tokens / domain / split)
             b = pq.read_table(tmp_path / "other" / domain / split)
             assert a.equals(b)
-            assert np.array_equal(np.load(tokens / domain / split / "_stream.npy"),
-                                  np.load(tmp_path / "other" / domain / split / "_stream.npy"))
+            assert np.array_equal(
+                np.load(tokens / domain / split / "_stream.npy"),
+                np.load(tmp_path / "other" / domain / split / "_stream.npy"),
+            )
     assert len(list((tmp_path / "other" / "code" / "train").glob("shard_*.parquet"))) > 1
 
 
-def test_valid_domains_put_the_target_set_wholly_in_valid(target_corpus: Path, bpe_dir: Path, dask_threads,
-                                                          tmp_path: Path) -> None:
+def test_valid_domains_put_the_target_set_wholly_in_valid(
+    target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path
+) -> None:
     cfg = dataclasses.replace(CFG, valid_domains=("target",))
-    run_tokenize({"documents": [target_corpus / "target"], "tokenizer": bpe_dir}, cfg, tmp_path / "t", dask_threads)
-    counts = {(r["domain"], r["split"]): r["documents"] for r in read_token_counts(tmp_path / "t").to_pylist()}
+    run_tokenize(
+        {"documents": [target_corpus / "target"], "tokenizer": bpe_dir}, cfg, tmp_path / "t", dask_threads
+    )
+    counts = {
+        (r["domain"], r["split"]): r["documents"] for r in read_token_counts(tmp_path / "t").to_pylist()
+    }
     assert counts == {("target", "train"): 0, ("target", "valid"): 30}
     assert len(domain_stream(tmp_path / "t", "target", "train")) == 0
 
 
 def test_null_texts_are_counted_and_skipped(bpe_dir: Path, dask_threads, tmp_path: Path) -> None:
-    write_table(pa.table({"id": ["a", "b", "c"], "domain": ["d"] * 3, "text": pa.array(["x y", None, HARD_TEXTS[0]])}),
-                tmp_path / "docs.parquet")
-    m = run_tokenize({"documents": tmp_path / "docs.parquet", "tokenizer": bpe_dir}, CFG, tmp_path / "t", dask_threads)
+    write_table(
+        pa.table(
+            {"id": ["a", "b", "c"], "domain": ["d"] * 3, "text": pa.array(["x y", None, HARD_TEXTS[0]])}
+        ),
+        tmp_path / "docs.parquet",
+    )
+    m = run_tokenize(
+        {"documents": tmp_path / "docs.parquet", "tokenizer": bpe_dir}, CFG, tmp_path / "t", dask_threads
+    )
     assert m.counts["documents"] == 2 and m.stats["skipped_null_text"] == {"d": 1}
 
 
-def test_a_killed_run_resumes_from_finished_parts(target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_run_resumes_from_finished_parts(
+    target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mixlab.io import partial_dir
     from mixlab.tokenize import corpus
 
@@ -147,8 +180,15 @@ def test_unusable_domain_names_and_missing_inputs_are_clear_errors(bpe_dir: Path
 def test_tokenize_on_a_local_cluster_of_processes_matches_in_process_workers(
     tokens: Path, target_corpus: Path, hard_documents: Path, bpe_dir: Path, tmp_path: Path
 ) -> None:
-    inputs = {"documents": [target_corpus / "documents", target_corpus / "target", hard_documents], "tokenizer": bpe_dir}
-    run_tokenize(inputs, CFG, tmp_path / "procs")  # mixlab starts (and stops) its own LocalCluster of processes
+    inputs = {
+        "documents": [target_corpus / "documents", target_corpus / "target", hard_documents],
+        "tokenizer": bpe_dir,
+    }
+    run_tokenize(
+        inputs, CFG, tmp_path / "procs"
+    )  # mixlab starts (and stops) its own LocalCluster of processes
     assert read_token_counts(tmp_path / "procs").equals(read_token_counts(tokens))
     for domain in ("prose", "hard"):
-        assert pq.read_table(tokens / domain / "train").equals(pq.read_table(tmp_path / "procs" / domain / "train"))
+        assert pq.read_table(tokens / domain / "train").equals(
+            pq.read_table(tmp_path / "procs" / domain / "train")
+        )

@@ -39,10 +39,13 @@ def test_sample_follows_the_mixture_and_the_byte_budget(tiny_corpus: Path, tmp_p
     docs = tiny_corpus / "documents"
     base = dataclasses.replace(SMALL_BPE, sample_bytes=20_000)
     natural = run_tokenizer_train(docs, base, tmp_path / "natural").stats["sample"]
-    uniform = run_tokenizer_train(docs, dataclasses.replace(base, mixture="uniform"), tmp_path / "uniform").stats["sample"]
+    uniform = run_tokenizer_train(
+        docs, dataclasses.replace(base, mixture="uniform"), tmp_path / "uniform"
+    ).stats["sample"]
     (tmp_path / "mix.json").write_text(json.dumps({"weights": {"code": 0.75, "prose": 0.25}}))
-    mixed = run_tokenizer_train(docs, dataclasses.replace(base, mixture=str(tmp_path / "mix.json")),
-                                tmp_path / "mixed").stats["sample"]
+    mixed = run_tokenizer_train(
+        docs, dataclasses.replace(base, mixture=str(tmp_path / "mix.json")), tmp_path / "mixed"
+    ).stats["sample"]
     for sample in (natural, uniform, mixed):
         total = sum(d["sample_bytes"] for d in sample.values())
         assert 18_000 <= total <= 22_000
@@ -55,17 +58,24 @@ def test_sample_follows_the_mixture_and_the_byte_budget(tiny_corpus: Path, tmp_p
     assert mixed["legal"]["sample_bytes"] == mixed["tabular"]["sample_bytes"] == 0
 
 
-def test_a_share_larger_than_a_domain_repeats_its_documents(tiny_corpus: Path, hard_documents: Path, tmp_path: Path) -> None:
+def test_a_share_larger_than_a_domain_repeats_its_documents(
+    tiny_corpus: Path, hard_documents: Path, tmp_path: Path
+) -> None:
     cfg = dataclasses.replace(SMALL_BPE, mixture="uniform", sample_bytes=100_000)
-    sample = run_tokenizer_train([tiny_corpus / "documents", hard_documents], cfg, tmp_path / "t").stats["sample"]
+    sample = run_tokenizer_train([tiny_corpus / "documents", hard_documents], cfg, tmp_path / "t").stats[
+        "sample"
+    ]
     hard = sample["hard"]
     assert hard["sample_bytes"] > 3 * hard["available_bytes"] and hard["repeats"] > 3
 
 
 @pytest.mark.parametrize(
     ("mixture", "match"),
-    [({"prose": 0.5, "poetry": 0.5}, "not in the documents"), ({"prose": 0.5, "code": 0.2}, "sum to"),
-     ({"prose": "lots"}, "not a number")],
+    [
+        ({"prose": 0.5, "poetry": 0.5}, "not in the documents"),
+        ({"prose": 0.5, "code": 0.2}, "sum to"),
+        ({"prose": "lots"}, "not a number"),
+    ],
 )
 def test_bad_mixture_is_a_clear_error(tiny_corpus: Path, tmp_path: Path, mixture: dict, match: str) -> None:
     (tmp_path / "mixture.json").write_text(json.dumps(mixture))
@@ -81,11 +91,14 @@ def test_vocab_size_smaller_than_the_alphabet_is_refused(tiny_corpus: Path, tmp_
     with pytest.raises(ConfigError, match="--vocab-size"):
         TokenizerTrainConfig(model="wordpiece", vocab_size=500, limit_alphabet=1000)
     with pytest.raises(InputError, match="--vocab-size"):
-        run_tokenizer_train(tiny_corpus / "documents", TokenizerTrainConfig(model="unigram", vocab_size=12),
-                            tmp_path / "u")
+        run_tokenizer_train(
+            tiny_corpus / "documents", TokenizerTrainConfig(model="unigram", vocab_size=12), tmp_path / "u"
+        )
 
 
-def test_wordpiece_and_unigram_have_unknown_tokens_and_respect_vocab_size(tiny_corpus: Path, tmp_path: Path) -> None:
+def test_wordpiece_and_unigram_have_unknown_tokens_and_respect_vocab_size(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
     transformers = pytest.importorskip("transformers")
     for model, unk in (("wordpiece", "[UNK]"), ("unigram", "<unk>")):
         cfg = TokenizerTrainConfig(model=model, vocab_size=300, limit_alphabet=100, sample_bytes=60_000)
@@ -98,9 +111,15 @@ def test_wordpiece_and_unigram_have_unknown_tokens_and_respect_vocab_size(tiny_c
 
 def test_null_texts_are_counted_and_skipped(tmp_path: Path) -> None:
     texts = ["some text here " * 20, None, "more words in this one " * 20, None, "and a third " * 20]
-    write_table(pa.table({"id": [str(i) for i in range(5)], "domain": ["d"] * 5,
-                          "text": pa.array(texts, pa.string())}), tmp_path / "docs.parquet")
-    m = run_tokenizer_train(tmp_path / "docs.parquet", dataclasses.replace(SMALL_BPE, valid_fraction=0.0), tmp_path / "t")
+    write_table(
+        pa.table(
+            {"id": [str(i) for i in range(5)], "domain": ["d"] * 5, "text": pa.array(texts, pa.string())}
+        ),
+        tmp_path / "docs.parquet",
+    )
+    m = run_tokenizer_train(
+        tmp_path / "docs.parquet", dataclasses.replace(SMALL_BPE, valid_fraction=0.0), tmp_path / "t"
+    )
     assert m.stats["skipped_null_text"] == 2 and m.counts["documents"] == 3
 
 

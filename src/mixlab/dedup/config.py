@@ -21,24 +21,30 @@ class DedupConfig:
     band_recall: float = option(
         0.99, "when choosing bands: chance that a pair exactly at --threshold becomes a candidate"
     )
-    shingle: str = option("words", "shingle unit: word n-grams or character n-grams", choices=("words", "chars"))
+    shingle: str = option(
+        "words", "shingle unit: word n-grams or character n-grams", choices=("words", "chars")
+    )
     ngram: int = option(5, "shingle length in words or characters")
     lowercase: bool = option(False, "lowercase text before shingling and exact hashing")
     strip_punctuation: bool = option(False, "delete unicode punctuation and symbols")
     normalize_digits: bool = option(False, "replace every digit with 0")
     collapse_whitespace: bool = option(True, "collapse whitespace runs to one space and trim the ends")
     nfkc: bool = option(False, "apply unicode NFKC normalisation")
-    verify: bool = option(True, "check every candidate pair with exact Jaccard on its shingles (else MinHash estimate)")
-    keep: str = option(
-        "smallest-id", "which document of a duplicate cluster survives", choices=KEEP_POLICIES
+    verify: bool = option(
+        True, "check every candidate pair with exact Jaccard on its shingles (else MinHash estimate)"
     )
+    keep: str = option("smallest-id", "which document of a duplicate cluster survives", choices=KEEP_POLICIES)
     domain_priority: tuple[str, ...] = option(
         (), "with --keep domain-priority: domains in order of preference, e.g. legal,prose"
     )
     seed: int = option(1, "permutation seed (the `seed` of datasketch's MinHash)")
     partition_docs: int = option(20_000, "documents per signature partition (bounds worker memory)")
-    max_bucket: int = option(50_000, "LSH bucket members linked at most (the rest of a giant bucket is logged and skipped)")
-    huge_doc_bytes: int = option(1_000_000, "documents this large or larger are counted as huge (still deduplicated)")
+    max_bucket: int = option(
+        50_000, "LSH bucket members linked at most (the rest of a giant bucket is logged and skipped)"
+    )
+    huge_doc_bytes: int = option(
+        1_000_000, "documents this large or larger are counted as huge (still deduplicated)"
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -14,6 +14,7 @@ SCHEME = "affine32"  # the datasketch permutation scheme these signatures follow
 EMPTY_VALUE = np.uint32(0xFFFFFFFF)  # a signature value no shingle reached (datasketch's initial value)
 CHUNK_SHINGLES = 1 << 20  # shingles hashed per permutation pass (4 MiB of uint32)
 
+
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(a, b) uint32 arrays as datasketch's MinHash(num_perm, seed) draws them for affine32."""
     gen = np.random.RandomState(seed)
@@ -21,12 +22,14 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
     return a, b
 
+
 def fmix32(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint32(16))
     h = h * np.uint32(0x85EBCA6B)
     h = h ^ (h >> np.uint32(13))
     h = h * np.uint32(0xC2B2AE35)
     return h ^ (h >> np.uint32(16))
+
 
 def signatures(hashes: np.ndarray, offsets: np.ndarray, perms: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(n_docs, num_perm) uint32 MinHash signatures of documents' shingle-hash sets.
@@ -69,6 +72,7 @@ def candidate_probability(s: float | np.ndarray, bands: int, rows: int) -> float
     """Chance that a pair with Jaccard `s` shares at least one band: 1 - (1 - s**r)**b."""
     return 1.0 - (1.0 - np.asarray(s, dtype=float) ** rows) ** bands
 
+
 def choose_bands(threshold: float, num_perm: int, recall: float) -> tuple[int, int]:
     """(bands, rows) with the most rows (fewest chance candidates) that still catch a pair at
     `threshold` with probability >= `recall`; bands x rows <= num_perm.
@@ -82,9 +86,11 @@ def choose_bands(threshold: float, num_perm: int, recall: float) -> tuple[int, i
             return bands, rows
     return num_perm, 1
 
+
 def knee(bands: int, rows: int) -> float:
     """Similarity where the S-curve crosses 1/2 (approximately (1/b)**(1/r))."""
     return float((1.0 - 0.5 ** (1.0 / bands)) ** (1.0 / rows))
+
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n_docs, bands) uint64 bucket keys: each band's `rows` values folded and mixed into 64 bits."""
@@ -97,9 +103,8 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
         keys = keys * FOLD + view[:, :, r]
     return _fmix64(keys)
 
-def jaccard_sets(
-    left: tuple[np.ndarray, np.ndarray], right: tuple[np.ndarray, np.ndarray]
-) -> np.ndarray:
+
+def jaccard_sets(left: tuple[np.ndarray, np.ndarray], right: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Exact Jaccard of pairs of sorted, unique hash sets, all pairs at once.
 
     `left` and `right` are (flat hashes, offsets) with one set per pair, aligned. The sets of
@@ -112,7 +117,9 @@ def jaccard_sets(
     if n == 0:
         return np.zeros(0)
     lsz, rsz = np.diff(lo), np.diff(ro)
-    tag = np.concatenate([np.repeat(np.arange(n, dtype=np.uint64), lsz), np.repeat(np.arange(n, dtype=np.uint64), rsz)])
+    tag = np.concatenate(
+        [np.repeat(np.arange(n, dtype=np.uint64), lsz), np.repeat(np.arange(n, dtype=np.uint64), rsz)]
+    )
     pooled = np.sort((tag << np.uint64(32)) | np.concatenate([lh, rh]).astype(np.uint64))
     same = pooled[1:] == pooled[:-1]
     inter = np.bincount((pooled[1:][same] >> np.uint64(32)).astype(np.int64), minlength=n)
@@ -120,9 +127,11 @@ def jaccard_sets(
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
+
 def jaccard_estimate(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """MinHash estimate of Jaccard for aligned rows of two signature matrices."""
     return (left == right).mean(axis=1)
+
 
 def bands_summary(threshold: float, bands: int, rows: int) -> dict[str, float]:
     return {

@@ -160,13 +160,18 @@ def shingle_batch(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> Shingl
         flat_w, counts_w = _flatten(words, n_docs)
         offs_w = np.zeros(n_docs + 1, dtype=np.int64)
         np.cumsum(counts_w, out=offs_w[1:])
-        normalised = pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offs_w), flat_w), pa.scalar(" ", pa.large_string()))
+        normalised = pc.binary_join(
+            pa.LargeListArray.from_arrays(pa.array(offs_w), flat_w), pa.scalar(" ", pa.large_string())
+        )
         if cfg.shingle == "words":
             flat, lengths = flat_w, counts_w
 
     # Exact-duplicate key: one hash call per document over its normalised text.
     text_hash = np.fromiter(
-        (0 if t is None else xxhash.xxh3_64_intdigest(t) for t in normalised.cast(pa.large_binary()).to_pylist()),
+        (
+            0 if t is None else xxhash.xxh3_64_intdigest(t)
+            for t in normalised.cast(pa.large_binary()).to_pylist()
+        ),
         np.uint64,
         count=n_docs,
     )

@@ -122,7 +122,11 @@ def band_task(
     take = nodes >= 0
     out = []
     for column in columns:
-        keys = np.concatenate([t.column(column).to_numpy() for t in tables]) if tables else np.zeros(0, np.uint64)
+        keys = (
+            np.concatenate([t.column(column).to_numpy() for t in tables])
+            if tables
+            else np.zeros(0, np.uint64)
+        )
         out.append(bucket_edges(keys[take], nodes[take], max_bucket))
     return out
 
@@ -139,7 +143,12 @@ def _sets(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> tuple[np.ndar
 
 
 def similarity_task(
-    files: Sequence[str], part_u: int, rows_u: np.ndarray, parts_v: np.ndarray, rows_v: np.ndarray, exact: bool
+    files: Sequence[str],
+    part_u: int,
+    rows_u: np.ndarray,
+    parts_v: np.ndarray,
+    rows_v: np.ndarray,
+    exact: bool,
 ) -> np.ndarray:
     """Jaccard of pairs whose left documents live in partition `part_u`: exact on shingle sets,
     or the MinHash estimate from signatures; right documents are read partition by partition."""
@@ -182,8 +191,14 @@ class _Similarity:
         groups = [np.flatnonzero(pu == p) for p in np.unique(pu)]
         futures = [
             self.client.submit(
-                similarity_task, self.files, int(pu[g[0]]), self.row_of[u[g]], self.part_of[v[g]],
-                self.row_of[v[g]], self.exact, pure=False,
+                similarity_task,
+                self.files,
+                int(pu[g[0]]),
+                self.row_of[u[g]],
+                self.part_of[v[g]],
+                self.row_of[v[g]],
+                self.exact,
+                pure=False,
             )
             for g in groups
         ]
@@ -204,7 +219,11 @@ def _histogram(sizes: np.ndarray) -> dict[str, int]:
 
 
 def _keepers(
-    members: np.ndarray, label: np.ndarray, pref: np.ndarray, pair_similarity: Any, threshold: float,
+    members: np.ndarray,
+    label: np.ndarray,
+    pref: np.ndarray,
+    pair_similarity: Any,
+    threshold: float,
     max_rounds: int = 64,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Who each clustered document is removed in favour of, so every removal is a true near duplicate.
@@ -267,11 +286,15 @@ def _dedup(files: list[Path], cfg: DedupConfig, stage: StageDir, client: Any) ->
 
     # --- 1. signatures, per partition, resumable ----------------------------------------------
     t = time.perf_counter()
-    todo = [p for p in parts if not (_marker(work, p.index).is_file() and _part_file(work, p.index).is_file())]
+    todo = [
+        p for p in parts if not (_marker(work, p.index).is_file() and _part_file(work, p.index).is_file())
+    ]
     reused = len(parts) - len(todo)
     if reused:
         log(f"dedup: resuming: {reused} of {len(parts)} signature partitions already done")
-    log(f"dedup: signatures for {len(todo)} partition(s), {cfg.num_perm} permutations, bands {bands} x rows {rows}")
+    log(
+        f"dedup: signatures for {len(todo)} partition(s), {cfg.num_perm} permutations, bands {bands} x rows {rows}"
+    )
     from distributed import as_completed
 
     futures = client.map(signature_partition, todo, cfg=cfg, work=str(work), pure=False)
@@ -318,7 +341,9 @@ def _dedup(files: list[Path], cfg: DedupConfig, stage: StageDir, client: Any) ->
     nodes_future = client.scatter(nodes_by_gidx, broadcast=True)
     n_tasks = max(1, min(bands, 2 * len(client.scheduler_info().get("workers", {})) or 1))
     band_futures = [
-        client.submit(band_task, sig_files, list(range(bands))[k::n_tasks], nodes_future, cfg.max_bucket, pure=False)
+        client.submit(
+            band_task, sig_files, list(range(bands))[k::n_tasks], nodes_future, cfg.max_bucket, pure=False
+        )
         for k in range(n_tasks)
     ]
     eu, ev, bucket_stats = [], [], Counter()

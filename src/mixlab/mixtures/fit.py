@@ -44,23 +44,32 @@ class FitConfig:
     SECTION = "fit"
 
     target: str = option(
-        "mean", "what to minimise: mean (of the domains' losses), a loss name, or weights like code=0.5,prose=0.5"
+        "mean",
+        "what to minimise: mean (of the domains' losses), a loss name, or weights like code=0.5,prose=0.5",
     )
     model: str = option(
-        "lightgbm", "the model select uses: lightgbm, a baseline, or auto (best held-out Spearman)",
+        "lightgbm",
+        "the model select uses: lightgbm, a baseline, or auto (best held-out Spearman)",
         choices=("lightgbm", "linear", "loglinear", "auto"),
     )
     folds: int = option(5, "cross-validation folds (repeated seeds of a mixture stay in one fold)")
     learning_rate: float = option(0.01, "LightGBM learning rate")
     max_rounds: int = option(1000, "LightGBM boosting rounds at most (early stopping picks fewer)")
-    early_stopping_rounds: int = option(50, "stop when the inner validation loss has not improved for this many rounds")
+    early_stopping_rounds: int = option(
+        50, "stop when the inner validation loss has not improved for this many rounds"
+    )
     valid_fraction: float = option(0.2, "share of a training fold's mixtures held out for early stopping")
     num_leaves: int = option(31, "LightGBM leaves per tree at most")
-    min_data_in_leaf: int = option(0, "LightGBM minimum runs per leaf; 0 picks one that still splits small swarms")
-    prior: dict[str, float] = option(
-        {}, "natural mixture the candidates were drawn around (default: recorded with the runs, else their mean weights)"
+    min_data_in_leaf: int = option(
+        0, "LightGBM minimum runs per leaf; 0 picks one that still splits small swarms"
     )
-    num_threads: int = option(1, "LightGBM training threads (swarms are small: more threads only add overhead; 0: all cores)")
+    prior: dict[str, float] = option(
+        {},
+        "natural mixture the candidates were drawn around (default: recorded with the runs, else their mean weights)",
+    )
+    num_threads: int = option(
+        1, "LightGBM training threads (swarms are small: more threads only add overhead; 0: all cores)"
+    )
     seed: int = option(0, "seed for folds, early-stopping splits and LightGBM")
 
     def __post_init__(self) -> None:
@@ -82,10 +91,14 @@ class FitConfig:
 
     def boost_settings(self) -> BoostSettings:
         return BoostSettings(
-            learning_rate=self.learning_rate, max_rounds=self.max_rounds,
-            early_stopping_rounds=self.early_stopping_rounds, num_leaves=self.num_leaves,
-            min_data_in_leaf=self.min_data_in_leaf, valid_fraction=self.valid_fraction,
-            seed=self.seed, num_threads=self.num_threads,
+            learning_rate=self.learning_rate,
+            max_rounds=self.max_rounds,
+            early_stopping_rounds=self.early_stopping_rounds,
+            num_leaves=self.num_leaves,
+            min_data_in_leaf=self.min_data_in_leaf,
+            valid_fraction=self.valid_fraction,
+            seed=self.seed,
+            num_threads=self.num_threads,
         )
 
 
@@ -104,8 +117,12 @@ def candidates_record(candidates: Path) -> tuple[dict[str, float], dict[str, Any
     manifest = Manifest.load(candidates)
     prior = manifest.stats.get("prior")
     if manifest.stage != "mixtures-sample" or not isinstance(prior, dict):
-        raise InputError(f"{candidates}: not a `mixtures sample` output (no prior in its manifest); pass --candidates DIR")
-    return {str(k): float(v) for k, v in prior.items()}, {k: manifest.config[k] for k in SAMPLER_KEYS if k in manifest.config}
+        raise InputError(
+            f"{candidates}: not a `mixtures sample` output (no prior in its manifest); pass --candidates DIR"
+        )
+    return {str(k): float(v) for k, v in prior.items()}, {
+        k: manifest.config[k] for k in SAMPLER_KEYS if k in manifest.config
+    }
 
 
 def swarm_record(runs_path: Path) -> dict[str, Any] | None:
@@ -211,7 +228,9 @@ def run_fit(
         models_dir.mkdir(parents=True, exist_ok=True)
         files: dict[str, Any] = {}
         for kind in MODELS:
-            final = fit_model(kind, runs.weights, runs.target_loss, groups, settings, split_seed=cfg.seed + 10_007)
+            final = fit_model(
+                kind, runs.weights, runs.target_loss, groups, settings, split_seed=cfg.seed + 10_007
+            )
             files[kind] = save_models(kind, final, cv[kind].fold_models, models_dir)
             if isinstance(final, BoosterModel):
                 summaries[kind]["final_rounds"] = final.rounds
@@ -224,8 +243,10 @@ def run_fit(
             )
         for kind in MODELS:
             s = summaries[kind]
-            log(f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f} pearson {s['pearson']:.3f} "
-                f"rmse {s['rmse']:.4g}" + (f" (noise floor {floor['rmse']:.4g})" if floor else ""))
+            log(
+                f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f} pearson {s['pearson']:.3f} "
+                f"rmse {s['rmse']:.4g}" + (f" (noise floor {floor['rmse']:.4g})" if floor else "")
+            )
         fit = {
             "target": {"spec": cfg.target, "terms": runs.target},
             "domains": runs.domains,
@@ -241,9 +262,15 @@ def run_fit(
             "folds": int(folds.max()) + 1,
             "runs_needed": {"minimum": minimum, "recommended": recommended},
             "warnings": warnings,
-            "target_loss": {"min": float(runs.target_loss.min()), "max": float(runs.target_loss.max()),
-                            "mean": float(runs.target_loss.mean())},
-            "weights_range": {"min": runs.weights.min(axis=0).tolist(), "max": runs.weights.max(axis=0).tolist()},
+            "target_loss": {
+                "min": float(runs.target_loss.min()),
+                "max": float(runs.target_loss.max()),
+                "mean": float(runs.target_loss.mean()),
+            },
+            "weights_range": {
+                "min": runs.weights.min(axis=0).tolist(),
+                "max": runs.weights.max(axis=0).tolist(),
+            },
             "plots": plots,
         }
         write_json(stage.out / FIT_JSON, fit)
@@ -326,8 +353,12 @@ def write_predictions(path: Path, runs: Runs, folds: np.ndarray, cv: dict[str, C
 
 
 def plot_predicted_vs_actual(
-    actual: np.ndarray, predicted: np.ndarray, summary: dict[str, Any], floor: dict[str, float] | None,
-    kind: str, path: Path,
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    summary: dict[str, Any],
+    floor: dict[str, float] | None,
+    kind: str,
+    path: Path,
 ) -> None:
     import matplotlib
 
@@ -341,7 +372,9 @@ def plot_predicted_vs_actual(
     ax.set_xlabel("actual target loss")
     ax.set_ylabel("predicted (held-out fold)")
     floor_text = f", noise floor {floor['rmse']:.3g}" if floor else ""
-    ax.set_title(f"{kind}: Spearman {summary['spearman']:.3f}, RMSE {summary['rmse']:.3g}{floor_text}", fontsize=9)
+    ax.set_title(
+        f"{kind}: Spearman {summary['spearman']:.3f}, RMSE {summary['rmse']:.3g}{floor_text}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

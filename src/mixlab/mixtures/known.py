@@ -67,7 +67,10 @@ def known_runs(
     p = np.asarray(prior if prior is not None else np.linspace(2.0, 1.0, d), dtype=np.float64)
     p = p / p.sum()
     defaults = SampleConfig()
-    sampler = {k: getattr(defaults, k) for k in ("prior_power", "spread_min", "spread_max", "spread_levels", "min_weight")}
+    sampler = {
+        k: getattr(defaults, k)
+        for k in ("prior_power", "spread_min", "spread_max", "spread_levels", "min_weight")
+    }
     weights = simulate_mixtures(p, n, sampler, rng)
     run_ids = [f"r{i:05d}" for i in range(n)]
     repeat_of = list(run_ids)

@@ -38,7 +38,12 @@ class LinearModel:
         return self.intercept + self.features(np.asarray(weights, dtype=np.float64)) @ self.coef
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "intercept": self.intercept, "coef": self.coef.tolist(), "log_eps": LOG_EPS}
+        return {
+            "kind": self.kind,
+            "intercept": self.intercept,
+            "coef": self.coef.tolist(),
+            "log_eps": LOG_EPS,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LinearModel:
@@ -63,7 +68,9 @@ class BoosterModel:
     num_threads: int = 0
 
     def predict(self, weights: np.ndarray) -> np.ndarray:
-        return self.booster.predict(np.ascontiguousarray(weights, dtype=np.float64), num_threads=self.num_threads)
+        return self.booster.predict(
+            np.ascontiguousarray(weights, dtype=np.float64), num_threads=self.num_threads
+        )
 
     @property
     def rounds(self) -> int:
@@ -71,13 +78,16 @@ class BoosterModel:
 
     def tree_ranges(self) -> np.ndarray:
         """(n_trees, 2): each tree's smallest and largest leaf value."""
+
         def leaves(node: dict[str, Any]) -> list[float]:
             if "leaf_value" in node:
                 return [node["leaf_value"]]
             return leaves(node["left_child"]) + leaves(node["right_child"])
 
         trees = self.booster.dump_model()["tree_info"]
-        return np.array([(min(v), max(v)) for v in (leaves(t["tree_structure"]) for t in trees)]).reshape(-1, 2)
+        return np.array([(min(v), max(v)) for v in (leaves(t["tree_structure"]) for t in trees)]).reshape(
+            -1, 2
+        )
 
     def predict_lowest(
         self, weights: np.ndarray, k: int, threshold: float = np.inf, ranges: np.ndarray | None = None
@@ -92,7 +102,9 @@ class BoosterModel:
         weights = np.ascontiguousarray(weights, dtype=np.float64)
         ranges = self.tree_ranges() if ranges is None else ranges
         n_trees = len(ranges)
-        rest_lo = np.r_[np.cumsum(ranges[::-1, 0])[::-1], 0.0]  # rest_lo[m]: sum of min leaves of trees m..end
+        rest_lo = np.r_[
+            np.cumsum(ranges[::-1, 0])[::-1], 0.0
+        ]  # rest_lo[m]: sum of min leaves of trees m..end
         rest_hi = np.r_[np.cumsum(ranges[::-1, 1])[::-1], 0.0]
         stops = sorted({max(1, int(round(n_trees * f))) for f in (0.1, 0.25, 0.45, 0.7, 1.0)})
         alive = np.arange(len(weights))
@@ -100,7 +112,10 @@ class BoosterModel:
         start = 0
         for stop in stops:
             partial += self.booster.predict(
-                weights[alive], start_iteration=start, num_iteration=stop - start, num_threads=self.num_threads
+                weights[alive],
+                start_iteration=start,
+                num_iteration=stop - start,
+                num_threads=self.num_threads,
             )
             start = stop
             upper = partial + rest_hi[stop]
@@ -127,7 +142,9 @@ def import_lightgbm() -> Any:
     except ImportError:  # pragma: no cover - lightgbm is a core dependency
         from mixlab.errors import MixlabError
 
-        raise MixlabError("lightgbm is not installed; `pip install lightgbm` (mixlab's mixture search needs it)") from None
+        raise MixlabError(
+            "lightgbm is not installed; `pip install lightgbm` (mixlab's mixture search needs it)"
+        ) from None
     return lightgbm
 
 
@@ -182,7 +199,10 @@ def fit_lightgbm(
         train = lgb.Dataset(weights[~inner_valid], loss[~inner_valid], params={"verbosity": -1})
         valid = lgb.Dataset(weights[inner_valid], loss[inner_valid], reference=train)
         booster = lgb.train(
-            params, train, num_boost_round=settings.max_rounds, valid_sets=[valid],
+            params,
+            train,
+            num_boost_round=settings.max_rounds,
+            valid_sets=[valid],
             callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
         )
         rounds = max(int(booster.best_iteration or settings.max_rounds), 1)
@@ -211,7 +231,12 @@ def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def fit_model(
-    kind: str, weights: np.ndarray, loss: np.ndarray, groups: np.ndarray, settings: BoostSettings, split_seed: int
+    kind: str,
+    weights: np.ndarray,
+    loss: np.ndarray,
+    groups: np.ndarray,
+    settings: BoostSettings,
+    split_seed: int,
 ) -> Regressor:
     if kind == "lightgbm":
         return fit_lightgbm(weights, loss, groups, settings, split_seed)
@@ -281,7 +306,11 @@ class CrossValidation:
 
 
 def cross_validate(
-    kind: str, weights: np.ndarray, loss: np.ndarray, folds: np.ndarray, groups: np.ndarray,
+    kind: str,
+    weights: np.ndarray,
+    loss: np.ndarray,
+    folds: np.ndarray,
+    groups: np.ndarray,
     settings: BoostSettings,
 ) -> CrossValidation:
     predicted = np.empty_like(loss)
@@ -289,10 +318,18 @@ def cross_validate(
     fold_scores: list[dict[str, float]] = []
     for fold in range(int(folds.max()) + 1):
         held = folds == fold
-        model = fit_model(kind, weights[~held], loss[~held], groups[~held], settings, split_seed=settings.seed + fold)
+        model = fit_model(
+            kind, weights[~held], loss[~held], groups[~held], settings, split_seed=settings.seed + fold
+        )
         predicted[held] = model.predict(weights[held])
         models.append(model)
-        fold_scores.append(scores(loss[held], predicted[held]) if held.sum() >= 3 else
-                           {"spearman": float("nan"), "pearson": float("nan"),
-                            "rmse": float(np.sqrt(np.mean((loss[held] - predicted[held]) ** 2)))})
+        fold_scores.append(
+            scores(loss[held], predicted[held])
+            if held.sum() >= 3
+            else {
+                "spearman": float("nan"),
+                "pearson": float("nan"),
+                "rmse": float(np.sqrt(np.mean((loss[held] - predicted[held]) ** 2))),
+            }
+        )
     return CrossValidation(kind, predicted, models, fold_scores)

@@ -33,12 +33,18 @@ class SampleConfig:
     SECTION = "sample"
 
     candidates: int = option(32, "candidate mixtures to write (the natural and uniform ones included)")
-    prior_power: float = option(0.5, "the token prior is raised to this power before use (<1 favours small domains)")
-    spread_min: float = option(0.1, "smallest Dirichlet concentration scale (small: sparse, extreme mixtures)")
+    prior_power: float = option(
+        0.5, "the token prior is raised to this power before use (<1 favours small domains)"
+    )
+    spread_min: float = option(
+        0.1, "smallest Dirichlet concentration scale (small: sparse, extreme mixtures)"
+    )
     spread_max: float = option(5.0, "largest Dirichlet concentration scale (large: close to the prior)")
     spread_levels: int = option(15, "log-spaced scale values between --spread-min and --spread-max")
     min_weight: float = option(0.01, "weights below this are set to zero and the rest renormalised")
-    max_epochs: float = option(4.0, "a domain may be repeated at most this many times within one proxy's tokens")
+    max_epochs: float = option(
+        4.0, "a domain may be repeated at most this many times within one proxy's tokens"
+    )
     proxy_tokens: int = option(0, "tokens one proxy trains on, for the repetition cap (0: the swarm default)")
     min_distance: float = option(0.05, "drop a candidate within this L1 distance of an earlier one")
     domains: tuple[str, ...] = option((), "domains to mix (default: every domain with train tokens)")
@@ -74,7 +80,9 @@ def train_prior(tokens_dir: Path | str, cfg: SampleConfig) -> dict[str, int]:
     if cfg.domains:
         unknown = [d for d in cfg.domains if d not in train]
         if unknown:
-            raise ConfigError(f"--domains: {unknown} have no train tokens in {tokens_dir} (found: {sorted(train)})")
+            raise ConfigError(
+                f"--domains: {unknown} have no train tokens in {tokens_dir} (found: {sorted(train)})"
+            )
         train = {d: train[d] for d in cfg.domains}
     prior = {d: n for d, n in sorted(train.items()) if n > 0 and d not in cfg.holdout_domains}
     if len(prior) < 2:
@@ -154,13 +162,17 @@ def sample_candidates(prior_tokens: Mapping[str, int], cfg: SampleConfig, proxy_
             if len(rows) == cfg.candidates:
                 break
     if len(rows) < cfg.candidates:
-        log(f"mixtures sample: only {len(rows)} distinct candidates found (asked for {cfg.candidates}); "
-            "lower --min-distance for more")
+        log(
+            f"mixtures sample: only {len(rows)} distinct candidates found (asked for {cfg.candidates}); "
+            "lower --min-distance for more"
+        )
 
     run_ids = [f"r{i:05d}" for i in range(len(rows))]
     columns: dict[str, Any] = {
         "run_id": pa.array(run_ids, pa.string()),
-        "seed": pa.array([xxhash.xxh3_64_intdigest(r.encode(), seed=cfg.seed) & 0x7FFF_FFFF for r in run_ids], pa.int64()),
+        "seed": pa.array(
+            [xxhash.xxh3_64_intdigest(r.encode(), seed=cfg.seed) & 0x7FFF_FFFF for r in run_ids], pa.int64()
+        ),
         "kind": pa.array([k for k, _, _ in rows], pa.string()),
         "spread": pa.array([s for _, s, _ in rows], pa.float64()),
     }

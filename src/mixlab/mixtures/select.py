@@ -34,23 +34,30 @@ class SelectConfig:
     samples: int = option(100_000, "mixtures simulated from the candidates' prior and scored")
     top_k: int = option(128, "the best-scoring mixtures averaged into the chosen one")
     method: str = option(
-        "topk", "topk: average the best simulated mixtures (RegMix); near-prior: also search locally, within --max-kl of the prior",
+        "topk",
+        "topk: average the best simulated mixtures (RegMix); near-prior: also search locally, within --max-kl of the prior",
         choices=("topk", "near-prior"),
     )
     max_kl: float = option(0.5, "near-prior: largest KL divergence (nats) of a mixture from the prior")
     search_rounds: int = option(4, "near-prior: rounds of local search around the best mixtures")
-    token_budget: int = option(0, "tokens of the full run (with --tokens: caps each domain at --max-epochs passes)")
+    token_budget: int = option(
+        0, "tokens of the full run (with --tokens: caps each domain at --max-epochs passes)"
+    )
     max_epochs: float = option(4.0, "most passes over any domain's train tokens within --token-budget")
     min_weight: dict[str, float] = option({}, "per-domain lower bounds, e.g. code=0.1")
     max_weight: dict[str, float] = option({}, "per-domain upper bounds, e.g. legal=0.3")
     model: str = option(
-        "chosen", "which fitted model scores mixtures (chosen: the one fit chose)",
+        "chosen",
+        "which fitted model scores mixtures (chosen: the one fit chose)",
         choices=("chosen", "lightgbm", "linear", "loglinear"),
     )
     verify: bool = option(
-        False, "re-train the chosen, natural and uniform mixtures at a larger proxy size (needs --tokens) and check the order"
+        False,
+        "re-train the chosen, natural and uniform mixtures at a larger proxy size (needs --tokens) and check the order",
     )
-    verify_scale: float = option(2.0, "--verify: the larger proxy's width and training steps, as multiples of the swarm's")
+    verify_scale: float = option(
+        2.0, "--verify: the larger proxy's width and training steps, as multiples of the swarm's"
+    )
     verify_seeds: int = option(2, "--verify: seeds per mixture")
     num_threads: int = option(0, "threads for LightGBM prediction (0: all cores)")
     seed: int = option(0, "seed of the simulated mixtures")
@@ -78,7 +85,9 @@ class SelectConfig:
 # --- simulation ----------------------------------------------------------------------------
 
 
-def simulate_mixtures(prior: np.ndarray, n: int, sampler: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
+def simulate_mixtures(
+    prior: np.ndarray, n: int, sampler: Mapping[str, Any], rng: np.random.Generator
+) -> np.ndarray:
     """`n` mixtures from the candidates' distribution, vectorised: (n, D), rows summing to 1.
 
     The same law as `mixtures sample` (Dirichlet around prior**power, concentration scale from
@@ -87,7 +96,9 @@ def simulate_mixtures(prior: np.ndarray, n: int, sampler: Mapping[str, Any], rng
     """
     alpha = prior ** float(sampler["prior_power"])
     alpha = alpha / alpha.sum()
-    levels = np.logspace(np.log10(sampler["spread_min"]), np.log10(sampler["spread_max"]), int(sampler["spread_levels"]))
+    levels = np.logspace(
+        np.log10(sampler["spread_min"]), np.log10(sampler["spread_max"]), int(sampler["spread_levels"])
+    )
     out = np.empty((0, len(prior)))
     while len(out) < n:
         m = n - len(out)
@@ -150,7 +161,9 @@ def read_available_tokens(tokens: Path, domains: list[str]) -> np.ndarray:
     table = read_token_counts(tokens) if tokens.is_dir() else pq.read_table(tokens)
     missing_cols = [c for c in ("domain", "split", "tokens") if c not in table.column_names]
     if missing_cols:
-        raise InputError(f"{tokens}: token counts need columns domain, split, tokens (missing {missing_cols})")
+        raise InputError(
+            f"{tokens}: token counts need columns domain, split, tokens (missing {missing_cols})"
+        )
     found: dict[str, int] = {}
     for row in table.select(["domain", "split", "tokens"]).to_pylist():
         if row["split"] == "train":
@@ -164,16 +177,22 @@ def read_available_tokens(tokens: Path, domains: list[str]) -> np.ndarray:
 def make_bounds(cfg: SelectConfig, domains: list[str], tokens: Path | None) -> Bounds:
     unknown = [d for key in ("min_weight", "max_weight") for d in getattr(cfg, key) if d not in domains]
     if unknown:
-        raise ConfigError(f"--min-weight / --max-weight: unknown domain(s) {unknown} (domains: {', '.join(domains)})")
+        raise ConfigError(
+            f"--min-weight / --max-weight: unknown domain(s) {unknown} (domains: {', '.join(domains)})"
+        )
     lower = np.array([cfg.min_weight.get(d, 0.0) for d in domains])
     upper = np.array([cfg.max_weight.get(d, 1.0) for d in domains])
     available = None
     if cfg.token_budget and tokens is None:
-        raise ConfigError("--token-budget: pass --tokens (a tokenize output or token_counts.parquet) to know each domain's tokens")
+        raise ConfigError(
+            "--token-budget: pass --tokens (a tokenize output or token_counts.parquet) to know each domain's tokens"
+        )
     if cfg.verify and (tokens is None or not tokens.is_dir()):
         raise ConfigError("--verify: pass --tokens DIR, the tokenize output the swarm trained on")
     if tokens is not None and not cfg.token_budget and not cfg.verify:
-        raise ConfigError("--tokens: pass --token-budget too (the full run's tokens) so the epoch limit can apply")
+        raise ConfigError(
+            "--tokens: pass --token-budget too (the full run's tokens) so the epoch limit can apply"
+        )
     if tokens is not None and cfg.token_budget:
         available = read_available_tokens(tokens, domains)
         upper = np.minimum(upper, cfg.max_epochs * available / cfg.token_budget)
@@ -189,7 +208,8 @@ def make_bounds(cfg: SelectConfig, domains: list[str], tokens: Path | None) -> B
         detail = (
             f"; the corpus has {int(available.sum()):,} train tokens, at most {cfg.max_epochs} epochs cover "
             f"{int(cfg.max_epochs * available.sum()):,} of the --token-budget {cfg.token_budget:,}"
-            if available is not None else ""
+            if available is not None
+            else ""
         )
         raise ConfigError(
             f"--max-weight / --max-epochs: the upper bounds sum to {upper.sum():.3g} < 1, no mixture fits{detail}; "
@@ -222,7 +242,10 @@ def best_k(
 
 
 def score_lowest(
-    fitted: FittedModels, w: np.ndarray, k: int, best: tuple[np.ndarray, np.ndarray] | None,
+    fitted: FittedModels,
+    w: np.ndarray,
+    k: int,
+    best: tuple[np.ndarray, np.ndarray] | None,
     ranges: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge the rows of `w` that can enter the running best `k` (LightGBM: pruned while scoring)."""
@@ -234,7 +257,11 @@ def score_lowest(
 
 
 def search_top_k(
-    fitted: FittedModels, cfg: SelectConfig, bounds: Bounds, sampler: Mapping[str, Any], prior: np.ndarray,
+    fitted: FittedModels,
+    cfg: SelectConfig,
+    bounds: Bounds,
+    sampler: Mapping[str, Any],
+    prior: np.ndarray,
     max_kl: float | None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Simulate, constrain, score in chunks; the best `top_k` (lowest predicted loss). Also: how many were kept."""
@@ -258,7 +285,11 @@ def search_top_k(
 
 
 def local_search(
-    fitted: FittedModels, cfg: SelectConfig, bounds: Bounds, prior: np.ndarray, start: tuple[np.ndarray, np.ndarray],
+    fitted: FittedModels,
+    cfg: SelectConfig,
+    bounds: Bounds,
+    prior: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refine the best mixtures by Dirichlet perturbations around them, staying in the box and within --max-kl.
 
@@ -286,8 +317,13 @@ def predict_with_spread(fitted: FittedModels, w: np.ndarray) -> dict[str, Any]:
     folds = np.array([m.predict(w)[0] for m in fitted.folds])
     return {
         "predicted_target_loss": float(fitted.final.predict(w)[0]),
-        "spread": {"mean": float(folds.mean()), "std": float(folds.std()), "min": float(folds.min()),
-                   "max": float(folds.max()), "folds": folds.tolist()},
+        "spread": {
+            "mean": float(folds.mean()),
+            "std": float(folds.std()),
+            "min": float(folds.min()),
+            "max": float(folds.max()),
+            "folds": folds.tolist(),
+        },
     }
 
 
@@ -312,8 +348,13 @@ def run_select(
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         fitted = load_fit(fit_dir, None if cfg.model == "chosen" else cfg.model, cfg.num_threads)
         fit, domains, prior = fitted.fit, fitted.domains, fitted.prior
-        sampler = fit.get("sampler") or {"prior_power": 1.0, "spread_min": 0.1, "spread_max": 5.0,
-                                         "spread_levels": 15, "min_weight": 0.01}
+        sampler = fit.get("sampler") or {
+            "prior_power": 1.0,
+            "spread_min": 0.1,
+            "spread_max": 5.0,
+            "spread_levels": 15,
+            "min_weight": 0.01,
+        }
         bounds = make_bounds(cfg, domains, tokens)
         kind = cfg.model if cfg.model != "chosen" else fit["chosen"]
 
@@ -323,8 +364,10 @@ def run_select(
         if cfg.method == "near-prior":
             near = search_top_k(fitted, cfg, bounds, sampler, prior, cfg.max_kl)
             near_w, near_s = local_search(fitted, cfg, bounds, prior, near[:2])
-            results["near-prior"] = {"weights": near_w.mean(axis=0),
-                                     "top_k_predicted": [float(near_s.min()), float(near_s.max())]}
+            results["near-prior"] = {
+                "weights": near_w.mean(axis=0),
+                "top_k_predicted": [float(near_s.min()), float(near_s.max())],
+            }
         chosen = results[cfg.method]["weights"]
         chosen = chosen / chosen.sum()
 
@@ -343,9 +386,12 @@ def run_select(
         lo, hi = np.array(fit["weights_range"]["min"]), np.array(fit["weights_range"]["max"])
         outside = [d for d, x, a, b in zip(domains, chosen, lo, hi) if x < a - 1e-9 or x > b + 1e-9]
         if outside:
-            warnings.append(f"the chosen weights of {outside} lie outside the range the runs covered (extrapolation)")
-        if chosen_info["predicted_target_loss"] > min(natural_info["predicted_target_loss"],
-                                                      uniform_info["predicted_target_loss"]):
+            warnings.append(
+                f"the chosen weights of {outside} lie outside the range the runs covered (extrapolation)"
+            )
+        if chosen_info["predicted_target_loss"] > min(
+            natural_info["predicted_target_loss"], uniform_info["predicted_target_loss"]
+        ):
             warnings.append("the chosen mixture is not predicted to beat the natural and uniform mixtures")
         for w in warnings:
             log(f"mixtures select: warning: {w}")
@@ -357,7 +403,8 @@ def run_select(
         }
         if bounds.available_tokens is not None:
             constraints["epochs"] = {
-                d: float(x * cfg.token_budget / a) for d, x, a in zip(domains, chosen, bounds.available_tokens)
+                d: float(x * cfg.token_budget / a)
+                for d, x, a in zip(domains, chosen, bounds.available_tokens)
             }
         method = {
             "name": cfg.method,
@@ -368,17 +415,21 @@ def run_select(
             "sampler": dict(sampler),
             "description": (
                 f"mean of the {cfg.top_k} lowest predicted losses among {cfg.samples:,} mixtures simulated "
-                "from the candidates' prior" if cfg.method == "topk" else
-                f"mean of the {cfg.top_k} lowest predicted losses among simulated mixtures within KL "
+                "from the candidates' prior"
+                if cfg.method == "topk"
+                else f"mean of the {cfg.top_k} lowest predicted losses among simulated mixtures within KL "
                 f"{cfg.max_kl} of the prior, refined by {cfg.search_rounds} rounds of local search"
             ),
         }
         if cfg.method == "near-prior":
             method["max_kl"] = cfg.max_kl
         alternatives = {
-            name: {"weights": {d: float(x) for d, x in zip(domains, r["weights"])},
-                   "predicted_target_loss": float(fitted.final.predict(r["weights"][None, :])[0])}
-            for name, r in results.items() if name != cfg.method
+            name: {
+                "weights": {d: float(x) for d, x in zip(domains, r["weights"])},
+                "predicted_target_loss": float(fitted.final.predict(r["weights"][None, :])[0]),
+            }
+            for name, r in results.items()
+            if name != cfg.method
         }
         mixture = {
             **chosen_info,
@@ -402,16 +453,24 @@ def run_select(
             mixture["verification"] = verify_mixtures(
                 tokens,
                 {n: as_weights(domains, w) for n, w in named.items()},
-                {"chosen": chosen_info["predicted_target_loss"], "natural": natural_info["predicted_target_loss"],
-                 "uniform": uniform_info["predicted_target_loss"]},
-                fit["target"]["terms"], fit.get("swarm_config"), cfg.verify_scale, cfg.verify_seeds,
+                {
+                    "chosen": chosen_info["predicted_target_loss"],
+                    "natural": natural_info["predicted_target_loss"],
+                    "uniform": uniform_info["predicted_target_loss"],
+                },
+                fit["target"]["terms"],
+                fit.get("swarm_config"),
+                cfg.verify_scale,
+                cfg.verify_seeds,
             )
             check = mixture["verification"]
             worse = [n for n, c in check["comparisons"].items() if c["verdict"].startswith("worse")]
             # Only the chosen mixture's standing is worth a warning: natural and uniform swapping
             # places when their predictions differ by less than the noise is not news.
             if worse:
-                warnings.append(f"at the larger proxy size the chosen mixture measured worse than {', '.join(worse)}")
+                warnings.append(
+                    f"at the larger proxy size the chosen mixture measured worse than {', '.join(worse)}"
+                )
             elif not check["chosen_beats_baselines"]:
                 warnings.append("at the larger proxy size the chosen mixture's lead is within seed noise")
             if worse or not check["chosen_beats_baselines"]:
@@ -433,9 +492,11 @@ def run_select(
         }
         if cfg.verify:
             v = mixture["verification"]
-            stats["verification"] = {"ordering_holds": v["ordering_holds"],
-                                     "chosen_beats_baselines": v["chosen_beats_baselines"],
-                                     "measured": {n: m["measured"] for n, m in v["mixtures"].items()}}
+            stats["verification"] = {
+                "ordering_holds": v["ordering_holds"],
+                "chosen_beats_baselines": v["chosen_beats_baselines"],
+                "measured": {n: m["measured"] for n, m in v["mixtures"].items()},
+            }
         return counts, stats
 
     return run_stage("mixtures-select", cfg, {"fit": fit_dir, "tokens": tokens}, out_dir, body, force=force)

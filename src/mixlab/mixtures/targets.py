@@ -47,11 +47,11 @@ def read_runs(path: Path | str) -> pl.DataFrame:
 
 
 def weight_domains(columns: list[str]) -> list[str]:
-    return [c[len(WEIGHT_PREFIX):] for c in columns if c.startswith(WEIGHT_PREFIX)]
+    return [c[len(WEIGHT_PREFIX) :] for c in columns if c.startswith(WEIGHT_PREFIX)]
 
 
 def loss_names(columns: list[str]) -> list[str]:
-    return [c[len(LOSS_PREFIX):] for c in columns if c.startswith(LOSS_PREFIX)]
+    return [c[len(LOSS_PREFIX) :] for c in columns if c.startswith(LOSS_PREFIX)]
 
 
 def parse_target(spec: str, domains: list[str], losses: list[str]) -> dict[str, float]:

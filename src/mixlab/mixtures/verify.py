@@ -28,12 +28,20 @@ def larger_proxy(swarm_config: Mapping[str, Any] | None, scale: float) -> Any:
     from mixlab.proxy_models.swarm import SwarmConfig
 
     known = {f.name for f in dataclasses.fields(SwarmConfig)}
-    base = SwarmConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in (swarm_config or {}).items() if k in known})
+    base = SwarmConfig(
+        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in (swarm_config or {}).items() if k in known}
+    )
     step = 2 * base.n_head  # keeps the width divisible by the heads with an even head size
     width = max(step, int(round(base.n_embd * scale / step)) * step)
     steps = max(1, int(round(base.steps * scale)))
-    return dataclasses.replace(base, n_embd=width, steps=steps, mlp_hidden=None, lr=base.lr * base.n_embd / width,
-                               warmup_steps=min(base.warmup_steps, steps - 1) if steps > 1 else 0)
+    return dataclasses.replace(
+        base,
+        n_embd=width,
+        steps=steps,
+        mlp_hidden=None,
+        lr=base.lr * base.n_embd / width,
+        warmup_steps=min(base.warmup_steps, steps - 1) if steps > 1 else 0,
+    )
 
 
 def compare(chosen: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
@@ -45,7 +53,11 @@ def compare(chosen: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
     """
     gap = float(baseline.mean() - chosen.mean())
     if min(len(chosen), len(baseline)) < 2:
-        return {"gap": gap, "stderr": None, "verdict": ("better" if gap > 0 else "worse") + " (one seed, no noise estimate)"}
+        return {
+            "gap": gap,
+            "stderr": None,
+            "verdict": ("better" if gap > 0 else "worse") + " (one seed, no noise estimate)",
+        }
     stderr = float(np.sqrt(chosen.var(ddof=1) / len(chosen) + baseline.var(ddof=1) / len(baseline)))
     verdict = "better" if gap > 2 * stderr else "worse" if gap < -2 * stderr else "within seed noise"
     return {"gap": gap, "stderr": stderr, "verdict": verdict}
@@ -68,24 +80,37 @@ def verify_mixtures(
     cfg = larger_proxy(swarm_config, scale)
     names = list(mixtures)
     runs = [dict(mixtures[n]) for n in names for _ in range(seeds)]
-    log(f"mixtures select: verifying {len(names)} mixtures x {seeds} seeds at width {cfg.n_embd}, {cfg.steps} steps")
+    log(
+        f"mixtures select: verifying {len(names)} mixtures x {seeds} seeds at width {cfg.n_embd}, {cfg.steps} steps"
+    )
     table = train_mixtures(tokens, runs, cfg, seeds=[1000 + s for _ in names for s in range(seeds)])
     missing = [t for t in target if f"loss.{t}" not in table.column_names]
     if missing:
         from mixlab.errors import InputError
 
-        raise InputError(f"{tokens}: no validation split for target loss(es) {missing}; --verify needs the swarm's tokens")
+        raise InputError(
+            f"{tokens}: no validation split for target loss(es) {missing}; --verify needs the swarm's tokens"
+        )
     loss = sum(c * table.column(f"loss.{t}").to_numpy() for t, c in target.items())
-    measured = {n: loss[i * seeds:(i + 1) * seeds] for i, n in enumerate(names)}
+    measured = {n: loss[i * seeds : (i + 1) * seeds] for i, n in enumerate(names)}
     result: dict[str, Any] = {
-        "proxy": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "steps": cfg.steps, "seq_len": cfg.seq_len,
-                  "batch_size": cfg.batch_size, "lr": cfg.lr,
-                  "params": count_params(cfg.model_config(int(tokens_info(tokens)["vocab_size"])))},
+        "proxy": {
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "steps": cfg.steps,
+            "seq_len": cfg.seq_len,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "params": count_params(cfg.model_config(int(tokens_info(tokens)["vocab_size"]))),
+        },
         "scale": scale,
         "seeds": seeds,
         "mixtures": {
-            n: {"predicted": float(predicted[n]), "measured": float(measured[n].mean()),
-                "measured_std": float(measured[n].std()) if seeds > 1 else None}
+            n: {
+                "predicted": float(predicted[n]),
+                "measured": float(measured[n].mean()),
+                "measured_std": float(measured[n].std()) if seeds > 1 else None,
+            }
             for n in names
         },
     }
@@ -96,10 +121,14 @@ def verify_mixtures(
     result["ordering_holds"] = order_pred == order_meas
     if "chosen" in measured:
         result["comparisons"] = {n: compare(measured["chosen"], measured[n]) for n in names if n != "chosen"}
-        result["chosen_beats_baselines"] = all(c["verdict"].startswith("better") for c in result["comparisons"].values())
+        result["chosen_beats_baselines"] = all(
+            c["verdict"].startswith("better") for c in result["comparisons"].values()
+        )
         for n, c in result["comparisons"].items():
             noise = f" +- {c['stderr']:.3f}" if c["stderr"] is not None else ""
-            log(f"mixtures select: chosen vs {n} at the larger size: {c['gap']:+.4f}{noise} nats lower: {c['verdict']}")
+            log(
+                f"mixtures select: chosen vs {n} at the larger size: {c['gap']:+.4f}{noise} nats lower: {c['verdict']}"
+            )
     log(f"mixtures select: at the larger size, measured order {order_meas} (predicted {order_pred})")
     return result
 

@@ -148,9 +148,20 @@ def _dedup(page: Page, d: Path) -> None:
     page.heading("Dedup")
     rows = []
     for domain, s in sorted(stats.get("domains", {}).items()):
-        rows.append([domain, s.get("documents_in"), s.get("documents_out"), s.get("removed_exact"),
-                     s.get("removed_near"), s.get("bytes_in"), s.get("bytes_out")])
-    page.table(["domain", "docs in", "docs out", "exact removed", "near removed", "bytes in", "bytes out"], rows)
+        rows.append(
+            [
+                domain,
+                s.get("documents_in"),
+                s.get("documents_out"),
+                s.get("removed_exact"),
+                s.get("removed_near"),
+                s.get("bytes_in"),
+                s.get("bytes_out"),
+            ]
+        )
+    page.table(
+        ["domain", "docs in", "docs out", "exact removed", "near removed", "bytes in", "bytes out"], rows
+    )
     cand, clusters = stats.get("candidates", {}), stats.get("clusters", {})
     page.para(
         f"LSH {stats.get('banding', {}).get('bands', '?')} bands x {stats.get('banding', {}).get('rows', '?')} rows; "
@@ -160,8 +171,11 @@ def _dedup(page: Page, d: Path) -> None:
     hist = clusters.get("size_histogram") or {}
     if hist:
         labels = list(hist)
-        page.figure("dedup_cluster_sizes.png", _bars(labels, {"clusters": [hist[k] for k in labels]}, "clusters"),
-                    "duplicate cluster sizes")
+        page.figure(
+            "dedup_cluster_sizes.png",
+            _bars(labels, {"clusters": [hist[k] for k in labels]}, "clusters"),
+            "duplicate cluster sizes",
+        )
 
 
 def _tokens(page: Page, tokenizer: Path | None, tokens: Path) -> None:
@@ -170,11 +184,17 @@ def _tokens(page: Page, tokenizer: Path | None, tokens: Path) -> None:
     if tokenizer is not None:
         t = Manifest.load(tokenizer)
         sample = t.stats.get("sample", {})
-        page.para(f"{t.config.get('model')} tokenizer, vocabulary {stats.get('vocab_size')}, trained on a "
-                  f"{t.config.get('mixture')} sample of {sum(s.get('sample_bytes', 0) for s in sample.values()):,} bytes:")
-        page.table(["domain", "sample weight", "sample bytes", "documents"],
-                   [[d, s.get("weight"), s.get("sample_bytes"), s.get("sample_documents")]
-                    for d, s in sorted(sample.items())])
+        page.para(
+            f"{t.config.get('model')} tokenizer, vocabulary {stats.get('vocab_size')}, trained on a "
+            f"{t.config.get('mixture')} sample of {sum(s.get('sample_bytes', 0) for s in sample.values()):,} bytes:"
+        )
+        page.table(
+            ["domain", "sample weight", "sample bytes", "documents"],
+            [
+                [d, s.get("weight"), s.get("sample_bytes"), s.get("sample_documents")]
+                for d, s in sorted(sample.items())
+            ],
+        )
     rows = []
     for domain, splits in sorted(stats.get("per_domain", {}).items()):
         for split, s in sorted(splits.items()):
@@ -188,8 +208,10 @@ def _swarm(page: Page, swarm: Path, cfg: ReportConfig) -> list[str]:
     losses = sorted(c.removeprefix("loss.") for c in runs.column_names if c.startswith("loss."))
     m = Manifest.load(swarm)
     page.heading("Proxy swarm")
-    page.para(f"{runs.num_rows} proxy runs of {m.stats.get('params', runs['params'][0].as_py() if 'params' in runs.column_names else '?')} "
-              f"parameters, {runs['tokens'][0].as_py() if 'tokens' in runs.column_names else '?'} tokens each.")
+    page.para(
+        f"{runs.num_rows} proxy runs of {m.stats.get('params', runs['params'][0].as_py() if 'params' in runs.column_names else '?')} "
+        f"parameters, {runs['tokens'][0].as_py() if 'tokens' in runs.column_names else '?'} tokens each."
+    )
     plt = _plt()
     n = min(runs.num_rows, cfg.max_runs_plotted)
     W = np.column_stack([runs[f"w.{d}"].to_numpy()[:n] for d in weights])
@@ -210,7 +232,9 @@ def _swarm(page: Page, swarm: Path, cfg: ReportConfig) -> list[str]:
         ax.scatter(runs[f"w.{d}"].to_numpy()[:n], runs[f"loss.{d}"].to_numpy()[:n], s=8)
         ax.set_xlabel(f"weight of {d}")
         ax.set_ylabel(f"{d} validation loss")
-    page.figure("swarm_loss_vs_weight.png", _png(fig), "per-domain validation loss against that domain's weight")
+    page.figure(
+        "swarm_loss_vs_weight.png", _png(fig), "per-domain validation loss against that domain's weight"
+    )
     return weights
 
 
@@ -218,10 +242,14 @@ def _fit(page: Page, fit_dir: Path) -> None:
     fit = json.loads((fit_dir / "fit.json").read_text())
     page.heading("Regression: weights -> target loss")
     target = fit.get("target", {})
-    page.para(f"Target: {target.get('spec', target)}. Held-out scores from {fit.get('folds', '?')}-fold cross-validation.")
+    page.para(
+        f"Target: {target.get('spec', target)}. Held-out scores from {fit.get('folds', '?')}-fold cross-validation."
+    )
     floor = fit.get("noise_floor") or {}
-    rows = [[name, s.get("spearman"), s.get("pearson"), s.get("rmse"), floor.get("rmse") if floor else None]
-            for name, s in fit.get("models", {}).items()]
+    rows = [
+        [name, s.get("spearman"), s.get("pearson"), s.get("rmse"), floor.get("rmse") if floor else None]
+        for name, s in fit.get("models", {}).items()
+    ]
     page.table(["model", "Spearman", "Pearson", "RMSE", "noise floor (seed RMSE)"], rows)
     chosen = fit.get("chosen_model") or fit.get("chosen")
     plot = fit_dir / f"predicted_vs_actual_{chosen}.png"
@@ -236,8 +264,10 @@ def _mixture(page: Page, select_dir: Path) -> None:
     prior = mix.get("prior", {})
     domains = sorted(weights)
     uniform = 1.0 / len(domains)
-    page.table(["domain", "chosen", "natural (prior)", "uniform"],
-               [[d, weights[d], prior.get(d), uniform] for d in domains])
+    page.table(
+        ["domain", "chosen", "natural (prior)", "uniform"],
+        [[d, weights[d], prior.get(d), uniform] for d in domains],
+    )
     spread = mix.get("spread", {})
     page.para(
         f"Predicted target loss {mix.get('predicted_target_loss'):.4f} (spread across CV models: "
@@ -245,21 +275,48 @@ def _mixture(page: Page, select_dir: Path) -> None:
         f"uniform {mix.get('uniform', {}).get('predicted_target_loss', float('nan')):.4f}. "
         f"Method: {_method(mix.get('method'))}."
     )
-    page.figure("mixture_vs_prior.png",
-                _bars(domains, {"chosen": [weights[d] for d in domains], "natural": [prior.get(d, 0) for d in domains],
-                                "uniform": [uniform] * len(domains)}, "weight"),
-                "chosen mixture against natural and uniform")
+    page.figure(
+        "mixture_vs_prior.png",
+        _bars(
+            domains,
+            {
+                "chosen": [weights[d] for d in domains],
+                "natural": [prior.get(d, 0) for d in domains],
+                "uniform": [uniform] * len(domains),
+            },
+            "weight",
+        ),
+        "chosen mixture against natural and uniform",
+    )
     check = mix.get("verification")
     if check:
-        page.para(f"Second-scale check (proxies {check.get('scale', '?')}x wider and longer, re-trained before the "
-                  f"full run): predicted order {check.get('predicted_order')}, measured {check.get('measured_order')}; "
-                  f"the order {'holds' if check.get('ordering_holds') else 'does NOT hold'}.")
+        page.para(
+            f"Second-scale check (proxies {check.get('scale', '?')}x wider and longer, re-trained before the "
+            f"full run): predicted order {check.get('predicted_order')}, measured {check.get('measured_order')}; "
+            f"the order {'holds' if check.get('ordering_holds') else 'does NOT hold'}."
+        )
         comparisons = check.get("comparisons", {})
-        page.table(["mixture", "predicted target loss", "measured at the larger size", "measured std",
-                    "chosen lower by", "verdict"],
-                   [[n, m.get("predicted"), m.get("measured"), m.get("measured_std"),
-                     comparisons.get(n, {}).get("gap"), comparisons.get(n, {}).get("verdict")]
-                    for n, m in check.get("mixtures", {}).items()])
+        page.table(
+            [
+                "mixture",
+                "predicted target loss",
+                "measured at the larger size",
+                "measured std",
+                "chosen lower by",
+                "verdict",
+            ],
+            [
+                [
+                    n,
+                    m.get("predicted"),
+                    m.get("measured"),
+                    m.get("measured_std"),
+                    comparisons.get(n, {}).get("gap"),
+                    comparisons.get(n, {}).get("verdict"),
+                ]
+                for n, m in check.get("mixtures", {}).items()
+            ],
+        )
     for w in mix.get("warnings", []):
         page.para(f"Warning: {w}")
 
@@ -285,14 +342,18 @@ def _pretrain(page: Page, d: Path, title: str, reference: str) -> None:
         comp = json.loads(comparison.read_text())
         models = comp.get("models", {})
         domains = sorted({k for m in models.values() for k in m.get("losses", {})})
-        page.table(["model", "target loss", *[f"{x} loss" for x in domains]],
-                   [[n, m.get("target"), *[m.get("losses", {}).get(x) for x in domains]] for n, m in models.items()])
+        page.table(
+            ["model", "target loss", *[f"{x} loss" for x in domains]],
+            [[n, m.get("target"), *[m.get("losses", {}).get(x) for x in domains]] for n, m in models.items()],
+        )
         for line in comp.get("summary", []):
             page.para(line)
         if comp.get("noise_floor") is not None:
             verdict = "yes" if comp.get("beats_all_by_more_than_noise") else "no"
-            page.para(f"{reference} beats every alternative by more than the swarm's seed noise "
-                      f"({comp['noise_floor']:.3g}): {verdict}.")
+            page.para(
+                f"{reference} beats every alternative by more than the swarm's seed noise "
+                f"({comp['noise_floor']:.3g}): {verdict}."
+            )
 
 
 def run_report(
@@ -300,7 +361,11 @@ def run_report(
 ) -> Manifest:
     """Build the report from a run root (or a {stage: dir} mapping) into `out_dir`."""
     if isinstance(inputs, Mapping):
-        dirs = {k: Path(v) for k, v in inputs.items() if k not in ("inputs", "configs") and (Path(v) / MANIFEST).is_file()}
+        dirs = {
+            k: Path(v)
+            for k, v in inputs.items()
+            if k not in ("inputs", "configs") and (Path(v) / MANIFEST).is_file()
+        }
     else:
         if not Path(inputs).is_dir():
             raise InputError(f"{inputs}: not a directory; pass the run root of `mixlab pipeline run`")
@@ -321,15 +386,28 @@ def run_report(
             ("swarm_train", lambda: _swarm(page, dirs["swarm_train"], cfg)),
             ("mixtures_fit", lambda: _fit(page, dirs["mixtures_fit"])),
             ("mixtures_select", lambda: _mixture(page, dirs["mixtures_select"])),
-            ("pretrain", lambda: _pretrain(page, dirs["pretrain"], "Pretraining: chosen mixture vs baselines", "chosen")),
-            ("distill", lambda: _pretrain(page, dirs["distill"], "Distillation: distilled vs scratch student", "distilled")),
+            (
+                "pretrain",
+                lambda: _pretrain(
+                    page, dirs["pretrain"], "Pretraining: chosen mixture vs baselines", "chosen"
+                ),
+            ),
+            (
+                "distill",
+                lambda: _pretrain(
+                    page, dirs["distill"], "Distillation: distilled vs scratch student", "distilled"
+                ),
+            ),
         ):
             if name in dirs:
                 fn()
                 sections.append(name)
         (stage.out / "report.md").write_text("\n".join(page.md) + "\n")
         (stage.out / "report.html").write_text(_html_page(cfg.title, "\n".join(page.html)))
-        return {"sections": len(sections), "figures": len(page.figures)}, {"sections": sections, "figures": page.figures}
+        return {"sections": len(sections), "figures": len(page.figures)}, {
+            "sections": sections,
+            "figures": page.figures,
+        }
 
     return run_stage("report", cfg, {k: v for k, v in dirs.items()}, out_dir, body, force=force)
 
@@ -352,14 +430,22 @@ def _answer(page: Page, dirs: Mapping[str, Path]) -> None:
     parts[-1] += "."
     check = mix.get("verification") or {}
     if check.get("comparisons"):
-        parts.append(f"Re-trained at {check.get('scale')}x the proxy size with {check.get('seeds')} seed(s): "
-                     + "; ".join(f"against {n}, chosen is {c['verdict']} ({c['gap']:+.4f}"
-                                 + (f" +- {c['stderr']:.3f}" if c.get("stderr") is not None else "") + " nats lower)"
-                                 for n, c in check["comparisons"].items()) + ".")
+        parts.append(
+            f"Re-trained at {check.get('scale')}x the proxy size with {check.get('seeds')} seed(s): "
+            + "; ".join(
+                f"against {n}, chosen is {c['verdict']} ({c['gap']:+.4f}"
+                + (f" +- {c['stderr']:.3f}" if c.get("stderr") is not None else "")
+                + " nats lower)"
+                for n, c in check["comparisons"].items()
+            )
+            + "."
+        )
     if "pretrain" in dirs and (dirs["pretrain"] / "comparison.json").is_file():
         comp = json.loads((dirs["pretrain"] / "comparison.json").read_text())
-        parts.append(f"Pretrained at equal tokens, the best target loss is {comp.get('best')}'s "
-                     f"(gaps vs chosen: {', '.join(f'{k} {v:+.4f}' for k, v in comp.get('gap_vs_reference', {}).items())}).")
+        parts.append(
+            f"Pretrained at equal tokens, the best target loss is {comp.get('best')}'s "
+            f"(gaps vs chosen: {', '.join(f'{k} {v:+.4f}' for k, v in comp.get('gap_vs_reference', {}).items())})."
+        )
     page.heading("Answer")
     page.para(" ".join(parts))
 
@@ -371,5 +457,7 @@ def _html_page(title: str, body: str) -> str:
         "th{background:#f3f4f6}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}"
         "h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:1.6em}"
     )
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{body}</body></html>\n"
+    )

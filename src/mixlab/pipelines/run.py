@@ -63,7 +63,9 @@ def _dedup(cfg, done, out, client, force):
 
 
 def _tokenizer_train(cfg, done, out, client, force):
-    return _import("mixlab.tokenize.train:run_tokenizer_train")(done["dedup"] / "documents", cfg, out, force=force)
+    return _import("mixlab.tokenize.train:run_tokenizer_train")(
+        done["dedup"] / "documents", cfg, out, force=force
+    )
 
 
 def _tokenize(cfg, done, out, client, force):
@@ -92,14 +94,19 @@ def _mixtures_sample(cfg, done, out, client, force):
 def _swarm_train(cfg, done, out, client, force):
     return _import("mixlab.proxy_models.swarm:run_swarm")(
         {"candidates": done["mixtures_sample"] / "candidates.parquet", "tokens": done["tokenize"]},
-        cfg, out, client=client, force=force,
+        cfg,
+        out,
+        client=client,
+        force=force,
     )
 
 
 def _mixtures_fit(cfg, done, out, client, force):
     return _import("mixlab.mixtures.fit:run_fit")(
         {"runs": done["swarm_train"] / "runs.parquet", "candidates": done["mixtures_sample"]},
-        cfg, out, force=force,
+        cfg,
+        out,
+        force=force,
     )
 
 
@@ -117,15 +124,23 @@ def _mixtures_select(cfg, done, out, client, force):
 
 def _pretrain(cfg, done, out, client, force):
     return _import("mixlab.proxy_models.pretrain:run_pretrain")(
-        {"tokens": done["tokenize"], "mixture": done["mixtures_select"] / "mixture.json"}, cfg, out, force=force
+        {"tokens": done["tokenize"], "mixture": done["mixtures_select"] / "mixture.json"},
+        cfg,
+        out,
+        force=force,
     )
 
 
 def _distill(cfg, done, out, client, force):
     return _import("mixlab.proxy_models.distill:run_distill")(
-        {"teacher": done["pretrain"], "tokens": done["tokenize"],
-         "mixture": done["mixtures_select"] / "mixture.json"},
-        cfg, out, force=force,
+        {
+            "teacher": done["pretrain"],
+            "tokens": done["tokenize"],
+            "mixture": done["mixtures_select"] / "mixture.json",
+        },
+        cfg,
+        out,
+        force=force,
     )
 
 
@@ -194,8 +209,10 @@ def plan_pipeline(
             raise ConfigError(f"{flag}: unknown stage {bound!r} (stages: {', '.join(STAGE_NAMES)})")
     inputs = data.get("inputs")
     if inputs is not None:
-        inputs = [Path(p) if Path(p).is_absolute() else (path.parent / p) for p in (
-            [inputs] if isinstance(inputs, str) else inputs)]
+        inputs = [
+            Path(p) if Path(p).is_absolute() else (path.parent / p)
+            for p in ([inputs] if isinstance(inputs, str) else inputs)
+        ]
     seed = data.get("seed")
     root = Path(root)
     stages = []
@@ -214,8 +231,13 @@ def plan_pipeline(
     names = [s.name for s, _, _ in stages]
     lo = names.index(from_stage) if from_stage in names else 0
     hi = names.index(until_stage) + 1 if until_stage in names else len(names)
-    return Plan(root=root, stages=stages[:hi], inputs=inputs,
-                scheduler_address=data.get("scheduler_address"), first=lo)
+    return Plan(
+        root=root,
+        stages=stages[:hi],
+        inputs=inputs,
+        scheduler_address=data.get("scheduler_address"),
+        first=lo,
+    )
 
 
 def describe(plan: Plan) -> str:
@@ -253,7 +275,7 @@ def run_pipeline(
     needs_dask = any(s.uses_dask for s, _, _ in plan.stages[first:])
     address = scheduler_address or plan.scheduler_address
     started = time.perf_counter()
-    with (dask_client(client, address) if needs_dask else contextlib.nullcontext()) as dask:
+    with dask_client(client, address) if needs_dask else contextlib.nullcontext() as dask:
         for i, (stage, cfg, out) in enumerate(plan.stages):
             if i < first:
                 if not (out / "manifest.json").is_file():

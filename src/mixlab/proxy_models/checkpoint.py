@@ -66,7 +66,9 @@ def _gpt_config_from_hf(data: Mapping[str, Any], where: Path) -> GPTConfig:
             tie_embeddings=bool(data.get("tie_word_embeddings", False)),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{where}: Llama config.json lacks or mangles {exc}; not a loadable checkpoint") from None
+        raise InputError(
+            f"{where}: Llama config.json lacks or mangles {exc}; not a loadable checkpoint"
+        ) from None
     head_dim = data.get("head_dim")
     if head_dim is not None and int(head_dim) != cfg.head_dim:
         raise InputError(f"{where}: head_dim {head_dim} != hidden_size / num_attention_heads; not supported")
@@ -79,7 +81,9 @@ def read_model_config(path: Path | str) -> tuple[GPTConfig, dict[str, Any]]:
     """(GPTConfig, the rest of config.json) of a mixlab model dir or an exported Llama dir."""
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"{path}: no such checkpoint directory; pass the --out of `mixlab pretrain` or `distill`")
+        raise InputError(
+            f"{path}: no such checkpoint directory; pass the --out of `mixlab pretrain` or `distill`"
+        )
     file = path / CONFIG
     if not file.is_file():
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
@@ -168,12 +172,16 @@ def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
     try:
         state = json.loads((path / STATE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: damaged training state ({exc}); rerun without --resume to start over") from None
+        raise InputError(
+            f"{path}: damaged training state ({exc}); rerun without --resume to start over"
+        ) from None
     weights = read_weights(path / WEIGHTS)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise InputError(f"{path}: saved weights do not fit this model ({exc}); rerun without --resume") from None
+        raise InputError(
+            f"{path}: saved weights do not fit this model ({exc}); rerun without --resume"
+        ) from None
     moments = read_weights(path / OPTIMIZER)
     params = dict(model.named_parameters())
     index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}

@@ -53,7 +53,9 @@ class DistillConfig(TrainConfig):
 
     SECTION = "distill"
 
-    student: Path | None = option(None, "student size file (.yaml/.json with GPTConfig keys); size flags override it")
+    student: Path | None = option(
+        None, "student size file (.yaml/.json with GPTConfig keys); size flags override it"
+    )
     # Defaults measured on the quickstart (400-step teacher, 200-step student, same tokens): target
     # loss 4.13 at alpha 0.9 / tau 1, 4.22 at 0.5 / 1, 4.42 at 0.5 / 2, against 4.41 from scratch.
     # A language model's next-token distribution is already soft; tau > 1 flattens it towards noise.
@@ -83,8 +85,10 @@ def check_same_tokenizer(teacher_dir: Path, teacher_vocab: int, tokens_dir: Path
         )
     t_file, s_file = tokenizer_json(teacher_dir), tokenizer_json(tokens_dir)
     if t_file is None and s_file is None:
-        log(f"distill: warning: neither {teacher_dir} nor {tokens_dir} keeps a tokenizer.json; "
-            "only the vocabulary sizes could be compared")
+        log(
+            f"distill: warning: neither {teacher_dir} nor {tokens_dir} keeps a tokenizer.json; "
+            "only the vocabulary sizes could be compared"
+        )
         return
     if t_file is None or s_file is None:
         missing = teacher_dir if t_file is None else tokens_dir
@@ -181,10 +185,14 @@ def run_distill(
         weights, file_target = dict(teacher_meta["mixture"]), teacher_meta.get("target")
         absent = [d for d in weights if d not in domains(tokens_dir)]
         if absent:
-            raise InputError(f"{teacher_dir}: the teacher's mixture names {absent}, absent from {tokens_dir}; "
-                             "pass --mixture")
+            raise InputError(
+                f"{teacher_dir}: the teacher's mixture names {absent}, absent from {tokens_dir}; "
+                "pass --mixture"
+            )
     else:
-        raise InputError(f"{teacher_dir}: records no training mixture (an export?); pass --mixture mixture.json")
+        raise InputError(
+            f"{teacher_dir}: records no training mixture (an export?); pass --mixture mixture.json"
+        )
     defaults = {**DISTILL_MODEL, "seq_len": teacher_cfg.seq_len}
     student_cfg = model_config(cfg, cfg.student, defaults, vocab, flag="--student")
     seq_len = student_cfg.seq_len
@@ -193,8 +201,10 @@ def run_distill(
     terms = resolve_target(cfg.target, file_target, list(weights), scored)
     warnings = []
     if count_params(student_cfg) > count_params(teacher_cfg):
-        warnings.append(f"the student ({count_params(student_cfg):,} params) is larger than the teacher "
-                        f"({count_params(teacher_cfg):,}); distillation usually shrinks a model")
+        warnings.append(
+            f"the student ({count_params(student_cfg):,} params) is larger than the teacher "
+            f"({count_params(teacher_cfg):,}); distillation usually shrinks a model"
+        )
         log(f"distill: warning: {warnings[-1]}")
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -214,8 +224,10 @@ def run_distill(
         loader = MixtureLoader(tokens_dir, weights, seq_len, cfg.batch_size, cfg.seed, "distill")
         alpha = torch.tensor([cfg.alpha] + [0.0] * (len(names) - 1), device=device)  # (M,)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-        log(f"distill: student {count_params(student_cfg):,} params, teacher {count_params(teacher_cfg):,}; "
-            f"{cfg.steps * cfg.tokens_per_step * seq_len:,} tokens on {device} [{', '.join(names)}]")
+        log(
+            f"distill: student {count_params(student_cfg):,} params, teacher {count_params(teacher_cfg):,}; "
+            f"{cfg.steps * cfg.tokens_per_step * seq_len:,} tokens on {device} [{', '.join(names)}]"
+        )
 
         def next_batch() -> torch.Tensor:
             batch = torch.from_numpy(loader.next_batch()).to(device)  # (B, T+1)
@@ -235,20 +247,36 @@ def run_distill(
 
         evaluate = evaluator(student, tokens_dir, scored, seq_len, cfg, device)
         loop = TrainLoop(student, optimizer, names, {"distill": loader}, next_batch, step_fn, evaluate, terms)
-        rows = train(loop, cfg, seq_len, stage.work, resume=resume, on_checkpoint=on_checkpoint, desc="distill")
+        rows = train(
+            loop, cfg, seq_len, stage.work, resume=resume, on_checkpoint=on_checkpoint, desc="distill"
+        )
 
-        teacher_losses = {d: float(v[0]) for d, v in evaluator(teacher, tokens_dir, scored, seq_len, cfg, device)().items()}
+        teacher_losses = {
+            d: float(v[0]) for d, v in evaluator(teacher, tokens_dir, scored, seq_len, cfg, device)().items()
+        }
         final = {r["model"]: r for r in rows if r["step"] == cfg.steps}
-        final["teacher"] = {**{f"loss.{d}": v for d, v in teacher_losses.items()},
-                            "target": sum(c * teacher_losses[n] for n, c in terms.items())}
+        final["teacher"] = {
+            **{f"loss.{d}": v for d, v in teacher_losses.items()},
+            "target": sum(c * teacher_losses[n] for n, c in terms.items()),
+        }
         trained_tokens = cfg.steps * cfg.tokens_per_step * seq_len
         tokenizer = tokenizer_source(tokens_dir) or (teacher_dir / "tokenizer")
         for m, name in enumerate(names):
             meta = {
-                "stage": "distill", "teacher": str(teacher_dir), "alpha": cfg.alpha if name == "distilled" else 0.0,
-                "tau": cfg.tau, "mixture": weights, "target": terms, "tokens": trained_tokens, "steps": cfg.steps,
-                "seed": cfg.seed, "eos_id": int(info["eos_id"]), "target_loss": final[name]["target"],
-                "val_losses": {k.removeprefix("loss."): v for k, v in final[name].items() if k.startswith("loss.")},
+                "stage": "distill",
+                "teacher": str(teacher_dir),
+                "alpha": cfg.alpha if name == "distilled" else 0.0,
+                "tau": cfg.tau,
+                "mixture": weights,
+                "target": terms,
+                "tokens": trained_tokens,
+                "steps": cfg.steps,
+                "seed": cfg.seed,
+                "eos_id": int(info["eos_id"]),
+                "target_loss": final[name]["target"],
+                "val_losses": {
+                    k.removeprefix("loss."): v for k, v in final[name].items() if k.startswith("loss.")
+                },
             }
             save_model(stage.out if m == 0 else stage.out / SCRATCH_DIR, student, m, meta, tokenizer)
         write_table(metrics_table(rows), stage.out / METRICS)
@@ -270,5 +298,10 @@ def run_distill(
         }
         return counts, stats
 
-    inputs_fp = {"teacher": teacher_dir, "tokens": tokens_dir, "mixture": mixture_path, "student": cfg.student}
+    inputs_fp = {
+        "teacher": teacher_dir,
+        "tokens": tokens_dir,
+        "mixture": mixture_path,
+        "student": cfg.student,
+    }
     return run_stage("distill", cfg, inputs_fp, out_dir, body, force=force)

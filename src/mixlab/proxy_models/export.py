@@ -28,7 +28,9 @@ class ExportConfig:
 
     SECTION = "export"
 
-    dtype: str = option("float32", "dtype of the exported weights: float32, bfloat16 or float16", choices=DTYPES)
+    dtype: str = option(
+        "float32", "dtype of the exported weights: float32, bfloat16 or float16", choices=DTYPES
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -78,8 +80,12 @@ def run_export_hf(
                     shutil.copy2(tok.parent / name, stage.out / name)
                     files.append(name)
         counts = {"tensors": len(weights), "params": sum(v.numel() for v in weights.values())}
-        stats = {"architecture": "LlamaForCausalLM", "dtype": cfg.dtype, "tokenizer_files": sorted(files),
-                 "source_format": meta.get("format", meta.get("model_type"))}
+        stats = {
+            "architecture": "LlamaForCausalLM",
+            "dtype": cfg.dtype,
+            "tokenizer_files": sorted(files),
+            "source_format": meta.get("format", meta.get("model_type")),
+        }
         return counts, stats
 
     return run_stage("export-hf", cfg, {"model": model_dir}, out_dir, body, force=force)

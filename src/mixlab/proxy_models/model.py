@@ -147,7 +147,9 @@ class Block(nn.Module):
         self.w_up = _stacked(M, H, C)  # (M, H, C)
         self.w_down = _stacked(M, C, H)  # (M, C, H)
 
-    def attention(self, x: torch.Tensor, B: int, T: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self, x: torch.Tensor, B: int, T: int, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         cfg = self.cfg
         M, hd = x.shape[0], cfg.head_dim
         # Project per model, then fold M into the batch: attention is independent per sequence.
@@ -329,13 +331,17 @@ class GPT(nn.Module):
         """Load HF Llama-named weights into member m; a tied lm_head.weight, if present, is ignored."""
         expected = dict(self._hf_names())
         missing = [k for k in expected if k not in state]
-        extra = [k for k in state if k not in expected and not (k == "lm_head.weight" and self.lm_head is None)]
+        extra = [
+            k for k in state if k not in expected and not (k == "lm_head.weight" and self.lm_head is None)
+        ]
         if missing or extra:
             raise ValueError(f"member state dict: missing {missing[:5]}, unexpected {extra[:5]}")
         for name, p in expected.items():
             value = state[name]
             if tuple(value.shape) != tuple(p.shape[1:]):
-                raise ValueError(f"member state dict: {name} has shape {tuple(value.shape)}, expected {tuple(p.shape[1:])}")
+                raise ValueError(
+                    f"member state dict: {name} has shape {tuple(value.shape)}, expected {tuple(p.shape[1:])}"
+                )
             p[m].copy_(value.to(p.dtype))
 
 

@@ -34,7 +34,16 @@ COMPARISON = "comparison.parquet"
 COMPARISON_JSON = "comparison.json"
 BASELINES_DIR = "baselines"
 CHECKPOINT = "checkpoint"
-MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden", "seq_len", "rope_theta", "tie_embeddings")
+MODEL_FIELDS = (
+    "n_layer",
+    "n_head",
+    "n_kv_head",
+    "n_embd",
+    "mlp_hidden",
+    "seq_len",
+    "rope_theta",
+    "tie_embeddings",
+)
 # CPU-demo sizes: a few minutes on a laptop, still clearly bigger than the swarm's proxies.
 PRETRAIN_MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 128}
 
@@ -43,20 +52,27 @@ PRETRAIN_MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 128}
 class TrainConfig:
     """Model size flags and the training recipe shared by `pretrain` and `distill`."""
 
-    n_layer: int | None = option(None, "transformer layers (default: from the model file, else the stage's size)")
+    n_layer: int | None = option(
+        None, "transformer layers (default: from the model file, else the stage's size)"
+    )
     n_head: int | None = option(None, "attention heads (must divide --n-embd)")
     n_kv_head: int | None = option(None, "key/value heads for grouped-query attention (default: --n-head)")
     n_embd: int | None = option(None, "model width")
     mlp_hidden: int | None = option(None, "SwiGLU hidden size (default: 8/3 x --n-embd, rounded up to 16)")
     seq_len: int | None = option(None, "tokens per training sequence")
     rope_theta: float | None = option(None, "rotary base frequency (default 10000)")
-    tie_embeddings: bool | None = option(None, "share the input embedding and the output projection (default: yes)")
+    tie_embeddings: bool | None = option(
+        None, "share the input embedding and the output projection (default: yes)"
+    )
     steps: int = option(300, "optimizer steps")
     batch_size: int = option(16, "sequences per micro-batch")
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
     lr: float = option(2e-3, "peak learning rate (AdamW)")
-    schedule: str = option("cosine", "learning-rate schedule after warmup: cosine, or wsd (warmup-stable-decay)",
-                           choices=("cosine", "wsd"))
+    schedule: str = option(
+        "cosine",
+        "learning-rate schedule after warmup: cosine, or wsd (warmup-stable-decay)",
+        choices=("cosine", "wsd"),
+    )
     warmup_steps: int = option(30, "linear warmup steps")
     decay_fraction: float = option(0.2, "wsd: share of the steps spent decaying at the end")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
@@ -65,8 +81,11 @@ class TrainConfig:
     eval_every: int = option(50, "steps between validation passes (and at the end)")
     eval_sequences: int = option(32, "validation windows per domain")
     checkpoint_every: int = option(50, "steps between resume checkpoints")
-    target: str | None = option(None, "target loss: mean, a validation domain, or code=0.5,prose=0.5 "
-                                      "(default: the mixture file's target, else mean)")
+    target: str | None = option(
+        None,
+        "target loss: mean, a validation domain, or code=0.5,prose=0.5 "
+        "(default: the mixture file's target, else mean)",
+    )
     seed: int = option(0, "seed of initialisation and data order")
     device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
@@ -83,7 +102,9 @@ class TrainConfig:
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError("--decay-fraction: must lie in (0, 1]")
         if self.warmup_steps < 0 or self.threads < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("--warmup-steps / --threads / --weight-decay / --grad-clip: must not be negative")
+            raise ConfigError(
+                "--warmup-steps / --threads / --weight-decay / --grad-clip: must not be negative"
+            )
 
     @property
     def tokens_per_step(self) -> int:
@@ -98,7 +119,9 @@ class PretrainConfig(TrainConfig):
     SECTION = "pretrain"
 
     model: Path | None = option(None, "model size file (.yaml/.json with GPTConfig keys); flags override it")
-    baselines: tuple[str, ...] = option((), "also train on these mixtures for the same tokens: natural, uniform")
+    baselines: tuple[str, ...] = option(
+        (), "also train on these mixtures for the same tokens: natural, uniform"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,8 +162,9 @@ def read_model_file(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
-def model_config(cfg: TrainConfig, file: Path | None, defaults: Mapping[str, Any], vocab_size: int,
-                 flag: str = "--model") -> Any:
+def model_config(
+    cfg: TrainConfig, file: Path | None, defaults: Mapping[str, Any], vocab_size: int, flag: str = "--model"
+) -> Any:
     """GPTConfig from stage defaults < the model file < size flags; vocab from the tokens dir."""
     from mixlab.proxy_models.model import GPTConfig
 
@@ -184,14 +208,18 @@ def read_mixture(path: Path | str, tokens_dir: Path | str) -> Mixture:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError(f"{path}: mixture file not found; pass the mixture.json of `mixlab mixtures select`") from None
+        raise InputError(
+            f"{path}: mixture file not found; pass the mixture.json of `mixlab mixtures select`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object of weights")
     weights = data.get("weights", data)
     if not isinstance(weights, dict) or not weights:
-        raise InputError(f"{path}: no weights; expected {{\"weights\": {{domain: weight}}}} or {{domain: weight}}")
+        raise InputError(
+            f'{path}: no weights; expected {{"weights": {{domain: weight}}}} or {{domain: weight}}'
+        )
     try:
         weights = {str(d): float(w) for d, w in weights.items()}
     except (TypeError, ValueError):
@@ -212,12 +240,17 @@ def read_mixture(path: Path | str, tokens_dir: Path | str) -> Mixture:
     floor = data.get("noise_floor")
     if isinstance(floor, dict):
         floor = floor.get("rmse")
-    return Mixture(weights, data.get("target") if "weights" in data else None,
-                   float(floor) if isinstance(floor, (int, float)) else None, data)
+    return Mixture(
+        weights,
+        data.get("target") if "weights" in data else None,
+        float(floor) if isinstance(floor, (int, float)) else None,
+        data,
+    )
 
 
-def resolve_target(override: str | None, file_target: Any, mix_domains: Sequence[str],
-                   scored: Sequence[str]) -> dict[str, float]:
+def resolve_target(
+    override: str | None, file_target: Any, mix_domains: Sequence[str], scored: Sequence[str]
+) -> dict[str, float]:
     """{loss name: coefficient}: --target, else the mixture file's target, else the mean."""
     from mixlab.mixtures.targets import parse_target
 
@@ -302,8 +335,16 @@ def _set_loader_state(loader: Any, state: Mapping[str, Any]) -> None:
     loader.tokens = dict(state["tokens"])
 
 
-def train(loop: TrainLoop, cfg: TrainConfig, seq_len: int, work: Path, *, resume: bool,
-          on_checkpoint: Callable[[int], None] | None = None, desc: str = "train") -> list[dict[str, Any]]:
+def train(
+    loop: TrainLoop,
+    cfg: TrainConfig,
+    seq_len: int,
+    work: Path,
+    *,
+    resume: bool,
+    on_checkpoint: Callable[[int], None] | None = None,
+    desc: str = "train",
+) -> list[dict[str, Any]]:
     """Run the optimizer steps (from the last checkpoint when resuming); returns the metrics rows."""
     import torch
     from tqdm.auto import tqdm
@@ -329,8 +370,16 @@ def train(loop: TrainLoop, cfg: TrainConfig, seq_len: int, work: Path, *, resume
     window_loss = torch.tensor(window["loss"], dtype=torch.float64)
     window_steps = int(window["steps"])
     # disable=None: a live bar on a terminal, silence in logs (the per-eval lines still print).
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False,
-               disable=None, mininterval=0.5)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+        disable=None,
+        mininterval=0.5,
+    )
     loop.model.train()
     try:
         for step in range(start, cfg.steps):
@@ -354,20 +403,32 @@ def train(loop: TrainLoop, cfg: TrainConfig, seq_len: int, work: Path, *, resume
                 loop.model.train()
                 for m, name in enumerate(loop.names):
                     row: dict[str, Any] = {
-                        "step": done, "model": name, "tokens": done * cfg.tokens_per_step * seq_len, "lr": lr,
+                        "step": done,
+                        "model": name,
+                        "tokens": done * cfg.tokens_per_step * seq_len,
+                        "lr": lr,
                         "train_loss": float(window_loss[m] / window_steps),
                     }
                     row.update({f"loss.{d}": float(v[m]) for d, v in losses.items()})
                     row["target"] = target_loss({d: float(v[m]) for d, v in losses.items()}, loop.target)
                     rows.append(row)
-                bar.write(f"{desc}: step {done}: " + ", ".join(
-                    f"{r['model']} train {r['train_loss']:.4f} target {r['target']:.4f}" for r in rows[-M:]), file=sys.stderr)
+                bar.write(
+                    f"{desc}: step {done}: "
+                    + ", ".join(
+                        f"{r['model']} train {r['train_loss']:.4f} target {r['target']:.4f}"
+                        for r in rows[-M:]
+                    ),
+                    file=sys.stderr,
+                )
                 window_loss.zero_()
                 window_steps = 0
             if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                state = {"step": done, "metrics": rows,
-                         "window": {"loss": window_loss.tolist(), "steps": window_steps},
-                         "loaders": {n: _loader_state(ld) for n, ld in loop.loaders.items()}}
+                state = {
+                    "step": done,
+                    "metrics": rows,
+                    "window": {"loss": window_loss.tolist(), "steps": window_steps},
+                    "loaders": {n: _loader_state(ld) for n, ld in loop.loaders.items()},
+                }
                 save_training_state(ckpt, loop.model, loop.optimizer, state)
                 if on_checkpoint is not None:
                     on_checkpoint(done)
@@ -376,12 +437,15 @@ def train(loop: TrainLoop, cfg: TrainConfig, seq_len: int, work: Path, *, resume
     return rows
 
 
-def evaluator(model: Any, tokens_dir: Path | str, scored: Sequence[str], seq_len: int, cfg: TrainConfig,
-              device: str) -> Callable[[], dict[str, np.ndarray]]:
+def evaluator(
+    model: Any, tokens_dir: Path | str, scored: Sequence[str], seq_len: int, cfg: TrainConfig, device: str
+) -> Callable[[], dict[str, np.ndarray]]:
     """Every member's mean loss on each domain's fixed validation windows (the swarm's scorer)."""
     from mixlab.proxy_models.swarm import evaluate
 
-    shim = types.SimpleNamespace(seq_len=seq_len, eval_sequences=cfg.eval_sequences, batch_size=cfg.batch_size)
+    shim = types.SimpleNamespace(
+        seq_len=seq_len, eval_sequences=cfg.eval_sequences, batch_size=cfg.batch_size
+    )
     return lambda: evaluate(model, str(tokens_dir), scored, shim, device)
 
 
@@ -438,8 +502,11 @@ def run_pretrain(
     mixtures = {"chosen": mixture.weights}
     for name in cfg.baselines:
         n = len(mixture.weights)
-        mixtures[name] = natural_weights(tokens_dir, list(mixture.weights)) if name == "natural" else \
-            dict.fromkeys(mixture.weights, 1.0 / n)
+        mixtures[name] = (
+            natural_weights(tokens_dir, list(mixture.weights))
+            if name == "natural"
+            else dict.fromkeys(mixture.weights, 1.0 / n)
+        )
     specs = [RunSpec(name, cfg.seed, w, name) for name, w in mixtures.items()]
     check_train_tokens(tokens_dir, specs, seq_len)
     scored = eval_domains(tokens_dir, seq_len)
@@ -458,12 +525,16 @@ def run_pretrain(
         # Every member starts from the same weights: only the data differs between them.
         model = GPT(model_cfg, [init_seed] * len(names)).to(device)
         optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay)
-        loaders = {n: MixtureLoader(tokens_dir, mixtures[n], seq_len, cfg.batch_size, cfg.seed, f"pretrain/{n}")
-                   for n in names}
+        loaders = {
+            n: MixtureLoader(tokens_dir, mixtures[n], seq_len, cfg.batch_size, cfg.seed, f"pretrain/{n}")
+            for n in names
+        }
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-        log(f"pretrain: {count_params(model_cfg):,} params ({count_params(model_cfg, True):,} non-embedding), "
+        log(
+            f"pretrain: {count_params(model_cfg):,} params ({count_params(model_cfg, True):,} non-embedding), "
             f"{len(names)} model(s) [{', '.join(names)}] x {cfg.steps * cfg.tokens_per_step * seq_len:,} tokens "
-            f"on {device}")
+            f"on {device}"
+        )
 
         def next_batch() -> torch.Tensor:
             return torch.from_numpy(np.stack([loaders[n].next_batch() for n in names])).to(device)
@@ -474,18 +545,35 @@ def run_pretrain(
             (loss.sum() * scale).backward()
             return loss
 
-        loop = TrainLoop(model, optimizer, names, loaders, next_batch, step_fn,
-                         evaluator(model, tokens_dir, scored, seq_len, cfg, device), terms)
-        rows = train(loop, cfg, seq_len, stage.work, resume=resume, on_checkpoint=on_checkpoint, desc="pretrain")
+        loop = TrainLoop(
+            model,
+            optimizer,
+            names,
+            loaders,
+            next_batch,
+            step_fn,
+            evaluator(model, tokens_dir, scored, seq_len, cfg, device),
+            terms,
+        )
+        rows = train(
+            loop, cfg, seq_len, stage.work, resume=resume, on_checkpoint=on_checkpoint, desc="pretrain"
+        )
 
         tokenizer = tokenizer_source(tokens_dir)
         final = {r["model"]: r for r in rows if r["step"] == cfg.steps}
         trained_tokens = cfg.steps * cfg.tokens_per_step * seq_len
         for m, name in enumerate(names):
             meta = {
-                "stage": "pretrain", "mixture": mixtures[name], "target": terms, "tokens": trained_tokens,
-                "steps": cfg.steps, "seed": cfg.seed, "eos_id": int(info["eos_id"]),
-                "val_losses": {k.removeprefix("loss."): v for k, v in final[name].items() if k.startswith("loss.")},
+                "stage": "pretrain",
+                "mixture": mixtures[name],
+                "target": terms,
+                "tokens": trained_tokens,
+                "steps": cfg.steps,
+                "seed": cfg.seed,
+                "eos_id": int(info["eos_id"]),
+                "val_losses": {
+                    k.removeprefix("loss."): v for k, v in final[name].items() if k.startswith("loss.")
+                },
                 "target_loss": final[name]["target"],
             }
             where = stage.out if name == "chosen" else stage.out / BASELINES_DIR / name
@@ -507,7 +595,9 @@ def run_pretrain(
             "weights": mixture.weights,
             "target": terms,
             "target_loss": final["chosen"]["target"],
-            "val_losses": {k.removeprefix("loss."): v for k, v in final["chosen"].items() if k.startswith("loss.")},
+            "val_losses": {
+                k.removeprefix("loss."): v for k, v in final["chosen"].items() if k.startswith("loss.")
+            },
             "epochs": loaders["chosen"].epochs(),
             "device": device,
         }
@@ -519,25 +609,45 @@ def run_pretrain(
     return run_stage("pretrain", cfg, inputs_fp, out_dir, body, force=force)
 
 
-def compare(final: Mapping[str, Mapping[str, Any]], mixtures: Mapping[str, Mapping[str, float]],
-            terms: Mapping[str, float], tokens: int, noise: float | None, reference: str) -> dict[str, Any]:
+def compare(
+    final: Mapping[str, Mapping[str, Any]],
+    mixtures: Mapping[str, Mapping[str, float]],
+    terms: Mapping[str, float],
+    tokens: int,
+    noise: float | None,
+    reference: str,
+) -> dict[str, Any]:
     """Target and per-domain losses of every model at equal tokens, and each baseline's gap."""
     rows, models = [], {}
     for name, row in final.items():
         losses = {k.removeprefix("loss."): v for k, v in row.items() if k.startswith("loss.")}
         weights = mixtures.get(name, {})
-        rows.append({"model": name, **{f"w.{d}": w for d, w in weights.items()}, "tokens": tokens,
-                     "target": row["target"], **{f"loss.{d}": v for d, v in losses.items()}})
+        rows.append(
+            {
+                "model": name,
+                **{f"w.{d}": w for d, w in weights.items()},
+                "tokens": tokens,
+                "target": row["target"],
+                **{f"loss.{d}": v for d, v in losses.items()},
+            }
+        )
         models[name] = {"weights": dict(weights), "target": row["target"], "losses": losses}
     ref = models[reference]["target"]
     gaps = {n: m["target"] - ref for n, m in models.items() if n != reference}
     summary = [f"{reference} target loss {ref:.4f}"] + [
-        f"{n}: {models[n]['target']:.4f} ({'+' if g >= 0 else ''}{g:.4f} vs {reference})" for n, g in gaps.items()
+        f"{n}: {models[n]['target']:.4f} ({'+' if g >= 0 else ''}{g:.4f} vs {reference})"
+        for n, g in gaps.items()
     ]
     out = {
-        "target": dict(terms), "tokens": tokens, "reference": reference, "models": models,
-        "gap_vs_reference": gaps, "best": min(models, key=lambda n: models[n]["target"]),
-        "noise_floor": noise, "summary": summary, "rows": rows,
+        "target": dict(terms),
+        "tokens": tokens,
+        "reference": reference,
+        "models": models,
+        "gap_vs_reference": gaps,
+        "best": min(models, key=lambda n: models[n]["target"]),
+        "noise_floor": noise,
+        "summary": summary,
+        "rows": rows,
     }
     if noise is not None:
         out["beats_all_by_more_than_noise"] = all(g > noise for g in gaps.values())

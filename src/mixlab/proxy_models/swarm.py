@@ -56,7 +56,9 @@ class SwarmConfig:
     pack_size: int = option(32, "proxies trained together in one swarm (one Dask task)")
     repeats: int = option(1, "seeds per repeated mixture; above 1 measures the noise floor")
     repeat_mixtures: int = option(4, "how many candidates (the first ones) are trained --repeats times")
-    device: str = option("auto", "where to train: auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    device: str = option(
+        "auto", "where to train: auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda")
+    )
     threads: int = option(0, "torch threads per task on CPU (0 = the worker's share of the machine's cores)")
 
     def __post_init__(self) -> None:
@@ -80,8 +82,13 @@ class SwarmConfig:
 
         try:
             return GPTConfig(
-                vocab_size=vocab_size, seq_len=self.seq_len, n_layer=self.n_layer, n_head=self.n_head,
-                n_kv_head=self.n_kv_head, n_embd=self.n_embd, mlp_hidden=self.mlp_hidden,
+                vocab_size=vocab_size,
+                seq_len=self.seq_len,
+                n_layer=self.n_layer,
+                n_head=self.n_head,
+                n_kv_head=self.n_kv_head,
+                n_embd=self.n_embd,
+                mlp_hidden=self.mlp_hidden,
                 tie_embeddings=self.tie_embeddings,
             )
         except ConfigError as exc:
@@ -132,8 +139,12 @@ def read_candidates(path: Path | str, tokens_dir: Path | str) -> tuple[list[RunS
     run_ids = table.column("run_id").cast(pa.string()).to_pylist()
     if len(set(run_ids)) != len(run_ids) or None in run_ids:
         raise InputError(f"{where}: run_id values must be unique and non-null")
-    w = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in weight_cols])
-    bad = np.flatnonzero(~np.isfinite(w).all(axis=1) | (w < 0).any(axis=1) | (np.abs(w.sum(axis=1) - 1) > 1e-6))
+    w = np.column_stack(
+        [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in weight_cols]
+    )
+    bad = np.flatnonzero(
+        ~np.isfinite(w).all(axis=1) | (w < 0).any(axis=1) | (np.abs(w.sum(axis=1) - 1) > 1e-6)
+    )
     if bad.size:
         i = int(bad[0])
         raise InputError(
@@ -175,8 +186,11 @@ def eval_domains(tokens_dir: Path | str, seq_len: int) -> list[str]:
     """Domains with a validation split long enough to score (mixture domains and extras like `target`)."""
     counts = read_token_counts(tokens_dir).to_pylist()
     return sorted(
-        r["domain"] for r in counts
-        if r["split"] == "valid" and r["tokens"] >= seq_len + 1 and split_dir(tokens_dir, r["domain"], "valid").is_dir()
+        r["domain"]
+        for r in counts
+        if r["split"] == "valid"
+        and r["tokens"] >= seq_len + 1
+        and split_dir(tokens_dir, r["domain"], "valid").is_dir()
     )
 
 
@@ -221,14 +235,18 @@ def train_pack(
     model_cfg = cfg.model_config(int(info["vocab_size"]))
     model = GPT(model_cfg, [run_init_seed(r.seed, r.run_id) for r in runs]).to(device)
     optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay)
-    loaders = [MixtureLoader(tokens_dir, r.weights, cfg.seq_len, cfg.batch_size, r.seed, r.run_id) for r in runs]
+    loaders = [
+        MixtureLoader(tokens_dir, r.weights, cfg.seq_len, cfg.batch_size, r.seed, r.run_id) for r in runs
+    ]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
 
     model.train()
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = torch.from_numpy(np.stack([loader.next_batch() for loader in loaders])).to(device)  # (M, B, T+1)
+        batch = torch.from_numpy(np.stack([loader.next_batch() for loader in loaders])).to(
+            device
+        )  # (M, B, T+1)
         with autocast:
             _, loss = model(batch[..., :-1], batch[..., 1:])  # loss: (M,)
         optimizer.zero_grad(set_to_none=True)
@@ -252,7 +270,9 @@ def train_pack(
     return rows
 
 
-def evaluate(model: Any, tokens_dir: str, scored_domains: Sequence[str], cfg: SwarmConfig, device: str) -> dict:
+def evaluate(
+    model: Any, tokens_dir: str, scored_domains: Sequence[str], cfg: SwarmConfig, device: str
+) -> dict:
     """Mean next-token loss of every member on each domain's fixed validation windows: domain -> (M,)."""
     import torch
 
@@ -292,7 +312,9 @@ def train_mixtures(
     seeds = list(seeds) if seeds is not None else list(range(len(mixtures)))
     run_ids = list(run_ids) if run_ids is not None else [f"mix{i:05d}" for i in range(len(mixtures))]
     if not len(seeds) == len(run_ids) == len(mixtures):
-        raise ConfigError(f"train_mixtures: {len(mixtures)} mixtures, {len(seeds)} seeds, {len(run_ids)} run ids")
+        raise ConfigError(
+            f"train_mixtures: {len(mixtures)} mixtures, {len(seeds)} seeds, {len(run_ids)} run ids"
+        )
     for mix in mixtures:
         check_weights(mix, "mixtures")
     runs = [RunSpec(r, int(s), dict(m), r) for r, m, s in zip(run_ids, mixtures, seeds)]
@@ -357,8 +379,13 @@ def _workers_per_host(client: Any) -> dict[str, int]:
     return per_host
 
 
-def _train_pack_task(runs: list[RunSpec], cfg: SwarmConfig, tokens_dir: str, scored: list[str],
-                     workers_per_host: dict[str, int]) -> list[dict[str, Any]]:
+def _train_pack_task(
+    runs: list[RunSpec],
+    cfg: SwarmConfig,
+    tokens_dir: str,
+    scored: list[str],
+    workers_per_host: dict[str, int],
+) -> list[dict[str, Any]]:
     threads = cfg.threads
     if threads == 0:
         from urllib.parse import urlparse
@@ -406,7 +433,9 @@ def run_swarm(
         from mixlab.proxy_models.model import count_params
 
         done_files = sorted(stage.work.glob("pack_*.parquet"))
-        finished = {rid for f in done_files for rid in pq.read_table(f, columns=["run_id"]).column(0).to_pylist()}
+        finished = {
+            rid for f in done_files for rid in pq.read_table(f, columns=["run_id"]).column(0).to_pylist()
+        }
         todo = [r for r in runs if r.run_id not in finished]
         if finished:
             log(f"swarm: {len(finished)} run(s) already finished; training the other {len(todo)}")
@@ -416,21 +445,32 @@ def run_swarm(
                 per_host = _workers_per_host(dask)
                 n_workers = max(1, sum(per_host.values()))
                 packs = _packs(todo, cfg.pack_size, 1 if gpu else n_workers)
-                log(f"swarm: {len(todo)} proxies of {count_params(model_cfg, True):,} non-embedding params "
-                    f"in {len(packs)} pack(s) on {'GPU' if gpu else 'CPU'} workers")
+                log(
+                    f"swarm: {len(todo)} proxies of {count_params(model_cfg, True):,} non-embedding params "
+                    f"in {len(packs)} pack(s) on {'GPU' if gpu else 'CPU'} workers"
+                )
                 futures = {}
                 for pack in packs:
                     key = "swarm-pack-" + xxhash.xxh3_64_hexdigest("|".join(r.run_id for r in pack).encode())
                     future = dask.submit(
-                        _train_pack_task, pack, cfg, str(tokens_dir), scored, per_host,
-                        key=key, pure=False, resources={"GPU": 1} if gpu else None,
+                        _train_pack_task,
+                        pack,
+                        cfg,
+                        str(tokens_dir),
+                        scored,
+                        per_host,
+                        key=key,
+                        pure=False,
+                        resources={"GPU": 1} if gpu else None,
                     )
                     futures[future] = key
                 for future in progress(as_completed(futures), len(futures), "swarm packs", "pack"):
                     rows = future.result()
                     # One file per finished pack: a restart reads these and skips their runs.
                     write_table(_runs_table(rows), stage.work / f"pack_{futures[future]}.parquet")
-                    log(f"swarm: pack of {len(rows)} finished ({sum(f.done() for f in futures)}/{len(futures)})")
+                    log(
+                        f"swarm: pack of {len(rows)} finished ({sum(f.done() for f in futures)}/{len(futures)})"
+                    )
         tables = [pq.read_table(f) for f in sorted(stage.work.glob("pack_*.parquet"))]
         rows = [row for t in tables for row in t.to_pylist()]
         order = {r.run_id: i for i, r in enumerate(runs)}
@@ -439,7 +479,9 @@ def run_swarm(
         write_table(table, stage.out / RUNS)
         floor = noise_floor(table)
         if floor:
-            write_table(pa.table({"domain": list(floor), "loss_std": list(floor.values())}), stage.out / NOISE_FLOOR)
+            write_table(
+                pa.table({"domain": list(floor), "loss_std": list(floor.values())}), stage.out / NOISE_FLOOR
+            )
         counts = {"runs": table.num_rows, "tokens": int(sum(table.column("tokens").to_pylist()))}
         stats = {
             "domains": mix_domains,
@@ -452,4 +494,6 @@ def run_swarm(
         }
         return counts, stats
 
-    return run_stage("swarm", cfg, {"candidates": candidates, "tokens": tokens_dir}, out_dir, body, force=force)
+    return run_stage(
+        "swarm", cfg, {"candidates": candidates, "tokens": tokens_dir}, out_dir, body, force=force
+    )

@@ -28,7 +28,8 @@ class TokenizerTrainConfig:
     SECTION = "tokenizer_train"
 
     model: str = option(
-        "bpe", "bpe (byte-level, GPT-4 style, no unknowns), wordpiece (BERT style) or unigram",
+        "bpe",
+        "bpe (byte-level, GPT-4 style, no unknowns), wordpiece (BERT style) or unigram",
         choices=MODELS,
     )
     vocab_size: int = option(32000, "vocabulary size including special tokens and the alphabet")
@@ -42,7 +43,8 @@ class TokenizerTrainConfig:
     special_tokens: tuple[str, ...] = option((), "extra special tokens to reserve, comma separated")
     split_digits: bool = option(False, "split numbers into single digits before training")
     normalization: str = option(
-        "auto", "text normalisation: auto (none for bpe so text round-trips, NFKC otherwise), nfkc, none",
+        "auto",
+        "text normalisation: auto (none for bpe so text round-trips, NFKC otherwise), nfkc, none",
         choices=("auto", "nfkc", "none"),
     )
     lowercase: bool = option(False, "lowercase text (wordpiece only, like uncased BERT)")
@@ -87,7 +89,9 @@ class TokenizerTrainConfig:
 class TokenizeConfig:
     """`mixlab tokenize`: documents into token shards per domain and split, on Dask."""
 
-    valid_fraction: float = option(0.05, "share of each domain's documents in the valid split (by seeded id hash)")
+    valid_fraction: float = option(
+        0.05, "share of each domain's documents in the valid split (by seeded id hash)"
+    )
     seed: int = option(0, "seed of the train/valid split")
     valid_domains: tuple[str, ...] = option(
         (), "domains put wholly in the valid split, e.g. target (a held-out target set)"
@@ -117,7 +121,8 @@ class TokenizerEvalConfig:
     SECTION = "tokenizer_eval"
 
     split: str = option(
-        "valid", "documents to evaluate on: valid (held out by the seeded split) or all (a separate corpus)",
+        "valid",
+        "documents to evaluate on: valid (held out by the seeded split) or all (a separate corpus)",
         choices=("valid", "all"),
     )
     valid_fraction: float = option(0.05, "held-out share used by training and tokenize")

@@ -48,7 +48,9 @@ from mixlab.tokenize.tokenizer import HF_FILES, load_tokenizer, tokenizer_file
 
 
 def shard_schema(dtype: np.dtype) -> pa.Schema:
-    return pa.schema([("id", pa.string()), ("domain", pa.string()), ("tokens", pa.list_(pa.from_numpy_dtype(dtype)))])
+    return pa.schema(
+        [("id", pa.string()), ("domain", pa.string()), ("tokens", pa.list_(pa.from_numpy_dtype(dtype)))]
+    )
 
 
 def encode_part(
@@ -69,16 +71,26 @@ def encode_part(
     nulls = Counter(table.filter(null)["domain"].to_pylist())
     table = table.filter(pc.invert(null))
     flat, lengths = encode_texts(
-        tok, table["text"], eos_id=info.eos_id, space_segmentable=info.space_segmentable,
-        max_chunk_chars=cfg.max_chunk_chars, batch_size=cfg.batch_size, dtype=dtype,
+        tok,
+        table["text"],
+        eos_id=info.eos_id,
+        space_segmentable=info.space_segmentable,
+        max_chunk_chars=cfg.max_chunk_chars,
+        batch_size=cfg.batch_size,
+        dtype=dtype,
         memory=worker_memory(tok),
     )
     valid = valid_mask(table["id"], cfg.seed, cfg.valid_fraction, forced)
     if cfg.valid_domains:
-        valid |= pc.is_in(table["domain"], pa.array(cfg.valid_domains, pa.string())).to_numpy(zero_copy_only=False)
+        valid |= pc.is_in(table["domain"], pa.array(cfg.valid_domains, pa.string())).to_numpy(
+            zero_copy_only=False
+        )
     out = pa.table(
-        {"id": table["id"].cast(pa.string()), "domain": table["domain"].cast(pa.string()),
-         "tokens": token_lists(flat, lengths)}
+        {
+            "id": table["id"].cast(pa.string()),
+            "domain": table["domain"].cast(pa.string()),
+            "tokens": token_lists(flat, lengths),
+        }
     )
     domains = table["domain"].to_numpy(zero_copy_only=False)
     text_bytes = pc.binary_length(table["text"]).to_numpy(zero_copy_only=False)
@@ -88,21 +100,34 @@ def encode_part(
             rows = np.flatnonzero((domains == domain) & in_split)
             if rows.size:
                 # scratch read back once by assemble_split: speed over size
-                write_table(out.take(rows), Path(work) / "parts" / domain / split / f"part_{index:06d}.parquet",
-                            compression="lz4")
+                write_table(
+                    out.take(rows),
+                    Path(work) / "parts" / domain / split / f"part_{index:06d}.parquet",
+                    compression="lz4",
+                )
                 nbytes[f"{domain}/{split}"] = int(text_bytes[rows].sum())
-    result = {"documents": int(table.num_rows), "tokens": int(lengths.sum()), "nulls": dict(nulls), "bytes": nbytes,
-              "seconds": round(time.perf_counter() - started, 3), "cpu_seconds": round(time.process_time() - cpu, 3)}
+    result = {
+        "documents": int(table.num_rows),
+        "tokens": int(lengths.sum()),
+        "nulls": dict(nulls),
+        "bytes": nbytes,
+        "seconds": round(time.perf_counter() - started, 3),
+        "cpu_seconds": round(time.process_time() - cpu, 3),
+    }
     write_json(Path(work) / "markers" / f"part_{index:06d}.json", result)
     return result
 
 
-def assemble_split(domain: str, split: str, work: str, out: str, cfg: TokenizeConfig, dtype_name: str) -> dict[str, Any]:
+def assemble_split(
+    domain: str, split: str, work: str, out: str, cfg: TokenizeConfig, dtype_name: str
+) -> dict[str, Any]:
     """Dask task: merge a domain/split's parts in id order into shards (and _stream.npy)."""
     cpu = time.process_time()
     dtype = np.dtype(dtype_name)
     parts = sorted((Path(work) / "parts" / domain / split).glob("part_*.parquet"))
-    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else shard_schema(dtype).empty_table()
+    table = (
+        pa.concat_tables([pq.read_table(p) for p in parts]) if parts else shard_schema(dtype).empty_table()
+    )
     table = table.sort_by("id")
     lengths = pc.list_value_length(table["tokens"]).to_numpy(zero_copy_only=False).astype(np.int64)
     starts = np.cumsum(lengths) - lengths
@@ -119,12 +144,20 @@ def assemble_split(domain: str, split: str, work: str, out: str, cfg: TokenizeCo
         with open(tmp, "wb") as fh:
             np.save(fh, flat)
         os.replace(tmp, directory / STREAM)
-    return {"domain": domain, "split": split, "documents": int(table.num_rows), "tokens": int(lengths.sum()),
-            "shards": len(pieces), "cpu_seconds": time.process_time() - cpu}
+    return {
+        "domain": domain,
+        "split": split,
+        "documents": int(table.num_rows),
+        "tokens": int(lengths.sum()),
+        "shards": len(pieces),
+        "cpu_seconds": time.process_time() - cpu,
+    }
 
 
 def _check_domain_names(names: Sequence[str]) -> None:
-    bad = [d for d in names if not d or "/" in d or "\\" in d or d.startswith((".", "_")) or d == TOKENIZER_DIR]
+    bad = [
+        d for d in names if not d or "/" in d or "\\" in d or d.startswith((".", "_")) or d == TOKENIZER_DIR
+    ]
     if bad:
         raise InputError(
             f"domain name(s) {bad} cannot be folder names of the token shards (no '/', no leading '.' or '_', "
@@ -179,22 +212,38 @@ def run_tokenize(
             from distributed import as_completed
 
             futures = {
-                dask.submit(encode_part, parts[i], str(tok_path), info.eos_token, cfg, forced, str(stage.work),
-                            pure=False): i
+                dask.submit(
+                    encode_part,
+                    parts[i],
+                    str(tok_path),
+                    info.eos_token,
+                    cfg,
+                    forced,
+                    str(stage.work),
+                    pure=False,
+                ): i
                 for i in todo
             }
-            for done, future in enumerate(progress(as_completed(futures), len(futures), "tokenize", "part"), 1):
+            for done, future in enumerate(
+                progress(as_completed(futures), len(futures), "tokenize", "part"), 1
+            ):
                 results[futures[future]] = future.result()
                 if done % max(1, (len(todo) + 9) // 10) == 0 or done == len(todo):
                     log(f"tokenize: encoded {done}/{len(todo)} parts")
             seconds["encode"] = time.perf_counter() - clock - seconds["split"]
-            merged = dask.gather([
-                dask.submit(assemble_split, d, s, str(stage.work), str(stage.out), cfg, dtype.name, pure=False)
-                for d in names for s in SPLITS
-            ])
+            merged = dask.gather(
+                [
+                    dask.submit(
+                        assemble_split, d, s, str(stage.work), str(stage.out), cfg, dtype.name, pure=False
+                    )
+                    for d in names
+                    for s in SPLITS
+                ]
+            )
         seconds["merge"] = time.perf_counter() - clock - seconds["split"] - seconds["encode"]
         counts = pa.Table.from_pylist(
-            [{k: m[k] for k in ("domain", "split", "documents", "tokens")} for m in merged], schema=TOKEN_COUNTS_SCHEMA
+            [{k: m[k] for k in ("domain", "split", "documents", "tokens")} for m in merged],
+            schema=TOKEN_COUNTS_SCHEMA,
         )
         write_table(counts, stage.out / TOKEN_COUNTS)
         (stage.out / TOKENIZER_DIR).mkdir(exist_ok=True)
@@ -210,7 +259,10 @@ def run_tokenize(
         for m in merged:
             b = nbytes[f"{m['domain']}/{m['split']}"]
             per_domain[m["domain"]][m["split"]] = {
-                "documents": m["documents"], "tokens": m["tokens"], "shards": m["shards"], "bytes": b,
+                "documents": m["documents"],
+                "tokens": m["tokens"],
+                "shards": m["shards"],
+                "bytes": b,
                 # EOS tokens are included, so this is what training sees per byte of text
                 "bytes_per_token": round(b / m["tokens"], 4) if m["tokens"] else None,
             }
@@ -230,7 +282,9 @@ def run_tokenize(
             "space_segmented": info.space_segmentable,
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
             # CPU time of the workers' tasks (encode + merge): throughput per core that contention cannot skew
-            "worker_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in [*results.values(), *merged]), 3),
+            "worker_cpu_seconds": round(
+                sum(r.get("cpu_seconds", 0.0) for r in [*results.values(), *merged]), 3
+            ),
         }
         total = {
             "documents": sum(m["documents"] for m in merged),

@@ -36,12 +36,17 @@ def document_files(inputs: Path | str | Sequence[Path | str]) -> list[Path]:
 
 def id_hash(ids: Iterable[str | None], seed: int, salt: bytes = b"") -> np.ndarray:
     """A uniform value in [0, 1) per id from a seeded hash (a Python loop: xxhash has no array API)."""
-    return np.fromiter(
-        (xxhash.xxh3_64_intdigest(salt + (i or "").encode(), seed=seed) for i in ids), dtype=np.float64
-    ) / _U64
+    return (
+        np.fromiter(
+            (xxhash.xxh3_64_intdigest(salt + (i or "").encode(), seed=seed) for i in ids), dtype=np.float64
+        )
+        / _U64
+    )
 
 
-def valid_mask(ids: pa.Array | Sequence[str], seed: int, fraction: float, forced: frozenset[str] = frozenset()) -> np.ndarray:
+def valid_mask(
+    ids: pa.Array | Sequence[str], seed: int, fraction: float, forced: frozenset[str] = frozenset()
+) -> np.ndarray:
     """True for documents in the valid split: hash below `fraction`, or forced (see `forced_valid`)."""
     values = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
     mask = id_hash(values, seed) < fraction

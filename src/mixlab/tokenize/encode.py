@@ -25,7 +25,9 @@ from mixlab.tokenize.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_f
 # must not serve a tokenizer, or ids, from a file that has since been retrained in place.
 _LOADED: dict[tuple[str, str | None, str], tuple[Tokenizer, TokenizerInfo]] = {}
 _MEMORIES: dict[int, dict[str, tuple[int, ...]]] = {}  # by id() of a tokenizer in _LOADED (kept alive there)
-MEMORY_PIECES = 500_000  # pieces a worker remembers (~60 MB); Zipf's law fills it with the frequent ones first
+MEMORY_PIECES = (
+    500_000  # pieces a worker remembers (~60 MB); Zipf's law fills it with the frequent ones first
+)
 
 
 def worker_tokenizer(path: str, eos_token: str | None = None) -> tuple[Tokenizer, TokenizerInfo]:
@@ -71,9 +73,9 @@ _BYTE_CLASS[0x21:0x7F] |= _PRINTABLE
 _BYTE_CLASS[0x20] |= _SPACE
 _BYTE_CLASS[[0x0A, 0x0D]] |= _NEWLINE
 for _lo, _hi in ((0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)):
-    _BYTE_CLASS[_lo:_hi + 1] |= _ALNUM
+    _BYTE_CLASS[_lo : _hi + 1] |= _ALNUM
 for _lo, _hi in ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)):
-    _BYTE_CLASS[_lo:_hi + 1] |= _PUNCT
+    _BYTE_CLASS[_lo : _hi + 1] |= _PUNCT
 
 
 def _cut_table() -> np.ndarray:
@@ -106,7 +108,7 @@ def _as_large_strings(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.L
 
 def _offsets(texts: pa.LargeStringArray) -> np.ndarray:
     """(n + 1,) int64 byte offsets of the texts into their data buffer (no copy)."""
-    return np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset: texts.offset + len(texts) + 1]
+    return np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
 
 
 def space_pieces(texts: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.ndarray]:
@@ -142,10 +144,12 @@ def _encode_pieces(
     """
     # Loops over pieces are the only way in and out of `tokenizers` (the encoding runs in Rust);
     # they run once per distinct piece, not per occurrence.
-    ids: list[tuple[int, ...] | None] = [memory.get(p) for p in pieces] if memory is not None else [None] * len(pieces)
+    ids: list[tuple[int, ...] | None] = (
+        [memory.get(p) for p in pieces] if memory is not None else [None] * len(pieces)
+    )
     todo = [i for i, x in enumerate(ids) if x is None]
     for start in range(0, len(todo), batch_size):
-        batch = todo[start: start + batch_size]
+        batch = todo[start : start + batch_size]
         encodings = tok.encode_batch_fast([pieces[i] for i in batch], add_special_tokens=False)
         for i, e in zip(batch, encodings):
             ids[i] = tuple(e.ids)
@@ -162,7 +166,9 @@ def _starts(lengths: np.ndarray) -> np.ndarray:
     return starts
 
 
-def _gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _gather(
+    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The runs flat[starts[c]: starts[c] + lengths[c]] for c in `codes` back to back (a ragged
     gather), and each run's length."""
     take = lengths[codes]
@@ -183,7 +189,11 @@ def _per_document(piece_lengths: np.ndarray, per_doc: np.ndarray) -> np.ndarray:
 
 
 def _encode_segmented(
-    tok: Tokenizer, texts: pa.LargeStringArray, batch_size: int, dtype: np.dtype, memory: dict[str, tuple[int, ...]]
+    tok: Tokenizer,
+    texts: pa.LargeStringArray,
+    batch_size: int,
+    dtype: np.dtype,
+    memory: dict[str, tuple[int, ...]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """(flat ids, tokens per document) of texts cut into pieces, each distinct piece encoded once."""
     pieces, per_doc = space_pieces(texts)
@@ -224,8 +234,10 @@ def encode_texts(
             offsets = _offsets(array)
             slice_of_doc = (offsets[:-1] - offsets[0]) // SEGMENT_BYTES  # by where each document starts
             cuts = np.r_[0, np.flatnonzero(np.diff(slice_of_doc)) + 1, len(array)]
-            done = [_encode_segmented(tok, array.slice(lo, hi - lo), batch_size, dtype, memory)
-                    for lo, hi in zip(cuts[:-1], cuts[1:])]
+            done = [
+                _encode_segmented(tok, array.slice(lo, hi - lo), batch_size, dtype, memory)
+                for lo, hi in zip(cuts[:-1], cuts[1:])
+            ]
         flat = np.concatenate([ids for ids, _ in done]) if done else np.zeros(0, dtype=dtype)
         lengths = np.concatenate([per_doc for _, per_doc in done]) if done else np.zeros(0, dtype=np.int64)
     else:
@@ -252,4 +264,6 @@ def token_lists(flat: np.ndarray, lengths: np.ndarray) -> pa.Array:
     """A list<uint16|uint32> array from a flat id array and per-document lengths (no copy of the ids)."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)).cast(pa.list_(pa.from_numpy_dtype(flat.dtype)))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)).cast(
+        pa.list_(pa.from_numpy_dtype(flat.dtype))
+    )

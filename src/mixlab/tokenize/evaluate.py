@@ -28,8 +28,22 @@ from mixlab.tokenize.tokenizer import load_tokenizer, tokenizer_file
 
 EVAL_FILE = "eval.parquet"
 OVERALL = "all"
-COLUMNS = ("tokenizer", "domain", "documents", "bytes", "chars", "words", "tokens", "bytes_per_token",
-           "chars_per_token", "fertility", "unk_share", "vocab_used", "vocab_utilisation", "renyi_efficiency")
+COLUMNS = (
+    "tokenizer",
+    "domain",
+    "documents",
+    "bytes",
+    "chars",
+    "words",
+    "tokens",
+    "bytes_per_token",
+    "chars_per_token",
+    "fertility",
+    "unk_share",
+    "vocab_used",
+    "vocab_utilisation",
+    "renyi_efficiency",
+)
 
 
 def renyi_efficiency(counts: np.ndarray, vocab_size: int, alpha: float) -> float:
@@ -69,34 +83,48 @@ def eval_texts(files: Sequence[Path], cfg: TokenizerEvalConfig) -> dict[str, pa.
     return out
 
 
-def _row(name: str, domain: str, texts: Sequence[pa.Array], counts: np.ndarray, unk: int, vocab: int,
-         cfg: TokenizerEvalConfig) -> dict[str, Any]:
+def _row(
+    name: str,
+    domain: str,
+    texts: Sequence[pa.Array],
+    counts: np.ndarray,
+    unk: int,
+    vocab: int,
+    cfg: TokenizerEvalConfig,
+) -> dict[str, Any]:
     nbytes = sum(int(pc.sum(pc.binary_length(t)).as_py() or 0) for t in texts)
     chars = sum(int(pc.sum(pc.utf8_length(t)).as_py() or 0) for t in texts)
     words = sum(int(pc.sum(pc.list_value_length(pc.utf8_split_whitespace(t))).as_py() or 0) for t in texts)
     tokens = int(counts.sum())
     used = int((counts > 0).sum())
     return {
-        "tokenizer": name, "domain": domain, "documents": sum(len(t) for t in texts), "bytes": nbytes,
-        "chars": chars, "words": words, "tokens": tokens,
+        "tokenizer": name,
+        "domain": domain,
+        "documents": sum(len(t) for t in texts),
+        "bytes": nbytes,
+        "chars": chars,
+        "words": words,
+        "tokens": tokens,
         "bytes_per_token": nbytes / tokens if tokens else float("nan"),
         "chars_per_token": chars / tokens if tokens else float("nan"),
         "fertility": tokens / words if words else float("nan"),
         "unk_share": unk / tokens if tokens else 0.0,
-        "vocab_used": used, "vocab_utilisation": used / vocab,
+        "vocab_used": used,
+        "vocab_utilisation": used / vocab,
         "renyi_efficiency": renyi_efficiency(counts, vocab, cfg.renyi_alpha),
     }
 
 
-def evaluate(tokenizer: Path | str, texts: Mapping[str, pa.Array], cfg: TokenizerEvalConfig, name: str | None = None) -> list[dict[str, Any]]:
+def evaluate(
+    tokenizer: Path | str, texts: Mapping[str, pa.Array], cfg: TokenizerEvalConfig, name: str | None = None
+) -> list[dict[str, Any]]:
     """One row per domain plus the overall row for one tokenizer."""
     tok, info = load_tokenizer(tokenizer)
     name = name or info.name
     total = np.zeros(info.vocab_size, dtype=np.int64)
     rows = []
     for domain, text in texts.items():
-        flat, _ = encode_texts(tok, text, space_segmentable=info.space_segmentable,
-                               batch_size=cfg.batch_size)
+        flat, _ = encode_texts(tok, text, space_segmentable=info.space_segmentable, batch_size=cfg.batch_size)
         counts = np.bincount(flat.astype(np.int64), minlength=info.vocab_size)
         total += counts
         unk = int(counts[info.unk_id]) if info.unk_id is not None else 0
@@ -108,8 +136,10 @@ def evaluate(tokenizer: Path | str, texts: Mapping[str, pa.Array], cfg: Tokenize
 
 def format_table(table: pa.Table) -> str:
     """A fixed-width summary: one line per tokenizer and domain."""
-    head = f"{'tokenizer':<16} {'domain':<12} {'bytes/tok':>9} {'chars/tok':>9} {'fertility':>9} " \
-           f"{'unk':>7} {'vocab use':>9} {'renyi':>7}"
+    head = (
+        f"{'tokenizer':<16} {'domain':<12} {'bytes/tok':>9} {'chars/tok':>9} {'fertility':>9} "
+        f"{'unk':>7} {'vocab use':>9} {'renyi':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in table.to_pylist():
         lines.append(
@@ -133,9 +163,14 @@ def run_tokenizer_eval(
     the stage contract and unused.
     """
     if "documents" not in inputs or "tokenizers" not in inputs:
-        raise InputError("tokenizer eval: inputs need 'tokenizers' (directories) and 'documents' (path or paths)")
+        raise InputError(
+            "tokenizer eval: inputs need 'tokenizers' (directories) and 'documents' (path or paths)"
+        )
     tokenizers = inputs["tokenizers"]
-    tok_paths = [tokenizer_file(p).parent for p in ([tokenizers] if isinstance(tokenizers, (str, Path)) else tokenizers)]
+    tok_paths = [
+        tokenizer_file(p).parent
+        for p in ([tokenizers] if isinstance(tokenizers, (str, Path)) else tokenizers)
+    ]
     if not tok_paths:
         raise InputError("tokenizer eval: pass at least one tokenizer directory")
     documents = inputs["documents"]
@@ -151,13 +186,23 @@ def run_tokenizer_eval(
             rows.extend(evaluate(path, texts, cfg, name))
         table = pa.Table.from_pylist(rows).select(list(COLUMNS))
         write_table(table, stage.out / EVAL_FILE)
-        overall = {r["tokenizer"]: {k: r[k] for k in ("bytes_per_token", "fertility", "renyi_efficiency")}
-                   for r in rows if r["domain"] == OVERALL}
-        return ({"tokenizers": len(tok_paths), "domains": len(texts),
-                 "documents": sum(len(t) for t in texts.values())},
-                {"overall": overall, "tokenizer_paths": {n: str(p) for n, p in zip(names, tok_paths)}})
+        overall = {
+            r["tokenizer"]: {k: r[k] for k in ("bytes_per_token", "fertility", "renyi_efficiency")}
+            for r in rows
+            if r["domain"] == OVERALL
+        }
+        return (
+            {
+                "tokenizers": len(tok_paths),
+                "domains": len(texts),
+                "documents": sum(len(t) for t in texts.values()),
+            },
+            {"overall": overall, "tokenizer_paths": {n: str(p) for n, p in zip(names, tok_paths)}},
+        )
 
-    return run_stage("tokenizer_eval", cfg, {"documents": paths, "tokenizers": tok_paths}, out_dir, body, force=force)
+    return run_stage(
+        "tokenizer_eval", cfg, {"documents": paths, "tokenizers": tok_paths}, out_dir, body, force=force
+    )
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:

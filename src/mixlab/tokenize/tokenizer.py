@@ -56,7 +56,9 @@ def build_tokenizer(cfg: Any) -> tuple[Tokenizer, Any]:
     """An untrained tokenizer and its trainer for a `TokenizerTrainConfig`."""
     roles = special_tokens(cfg)
     specials = list(dict.fromkeys(roles.values()))
-    normalize = cfg.normalization if cfg.normalization != "auto" else ("none" if cfg.model == "bpe" else "nfkc")
+    normalize = (
+        cfg.normalization if cfg.normalization != "auto" else ("none" if cfg.model == "bpe" else "nfkc")
+    )
     steps = [normalizers.NFKC()] if normalize == "nfkc" else []
 
     if cfg.model == "bpe":
@@ -69,21 +71,31 @@ def build_tokenizer(cfg: Any) -> tuple[Tokenizer, Any]:
         )
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
     elif cfg.model == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=roles["unk"]))
-        steps.append(normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=False, lowercase=cfg.lowercase))
+        steps.append(
+            normalizers.BertNormalizer(
+                clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=cfg.lowercase
+            )
+        )
         pre = [pre_tokenizers.BertPreTokenizer()]
         if cfg.split_digits:
             pre.append(pre_tokenizers.Digits(individual_digits=True))
         tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
         tok.decoder = decoders.WordPiece(prefix="##")
         trainer = trainers.WordPieceTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,
-            limit_alphabet=cfg.limit_alphabet, continuing_subword_prefix="##", show_progress=False,
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=specials,
+            limit_alphabet=cfg.limit_alphabet,
+            continuing_subword_prefix="##",
+            show_progress=False,
         )
     else:
         tok = Tokenizer(models.Unigram())
@@ -93,7 +105,10 @@ def build_tokenizer(cfg: Any) -> tuple[Tokenizer, Any]:
         tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
         tok.decoder = decoders.Metaspace(prepend_scheme="first")
         trainer = trainers.UnigramTrainer(
-            vocab_size=cfg.vocab_size, special_tokens=specials, unk_token=roles["unk"], show_progress=False,
+            vocab_size=cfg.vocab_size,
+            special_tokens=specials,
+            unk_token=roles["unk"],
+            show_progress=False,
         )
     if steps:
         tok.normalizer = normalizers.Sequence(steps) if len(steps) > 1 else steps[0]
@@ -112,8 +127,12 @@ def save_tokenizer(tok: Tokenizer, out: Path, roles: dict[str, str]) -> None:
     extras = [token for role, token in roles.items() if role.startswith("extra_")]
     added = {
         str(tok.token_to_id(token)): {
-            "content": token, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True,
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
         }
         for token in dict.fromkeys(roles.values())
     }
@@ -184,7 +203,9 @@ def load_tokenizer(path: Path | str, eos_token: str | None = None) -> tuple[Toke
         raise InputError(f"{file.parent}: no eos_token in {CONFIG_FILE}; pass --eos-token")
     eos_id = tok.token_to_id(eos_token)
     if eos_id is None:
-        raise InputError(f"{file.parent}: end-of-document token {eos_token!r} is not in the vocabulary; pass --eos-token")
+        raise InputError(
+            f"{file.parent}: end-of-document token {eos_token!r} is not in the vocabulary; pass --eos-token"
+        )
     unk = getattr(tok.model, "unk_token", None)
     unk_id = tok.token_to_id(unk) if unk else None
     data = json.loads(tok.to_str())
@@ -192,8 +213,12 @@ def load_tokenizer(path: Path | str, eos_token: str | None = None) -> tuple[Toke
         unk_id = int(data["model"]["unk_id"])
     tok.encode_special_tokens = True
     info = TokenizerInfo(
-        path=file.parent, name=file.parent.name if file.name == TOKENIZER_FILE else file.stem,
-        vocab_size=tok.get_vocab_size(with_added_tokens=True), eos_token=eos_token, eos_id=eos_id, unk_id=unk_id,
+        path=file.parent,
+        name=file.parent.name if file.name == TOKENIZER_FILE else file.stem,
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        eos_token=eos_token,
+        eos_id=eos_id,
+        unk_id=unk_id,
         space_segmentable=space_segmentable(data),
     )
     return tok, info
@@ -214,9 +239,13 @@ def space_segmentable(data: dict[str, Any]) -> bool:
     split, byte_level = steps
     pattern = (split.get("pattern") or {}).get("Regex")
     return (
-        split.get("type") == "Split" and split.get("behavior") == "Isolated" and not split.get("invert")
+        split.get("type") == "Split"
+        and split.get("behavior") == "Isolated"
+        and not split.get("invert")
         and pattern in (gpt4_pattern(False), gpt4_pattern(True))
-        and byte_level.get("type") == "ByteLevel" and byte_level.get("use_regex") is False
-        and data["model"].get("type") == "BPE" and data["model"].get("dropout") is None
+        and byte_level.get("type") == "ByteLevel"
+        and byte_level.get("use_regex") is False
+        and data["model"].get("type") == "BPE"
+        and data["model"].get("dropout") is None
         and all(t.get("special") for t in data.get("added_tokens", []))
     )

@@ -38,13 +38,17 @@ def read_mixture(path: Path | str, domains: Sequence[str]) -> dict[str, float]:
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, NotADirectoryError):
-        raise ConfigError(f"--mixture: {path} not found (expected natural, uniform or a mixture.json)") from None
+        raise ConfigError(
+            f"--mixture: {path} not found (expected natural, uniform or a mixture.json)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--mixture: {path} is not valid JSON ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("weights"), dict):
         data = data["weights"]
     if not isinstance(data, dict) or not data:
-        raise ConfigError(f"--mixture: {path} must map domain names to weights, e.g. {{\"prose\": 0.6, \"code\": 0.4}}")
+        raise ConfigError(
+            f'--mixture: {path} must map domain names to weights, e.g. {{"prose": 0.6, "code": 0.4}}'
+        )
     weights: dict[str, float] = {}
     for name, value in data.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -53,7 +57,9 @@ def read_mixture(path: Path | str, domains: Sequence[str]) -> dict[str, float]:
     check_weights(weights, "mixture")
     unknown = sorted(set(weights) - set(domains))
     if unknown:
-        raise ConfigError(f"--mixture: {path} names domain(s) {unknown} not in the documents (found: {', '.join(domains)})")
+        raise ConfigError(
+            f"--mixture: {path} names domain(s) {unknown} not in the documents (found: {', '.join(domains)})"
+        )
     return weights
 
 
@@ -69,7 +75,9 @@ def mixture_weights(mixture: str, available: dict[str, int]) -> dict[str, float]
     return {d: given.get(d, 0.0) for d in domains}
 
 
-def sample_plan(files: Sequence[Path], cfg: TokenizerTrainConfig) -> tuple[list[np.ndarray], dict[str, Any], int]:
+def sample_plan(
+    files: Sequence[Path], cfg: TokenizerTrainConfig
+) -> tuple[list[np.ndarray], dict[str, Any], int]:
     """How many times each document enters the sample, per file, plus per-domain statistics and nulls."""
     table, _forced = split_table(files, cfg.seed, cfg.valid_fraction)
     nbytes = np.concatenate([text_bytes(f) for f in files])
@@ -81,7 +89,9 @@ def sample_plan(files: Sequence[Path], cfg: TokenizerTrainConfig) -> tuple[list[
     available = {names[k]: int(nbytes[eligible & (dom == k)].sum()) for k in range(len(names))}
     available = {d: b for d, b in available.items() if b > 0}
     if not available:
-        raise InputError("no training text: every document is null, empty or held out; lower --valid-fraction")
+        raise InputError(
+            "no training text: every document is null, empty or held out; lower --valid-fraction"
+        )
     weights = mixture_weights(cfg.mixture, available)
     budget = min(cfg.sample_bytes, sum(available.values()))
     order_key = id_hash(table["id"].to_pylist(), cfg.seed, _SAMPLE_SALT)
@@ -111,21 +121,23 @@ def sample_plan(files: Sequence[Path], cfg: TokenizerTrainConfig) -> tuple[list[
     return np.split(multiplicity, bounds), per_domain, nulls
 
 
-def sample_batches(files: Sequence[Path], multiplicity: Sequence[np.ndarray], batch_size: int) -> Iterator[list[str]]:
+def sample_batches(
+    files: Sequence[Path], multiplicity: Sequence[np.ndarray], batch_size: int
+) -> Iterator[list[str]]:
     """The sample's texts in batches of at most `batch_size`, read from parquet as they are needed."""
     for file, mult in zip(files, multiplicity):
         if not mult.any():
             continue
         offset = 0
         for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=["text"]):
-            m = mult[offset: offset + batch.num_rows]
+            m = mult[offset : offset + batch.num_rows]
             offset += batch.num_rows
             rows = np.flatnonzero(m)
             if rows.size == 0:
                 continue
             picked = np.repeat(rows, m[rows])
             for start in range(0, picked.size, batch_size):
-                yield batch.column(0).take(picked[start: start + batch_size]).to_pylist()
+                yield batch.column(0).take(picked[start : start + batch_size]).to_pylist()
 
 
 def _demote_unigram_specials(tok: Tokenizer, specials: Sequence[str]) -> Tokenizer:
@@ -162,13 +174,17 @@ def run_tokenizer_train(
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         multiplicity, per_domain, nulls = sample_plan(files, cfg)
         for name, d in per_domain.items():
-            log(f"tokenizer train: {name}: weight {d['weight']:.3f}, {d['sample_bytes'] / 1e6:.2f} MB "
-                f"from {d['available_bytes'] / 1e6:.2f} MB available")
+            log(
+                f"tokenizer train: {name}: weight {d['weight']:.3f}, {d['sample_bytes'] / 1e6:.2f} MB "
+                f"from {d['available_bytes'] / 1e6:.2f} MB available"
+            )
         roles = special_tokens(cfg)
         tok, trainer = build_tokenizer(cfg)
         documents = int(sum(d["sample_documents"] for d in per_domain.values()))
         try:
-            tok.train_from_iterator(sample_batches(files, multiplicity, cfg.batch_size), trainer, length=documents)
+            tok.train_from_iterator(
+                sample_batches(files, multiplicity, cfg.batch_size), trainer, length=documents
+            )
         except Exception as exc:  # tokenizers raises bare Exceptions, e.g. for a too small unigram vocabulary
             if "not large enough" in str(exc):
                 raise InputError(
