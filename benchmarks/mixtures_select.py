@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mixlab.io import write_table
 from mixlab.mixtures.fit import FitConfig, load_fit, run_fit
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.select import CHUNK, score_lowest, simulate_mixtures
+from mixlab.tables import write_table
 
 
 def main() -> None:

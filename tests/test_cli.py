@@ -107,7 +107,8 @@ def test_synth_at_default_size_then_ingest_gives_the_same_documents(cli, tmp_pat
     import polars as pl
 
     from mixlab.config import SynthConfig
-    from mixlab.io import Manifest, check_documents
+    from mixlab.stage import Manifest
+    from mixlab.tables import check_documents
 
     synth = cli("synth", "--out", tmp_path / "corpus", "--target-blend", "prose=0.7,code=0.3")
     assert synth.exit_code == 0, synth.output

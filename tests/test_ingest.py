@@ -14,7 +14,8 @@ import pytest
 from mixlab.config import IngestConfig
 from mixlab.errors import InputError
 from mixlab.ingest import run_ingest
-from mixlab.io import MANIFEST, check_documents, partial_dir
+from mixlab.stage import MANIFEST, partial_dir
+from mixlab.tables import check_documents
 
 
 def read_docs(out: Path) -> pl.DataFrame:

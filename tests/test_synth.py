@@ -13,8 +13,9 @@ import polars as pl
 import pytest
 
 from mixlab.config import SynthConfig
-from mixlab.io import Manifest, check_documents
+from mixlab.stage import Manifest
 from mixlab.synth import DOMAIN_GENERATORS, _rng, _Vocab, near_duplicate, run_synth
+from mixlab.tables import check_documents
 
 SMALL = SynthConfig(docs_per_domain=30, doc_words=60, near_dup_clusters=3, exact_dups=3)
 

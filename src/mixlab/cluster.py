@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from mixlab.console import log
 from mixlab.errors import MixlabError
-from mixlab.io import log
 
 
 def local_cluster_size() -> tuple[int, int]:

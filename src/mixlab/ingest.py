@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 import xxhash
 
 from mixlab.config import IngestConfig
+from mixlab.console import log
 from mixlab.errors import InputError
-from mixlab.io import DOCUMENT_ROW_GROUP, Manifest, StageDir, log, run_stage, shard_name, write_table
+from mixlab.stage import Manifest, StageDir, run_stage
+from mixlab.tables import DOCUMENT_ROW_GROUP, shard_name, write_table
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -269,7 +271,7 @@ def run_ingest(
                 f"ingest: no usable documents in {', '.join(map(str, paths))} "
                 f"(skipped: {dict(sum(skipped.values(), Counter()))})"
             )
-        from mixlab.io import check_documents
+        from mixlab.tables import check_documents
 
         check_documents(stage.out)  # ids given by the user must be unique across all inputs
         totals = dict(sum(skipped.values(), Counter()))

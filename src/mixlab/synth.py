@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 import xxhash
 
 from mixlab.config import SynthConfig
-from mixlab.io import DOCUMENT_ROW_GROUP, Manifest, StageDir, log, run_stage, write_json, write_table
+from mixlab.console import log
+from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.tables import DOCUMENT_ROW_GROUP, write_table
 
 SHINGLE_WORDS = 5  # the ground truth's shingle: word 5-grams of the whitespace-split text
 

@@ -14,8 +14,9 @@ from mixlab.cli import main
 from mixlab.dedup import DedupConfig, run_dedup
 from mixlab.dedup.stage import signature_partition
 from mixlab.errors import ConfigError, InputError, MixlabError
-from mixlab.io import Manifest, check_documents, plan_partitions, run_stage
+from mixlab.stage import Manifest, run_stage
 from mixlab.synth import jaccard
+from mixlab.tables import check_documents, plan_partitions
 
 CFG = DedupConfig(partition_docs=150)
 

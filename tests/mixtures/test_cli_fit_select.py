@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mixlab.io import write_table
 from mixlab.mixtures.known import known_runs
+from mixlab.tables import write_table
 
 
 @pytest.mark.parametrize("command", ["fit", "select"])

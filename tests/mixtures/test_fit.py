@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 
 from mixlab.errors import InputError
-from mixlab.io import write_table
 from mixlab.mixtures.fit import FitConfig, load_fit, run_fit
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.regression import BoostSettings, cross_validate, group_folds
 from mixlab.mixtures.targets import mixture_groups
+from mixlab.tables import write_table
 
 QUICK = dict(max_rounds=200, learning_rate=0.05)
 

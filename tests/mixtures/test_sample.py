@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from mixlab.cli import main
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import run_stage, write_table
 from mixlab.mixtures.sample import SampleConfig, cap_weights, run_sample
+from mixlab.stage import run_stage
+from mixlab.tables import write_table
 
 
 def _token_counts(out: Path, train: dict[str, int]) -> Path:

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 
 from mixlab.errors import ConfigError
-from mixlab.io import write_table
 from mixlab.mixtures.fit import FitConfig, load_fit, run_fit
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.select import Bounds, SelectConfig, kl_from_prior, run_select, simulate_mixtures
+from mixlab.tables import write_table
 
 DOMAINS = ["prose", "code", "tabular", "legal"]
 SAMPLER = {"prior_power": 1.0, "spread_min": 0.1, "spread_max": 5.0, "spread_levels": 15, "min_weight": 0.01}

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from mixlab.errors import ConfigError
-from mixlab.io import write_table
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.regression import group_folds, spearman
 from mixlab.mixtures.targets import load_runs, mixture_groups, noise_floor
+from mixlab.tables import write_table
 
 
 @pytest.fixture

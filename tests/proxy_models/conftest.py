@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mixlab.io import run_stage, shard_name, write_table
+from mixlab.stage import run_stage
+from mixlab.tables import shard_name, write_table
 from mixlab.tokenize.shards import TOKEN_COUNTS, token_dtype
 
 VOCAB = 64

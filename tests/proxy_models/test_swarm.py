@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from mixlab.cli import main
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import write_table
 from mixlab.proxy_models.swarm import SwarmConfig, run_swarm, train_mixtures
+from mixlab.tables import write_table
 
 FAST = SwarmConfig(
     n_layer=1,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from mixlab.io import write_table
+from mixlab.tables import write_table
 from mixlab.tokenize.config import TokenizerTrainConfig
 
 SMALL_BPE = TokenizerTrainConfig(model="bpe", vocab_size=400, sample_bytes=2_000_000)

@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from mixlab.errors import InputError
-from mixlab.io import write_table
+from mixlab.tables import write_table
 from mixlab.tokenize.config import TokenizeConfig
 from mixlab.tokenize.corpus import run_tokenize
 from mixlab.tokenize.shards import domain_stream, read_token_counts, tokens_info
@@ -145,7 +145,7 @@ def test_null_texts_are_counted_and_skipped(bpe_dir: Path, dask_threads, tmp_pat
 def test_a_killed_run_resumes_from_finished_parts(
     target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mixlab.io import partial_dir
+    from mixlab.stage import partial_dir
     from mixlab.tokenize import corpus
 
     inputs = {"documents": [target_corpus / "target"], "tokenizer": bpe_dir}

@@ -9,7 +9,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, write_table
+from mixlab.stage import Manifest
+from mixlab.tables import write_table
 from mixlab.tokenize.config import TokenizerTrainConfig
 from mixlab.tokenize.train import run_tokenizer_train
 

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixlab.cluster import dask_client
+from mixlab.console import log, progress
 from mixlab.dedup.clusters import bucket_edges, connected_components, keep_per_group, preference
 from mixlab.dedup.config import DedupConfig
 from mixlab.dedup.minhash import (
@@ -41,20 +42,15 @@ from mixlab.dedup.minhash import (
 )
 from mixlab.dedup.shingles import EMPTY, NULL, OK, SHORT, STATUS_NAMES, shingle_batch
 from mixlab.errors import InputError
-from mixlab.io import (
+from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.tables import (
     DOCUMENT_ROW_GROUP,
     DUPLICATES_SCHEMA,
-    Manifest,
     Partition,
-    StageDir,
     check_documents,
-    log,
     plan_partitions,
-    progress,
     read_partition,
-    run_stage,
     shard_name,
-    write_json,
     write_table,
 )
 

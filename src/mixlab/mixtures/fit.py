@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from mixlab.config import check_choices, check_weights, option
+from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import MANIFEST, Manifest, StageDir, log, run_stage, write_json, write_table
 from mixlab.mixtures.regression import (
     MODELS,
     BoosterModel,
@@ -32,6 +32,8 @@ from mixlab.mixtures.regression import (
     group_folds,
 )
 from mixlab.mixtures.targets import Runs, load_runs, mixture_groups, noise_floor
+from mixlab.stage import MANIFEST, Manifest, StageDir, run_stage, write_json
+from mixlab.tables import write_table
 
 FIT_JSON = "fit.json"
 MODELS_DIR = "models"

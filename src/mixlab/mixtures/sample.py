@@ -19,8 +19,10 @@ import pyarrow as pa
 import xxhash
 
 from mixlab.config import option
+from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, StageDir, log, run_stage, write_table
+from mixlab.stage import Manifest, StageDir, run_stage
+from mixlab.tables import write_table
 from mixlab.tokenize.shards import read_token_counts
 
 CANDIDATES = "candidates.parquet"

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from mixlab.config import check_choices, option
+from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, StageDir, log, run_stage, write_json
 from mixlab.mixtures.fit import FittedModels, load_fit
 from mixlab.mixtures.regression import BoosterModel
+from mixlab.stage import Manifest, StageDir, run_stage, write_json
 
 MIXTURE_JSON = "mixture.json"
 CHUNK = 250_000  # mixtures simulated and scored at a time (bounds memory at a few tens of MB)

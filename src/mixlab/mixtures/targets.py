@@ -16,7 +16,7 @@ import polars as pl
 
 from mixlab.config import parse_mapping
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import parquet_files
+from mixlab.tables import parquet_files
 
 WEIGHT_PREFIX = "w."
 LOSS_PREFIX = "loss."

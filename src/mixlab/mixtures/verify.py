@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mixlab.io import log
+from mixlab.console import log
 
 
 def larger_proxy(swarm_config: Mapping[str, Any] | None, scale: float) -> Any:

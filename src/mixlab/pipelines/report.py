@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from mixlab.config import option
 from mixlab.errors import InputError
-from mixlab.io import MANIFEST, Manifest, StageDir, run_stage
+from mixlab.stage import MANIFEST, Manifest, StageDir, run_stage
 
 STAGE_DIR = re.compile(r"^(\d\d)_([a-z_]+)$")
 

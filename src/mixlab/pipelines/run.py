@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.config import config_from_dict, config_to_dict, load_yaml
+from mixlab.console import log
 from mixlab.errors import ConfigError, MixlabError
-from mixlab.io import Manifest, log
+from mixlab.stage import Manifest
 
 SHIPPED = Path(__file__).parent  # shipped pipelines: mixlab/pipelines/<name>.yaml
 TOP_LEVEL_KEYS = ("seed", "inputs", "scheduler_address", "description")

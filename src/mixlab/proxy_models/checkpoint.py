@@ -23,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mixlab.errors import InputError
-from mixlab.io import write_json
 from mixlab.proxy_models.model import GPT, GPTConfig
+from mixlab.stage import write_json
 from mixlab.tokenize.shards import TOKENIZER_DIR
 
 FORMAT = "mixlab"

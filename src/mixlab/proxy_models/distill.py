@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from mixlab.config import option
+from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, StageDir, log, run_stage, write_json, write_table
 from mixlab.proxy_models.pretrain import (
     COMPARISON,
     COMPARISON_JSON,
@@ -41,6 +41,8 @@ from mixlab.proxy_models.pretrain import (
     tokenizer_source,
     train,
 )
+from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.tables import write_table
 from mixlab.tokenize.shards import domains, tokens_info
 
 SCRATCH_DIR = "scratch"

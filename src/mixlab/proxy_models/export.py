@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.config import check_choices, option
-from mixlab.io import Manifest, StageDir, log, run_stage, write_json
+from mixlab.console import log
+from mixlab.stage import Manifest, StageDir, run_stage, write_json
 from mixlab.tokenize.tokenizer import HF_FILES
 
 DTYPES = ("float32", "bfloat16", "float16")

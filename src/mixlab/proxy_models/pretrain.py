@@ -25,8 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from mixlab.config import check_choices, check_weights, load_yaml, option
+from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, StageDir, log, run_stage, write_json, write_table
+from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.tables import write_table
 from mixlab.tokenize.shards import TOKENIZER_DIR, domains, read_token_counts, tokens_info
 
 METRICS = "metrics.parquet"

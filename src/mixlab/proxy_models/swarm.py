@@ -24,8 +24,10 @@ import pyarrow.parquet as pq
 import xxhash
 
 from mixlab.config import check_choices, option
+from mixlab.console import log, progress
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, StageDir, log, parquet_files, progress, run_stage, write_table
+from mixlab.stage import Manifest, StageDir, run_stage
+from mixlab.tables import parquet_files, write_table
 from mixlab.tokenize.shards import SPLITS, domains, read_token_counts, split_dir, tokens_info
 
 RUNS = "runs.parquet"

@@ -3,7 +3,7 @@
 Reads one or more documents tables and a tokenizer directory; writes the layout described in
 `mixlab.tokenize.shards` (shards sorted by document id, ``_stream.npy`` per split,
 ``token_counts.parquet``, a copy of the tokenizer, manifest stats). Each Dask task encodes a
-row range (`mixlab.io.plan_partitions`) and leaves per-domain/split part files and a
+row range (`mixlab.tables.plan_partitions`) and leaves per-domain/split part files and a
 completion marker in the stage's scratch directory, so a killed run resumes; one task per
 domain/split then merges the parts in id order, so the output does not depend on the number of workers.
 """
@@ -25,19 +25,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixlab.cluster import dask_client
+from mixlab.console import log, progress
 from mixlab.errors import InputError
-from mixlab.io import (
+from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.tables import (
     TOKEN_COUNTS_SCHEMA,
-    Manifest,
     Partition,
-    StageDir,
-    log,
     plan_partitions,
-    progress,
     read_partition,
-    run_stage,
     shard_name,
-    write_json,
     write_table,
 )
 from mixlab.tokenize.config import TokenizeConfig

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from mixlab.errors import InputError
-from mixlab.io import check_documents
+from mixlab.tables import check_documents
 
 _U64 = float(2**64)
 

@@ -19,8 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mixlab.console import log
 from mixlab.errors import InputError
-from mixlab.io import Manifest, StageDir, log, run_stage, write_table
+from mixlab.stage import Manifest, StageDir, run_stage
+from mixlab.tables import write_table
 from mixlab.tokenize.config import TokenizerEvalConfig
 from mixlab.tokenize.documents import document_files, id_hash, split_table
 from mixlab.tokenize.encode import encode_texts

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixlab.errors import InputError
-from mixlab.io import Manifest, parquet_files
+from mixlab.stage import Manifest
+from mixlab.tables import parquet_files
 
 SPLITS = ("train", "valid")
 STREAM = "_stream.npy"

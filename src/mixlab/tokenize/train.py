@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from mixlab.config import check_weights
+from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.io import Manifest, StageDir, log, run_stage
+from mixlab.stage import Manifest, StageDir, run_stage
 from mixlab.tokenize.config import TokenizerTrainConfig
 from mixlab.tokenize.documents import document_files, id_hash, split_table, text_bytes
 from mixlab.tokenize.tokenizer import build_tokenizer, save_tokenizer, special_tokens

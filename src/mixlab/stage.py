@@ -1,4 +1,4 @@
-"""Parquet contracts, input fingerprints and atomic stage outputs with manifests.
+"""Atomic stage outputs with manifests: the mechanism every stage runs under.
 
 Every stage writes into a hidden sibling ``.<name>.partial`` and renames it to ``<name>``
 only when complete, with a ``manifest.json`` recording the resolved config, input
@@ -19,145 +19,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import xxhash
 
 from mixlab.config import config_to_dict
+from mixlab.console import log
 from mixlab.errors import InputError, MixlabError
 
 MANIFEST = "manifest.json"
+
+
 WORK = "_work"  # scratch inside a partial dir (markers, signatures); deleted on success
-
-DOCUMENTS_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("text", pa.string())])
-DUPLICATES_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("domain", pa.string()),
-        ("cluster_id", pa.string()),
-        ("kept_id", pa.string()),
-        ("kind", pa.string()),
-        ("jaccard", pa.float64()),
-    ]
-)
-TOKEN_COUNTS_SCHEMA = pa.schema(
-    [("domain", pa.string()), ("split", pa.string()), ("documents", pa.int64()), ("tokens", pa.int64())]
-)
-
-_STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
-
-
-def log(message: str) -> None:
-    """Progress and summaries go to stderr so stdout stays machine-readable."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def progress(items: Iterable[Any], total: int, desc: str, unit: str) -> Iterable[Any]:
-    """A progress bar on stderr for a long phase (hidden when stderr is not a terminal)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        items,
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        disable=None,
-        leave=False,
-        dynamic_ncols=True,
-    )
-
-
-# --- reading parquet inputs ----------------------------------------------------------------
-
-
-def parquet_files(path: Path | str) -> list[Path]:
-    """The parquet files of a file or directory (recursively, sorted, hidden/underscored skipped)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
-    files = sorted(
-        p
-        for p in path.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
-    if not files:
-        raise InputError(f"{path}: no .parquet files found")
-    return files
-
-
-def read_schema(file: Path) -> pa.Schema:
-    try:
-        return pq.read_schema(file)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{file}: not a readable parquet file ({exc})") from None
-
-
-def check_documents(path: Path | str, *, check_unique: bool = True) -> list[Path]:
-    """Validate the documents contract (id, domain, text as strings; ids unique and non-null).
-
-    Returns the parquet files. Errors name the file, the problem and the fix.
-    """
-    files = parquet_files(path)
-    for file in files:
-        schema = read_schema(file)
-        names = schema.names
-        for column, flag in (("text", "--text-column"), ("id", "--id-column"), ("domain", "--domain-column")):
-            if column not in names:
-                others = ", ".join(n for n in names if n not in ("id", "domain", "text")) or "none"
-                raise InputError(
-                    f"{file}: column {column!r} missing (found: {', '.join(names) or 'none'}); "
-                    f"run `mixlab ingest {path} --out DIR {flag} <one of: {others}>` to build a documents table"
-                )
-            if schema.field(column).type not in _STRING_TYPES:
-                raise InputError(
-                    f"{file}: column {column!r} has type {schema.field(column).type}, expected string; "
-                    "run `mixlab ingest` to convert it"
-                )
-    if check_unique:
-        import polars as pl
-
-        try:
-            stats = (
-                pl.scan_parquet([str(f) for f in files])
-                .select(
-                    pl.len().alias("rows"),
-                    pl.col("id").null_count().alias("null_ids"),
-                    pl.col("id").n_unique().alias("unique_ids"),
-                    pl.col("domain").null_count().alias("null_domains"),
-                )
-                .collect()
-                .row(0, named=True)
-            )
-        except pl.exceptions.PolarsError as exc:
-            raise InputError(f"{path}: could not read documents ({exc})") from None
-        if stats["null_ids"]:
-            raise InputError(f"{path}: {stats['null_ids']} documents have a null id; ids must be set")
-        if stats["null_domains"]:
-            raise InputError(
-                f"{path}: {stats['null_domains']} documents have a null domain; "
-                "run `mixlab ingest` with --domain NAME or --domain-from file/folder to set one"
-            )
-        if stats["unique_ids"] != stats["rows"]:
-            dupes = (
-                pl.scan_parquet([str(f) for f in files])
-                .group_by("id")
-                .len()
-                .filter(pl.col("len") > 1)
-                .head(5)
-                .collect()["id"]
-                .to_list()
-            )
-            raise InputError(
-                f"{path}: ids are not unique ({stats['rows'] - stats['unique_ids']} repeated, e.g. {dupes}); "
-                "run `mixlab ingest` without --id-column to derive unique ids"
-            )
-    return files
-
-
-# --- fingerprints --------------------------------------------------------------------------
 
 
 def fingerprint(path: Path | str) -> str:
@@ -206,9 +77,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-# --- manifests and atomic outputs --------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -393,72 +261,3 @@ def _fingerprint_inputs(inputs: Mapping[str, Any]) -> dict[str, str]:
                 h.update(fingerprint(item).encode())
             out[name] = h.hexdigest()
     return out
-
-
-# --- writing tables ------------------------------------------------------------------------
-
-
-# Row groups of the documents tables mixlab writes. Tasks read row ranges, and parquet reads
-# whole row groups: small groups keep a task from decoding text it does not use.
-DOCUMENT_ROW_GROUP = 4096
-
-
-def write_table(
-    table: pa.Table, path: Path, *, compression: str = "zstd", row_group_size: int | None = None
-) -> None:
-    """Write one parquet file atomically (temp name + rename) so a kill leaves no torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size)
-    os.replace(tmp, path)
-
-
-@dataclasses.dataclass(frozen=True)
-class Partition:
-    """Rows [start, stop) of one parquet file: a data-parallel stage's unit of work and of resume."""
-
-    index: int
-    file: str
-    start: int
-    stop: int
-
-
-def plan_partitions(
-    files: Iterable[Path], max_rows: int, min_parts: int = 8, min_rows: int = 2000
-) -> list[Partition]:
-    """Row ranges of at most `max_rows` rows, and small enough that a small corpus still makes
-    about `min_parts` of them (so every worker has work), but not below `min_rows`: a part has
-    fixed costs (reading, the tokenizer's first pass over its words) that smaller parts repeat.
-
-    The plan depends only on the files and the settings, never on the cluster, so a resumed
-    run finds its completion markers where it left them.
-    """
-    files = [Path(f) for f in files]
-    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
-    per_part = max(1, min(max_rows, max(min_rows, -(-sum(counts) // min_parts))))
-    parts: list[Partition] = []
-    for file, rows in zip(files, counts):
-        for start in range(0, max(rows, 1), per_part):
-            parts.append(Partition(len(parts), str(file), start, min(rows, start + per_part)))
-    return parts
-
-
-def read_partition(part: Partition, columns: Iterable[str] | None = None) -> pa.Table:
-    """The partition's rows, reading only the row groups that overlap it."""
-    columns = list(columns) if columns is not None else None
-    pf = pq.ParquetFile(part.file)
-    tables, offset = [], 0
-    for g in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        if offset < part.stop and offset + n > part.start:
-            t = pf.read_row_group(g, columns=columns)
-            lo, hi = max(part.start - offset, 0), min(part.stop - offset, n)
-            tables.append(t.slice(lo, hi - lo))
-        offset += n
-    if not tables:
-        return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
-    return pa.concat_tables(tables)
-
-
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.parquet"

@@ -11,18 +11,8 @@ import pytest
 
 from mixlab.config import SynthConfig
 from mixlab.errors import InputError, MixlabError
-from mixlab.io import (
-    MANIFEST,
-    Manifest,
-    check_documents,
-    fingerprint,
-    parquet_files,
-    partial_dir,
-    run_stage,
-    shard_name,
-    write_json,
-    write_table,
-)
+from mixlab.stage import MANIFEST, Manifest, fingerprint, partial_dir, run_stage, write_json
+from mixlab.tables import check_documents, parquet_files, shard_name, write_table
 
 
 def documents(ids, domains=None, texts=None, **extra) -> pa.Table:
@@ -322,7 +312,7 @@ def test_a_corrupt_manifest_is_reported(tmp_path):
 
 
 def _rows_file(path: Path, n: int, row_group_size: int | None = None) -> Path:
-    from mixlab.io import write_table
+    from mixlab.tables import write_table
 
     write_table(
         pa.table({"id": [f"d{i:05d}" for i in range(n)], "x": list(range(n))}),
@@ -333,7 +323,7 @@ def _rows_file(path: Path, n: int, row_group_size: int | None = None) -> Path:
 
 
 def test_partitions_cover_every_row_once_and_respect_the_cap(tmp_path: Path) -> None:
-    from mixlab.io import plan_partitions, read_partition
+    from mixlab.tables import plan_partitions, read_partition
 
     files = [
         _rows_file(tmp_path / "a.parquet", 5000, row_group_size=700),
@@ -347,7 +337,7 @@ def test_partitions_cover_every_row_once_and_respect_the_cap(tmp_path: Path) -> 
 
 
 def test_a_small_corpus_is_still_split_for_every_worker_but_not_into_crumbs(tmp_path: Path) -> None:
-    from mixlab.io import plan_partitions
+    from mixlab.tables import plan_partitions
 
     small = _rows_file(tmp_path / "small.parquet", 40_000)
     assert len(plan_partitions([small], max_rows=20_000)) == 8  # 5,000 rows each: eight workers busy
