@@ -21,12 +21,11 @@ import polars as pl
 import pyarrow as pa
 
 from mixlab.cluster import dask_client, local_cluster_size
-from mixlab.config import SynthConfig
 from mixlab.dedup import DedupConfig, run_dedup
 from mixlab.dedup.minhash import permutations, signatures
 from mixlab.dedup.shingles import shingle_batch
 from mixlab.dedup.stage import BATCH_DOCS
-from mixlab.synth import SHINGLE_WORDS, jaccard, run_synth, word_shingles
+from mixlab.synth import SHINGLE_WORDS, SynthConfig, jaccard, run_synth, word_shingles
 
 
 def datasketch_loop(

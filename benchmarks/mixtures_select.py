@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixlab.mixtures.fit import FitConfig, load_fit, run_fit
+from mixlab.mixtures.config import FitConfig
+from mixlab.mixtures.fit import load_fit, run_fit
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.select import CHUNK, score_lowest, simulate_mixtures
 from mixlab.tables import write_table

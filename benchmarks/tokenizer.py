@@ -38,8 +38,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
     from tokenizers import Tokenizer
 
-    from mixlab.config import SynthConfig
-    from mixlab.synth import run_synth
+    from mixlab.synth import SynthConfig, run_synth
     from mixlab.tokenize.config import TokenizeConfig, TokenizerTrainConfig
     from mixlab.tokenize.corpus import run_tokenize
     from mixlab.tokenize.tokenizer import build_tokenizer

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from mixlab.config import SynthConfig
+from mixlab.synth import SynthConfig
 
 TINY_SYNTH = SynthConfig(docs_per_domain=100, doc_words=60, near_dup_clusters=10, exact_dups=3)
 

@@ -106,8 +106,8 @@ def test_the_console_script_runs_as_a_module():
 def test_synth_at_default_size_then_ingest_gives_the_same_documents(cli, tmp_path):
     import polars as pl
 
-    from mixlab.config import SynthConfig
     from mixlab.stage import Manifest
+    from mixlab.synth import SynthConfig
     from mixlab.tables import check_documents
 
     synth = cli("synth", "--out", tmp_path / "corpus", "--target-blend", "prose=0.7,code=0.3")

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from mixlab.config import (
-    IngestConfig,
-    SynthConfig,
     check_choices,
     check_weights,
     coerce,
@@ -23,6 +21,8 @@ from mixlab.config import (
     section_name,
 )
 from mixlab.errors import ConfigError, MixlabError
+from mixlab.ingest import IngestConfig
+from mixlab.synth import SynthConfig
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:

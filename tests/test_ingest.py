@@ -11,9 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixlab.config import IngestConfig
 from mixlab.errors import InputError
-from mixlab.ingest import run_ingest
+from mixlab.ingest import IngestConfig, run_ingest
 from mixlab.stage import MANIFEST, partial_dir
 from mixlab.tables import check_documents
 

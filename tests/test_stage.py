@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixlab.config import SynthConfig
 from mixlab.errors import InputError, MixlabError
 from mixlab.stage import MANIFEST, Manifest, fingerprint, partial_dir, run_stage, write_json
+from mixlab.synth import SynthConfig
 from mixlab.tables import check_documents, parquet_files, shard_name, write_table
 
 

@@ -12,9 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mixlab.config import SynthConfig
 from mixlab.stage import Manifest
-from mixlab.synth import DOMAIN_GENERATORS, _rng, _Vocab, near_duplicate, run_synth
+from mixlab.synth import DOMAIN_GENERATORS, SynthConfig, _rng, _Vocab, near_duplicate, run_synth
 from mixlab.tables import check_documents
 
 SMALL = SynthConfig(docs_per_domain=30, doc_words=60, near_dup_clusters=3, exact_dups=3)

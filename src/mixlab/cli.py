@@ -18,17 +18,14 @@ from typing import Any
 import click
 
 from mixlab import __version__
-from mixlab.config import IngestConfig, SynthConfig, _unwrap_optional, field_help, field_types, resolve_config
+from mixlab.config import _unwrap_optional, field_help, field_types, resolve_config
 from mixlab.dedup.config import DedupConfig
 from mixlab.errors import MixlabError
-from mixlab.mixtures.fit import FitConfig
-from mixlab.mixtures.sample import SampleConfig
-from mixlab.mixtures.select import SelectConfig
+from mixlab.ingest import IngestConfig
+from mixlab.mixtures.config import FitConfig, SampleConfig, SelectConfig
 from mixlab.pipelines.report import ReportConfig
-from mixlab.proxy_models.distill import DistillConfig
-from mixlab.proxy_models.export import ExportConfig
-from mixlab.proxy_models.pretrain import PretrainConfig
-from mixlab.proxy_models.swarm import SwarmConfig
+from mixlab.proxy_models.config import DistillConfig, ExportConfig, PretrainConfig, SwarmConfig
+from mixlab.synth import SynthConfig
 from mixlab.tokenize.config import TokenizeConfig, TokenizerEvalConfig, TokenizerTrainConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}

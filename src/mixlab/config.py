@@ -3,8 +3,9 @@
 Precedence is dataclass defaults < `--config file.yaml` < command-line flags. The
 resolved config (``config_to_dict``) is what each stage's manifest records. Stage configs
 are declared with ``option(...)`` so the CLI can build its flags and help from them.
-Each stage package declares its own config next to the code that reads it; the
-foundation's own (synth, ingest) live here.
+This module is the mechanism only: each stage package declares its configs in its own
+torch-free module (``dedup/config.py``, ``tokenize/config.py``, ``mixtures/config.py``,
+``proxy_models/config.py``; synth and ingest beside their code).
 """
 
 from __future__ import annotations
@@ -233,89 +234,3 @@ def check_weights(weights: Mapping[str, float], key: str, tol: float = 1e-6) -> 
         raise ConfigError(f"{flag_name(key)}: weights sum to {total:.6g}, not 1 ({dict(weights)})")
 
 
-# --- the foundation's own stage configs ---------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SynthConfig:
-    """`mixlab synth`: a seeded synthetic multi-domain corpus with planted structure."""
-
-    domains: tuple[str, ...] = option(
-        ("prose", "code", "tabular", "legal"),
-        "domains to generate (any of prose, code, tabular, legal, news)",
-    )
-    docs_per_domain: int = option(2000, "documents generated per domain (before planted duplicates)")
-    doc_words: int = option(300, "mean document length in words (~6 bytes each)")
-    near_dup_clusters: int = option(100, "planted near-duplicate clusters per domain")
-    near_dup_levels: tuple[float, ...] = option(
-        (0.95, 0.9, 0.85, 0.7, 0.5),
-        "target Jaccard similarities (word 5-grams) of planted near-duplicates to their source",
-    )
-    exact_dups: int = option(20, "planted exact duplicates per domain")
-    target_blend: dict[str, float] = option(
-        {}, "domains and weights of a held-out target validation set, e.g. prose=0.7,code=0.3"
-    )
-    target_docs: int = option(400, "documents in the target validation set")
-    seed: int = option(0, "global seed; everything random derives from it")
-
-    def __post_init__(self) -> None:
-        from mixlab.synth import DOMAIN_GENERATORS
-
-        unknown = [d for d in self.domains if d not in DOMAIN_GENERATORS]
-        if unknown:
-            raise ConfigError(
-                f"--domains: unknown domain(s) {unknown} (known: {', '.join(DOMAIN_GENERATORS)})"
-            )
-        if len(set(self.domains)) != len(self.domains):
-            raise ConfigError(f"--domains: listed twice: {list(self.domains)}")
-        if self.docs_per_domain < 1:
-            raise ConfigError("--docs-per-domain: must be at least 1")
-        if self.doc_words < 20:
-            raise ConfigError("--doc-words: must be at least 20 (a document needs several 5-gram shingles)")
-        if self.near_dup_clusters < 0 or self.exact_dups < 0:
-            raise ConfigError("--near-dup-clusters / --exact-dups: must not be negative")
-        if self.near_dup_clusters > self.docs_per_domain:
-            raise ConfigError("--near-dup-clusters: cannot exceed --docs-per-domain")
-        if any(not 0.0 < x < 1.0 for x in self.near_dup_levels):
-            raise ConfigError("--near-dup-levels: each level must lie strictly between 0 and 1")
-        if self.target_blend:
-            check_weights(self.target_blend, "target_blend")
-            missing = [d for d in self.target_blend if d not in self.domains]
-            if missing:
-                raise ConfigError(
-                    f"--target-blend: domain(s) {missing} are not in --domains {list(self.domains)}"
-                )
-        if self.target_docs < 1:
-            raise ConfigError("--target-docs: must be at least 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class IngestConfig:
-    """`mixlab ingest`: raw parquet / JSONL / text folders into the documents contract."""
-
-    text_column: str = option("text", "column (parquet) or key (JSONL) holding the document text")
-    id_column: str = option(
-        "id", "column or key holding document ids; derived from source + content when absent"
-    )
-    domain_column: str = option("domain", "column or key holding the domain, used when present")
-    domain: str | None = option(
-        None, "domain for documents without a domain column (with --domain-from flag: for every document)"
-    )
-    domain_from: str = option(
-        "auto",
-        "where the domain comes from: auto (column, else --domain, else file/folder name), column, file, folder, flag",
-        choices=("auto", "column", "file", "folder", "flag"),
-    )
-    on_invalid_utf8: str = option(
-        "skip",
-        "documents that are not valid UTF-8: skip (counted) or replace bad bytes with U+FFFD",
-        choices=("skip", "replace"),
-    )
-    rows_per_file: int = option(100_000, "maximum documents per output parquet file")
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        if self.domain_from == "flag" and not self.domain:
-            raise ConfigError("--domain-from flag: pass --domain NAME as well")
-        if self.rows_per_file < 1:
-            raise ConfigError("--rows-per-file: must be at least 1")

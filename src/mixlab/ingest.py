@@ -7,6 +7,7 @@ JSONL line or an unreadable parquet file is an error naming the file and line.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import zlib
@@ -19,11 +20,44 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from mixlab.config import IngestConfig
+from mixlab.config import check_choices, option
 from mixlab.console import log
-from mixlab.errors import InputError
+from mixlab.errors import ConfigError, InputError
 from mixlab.stage import Manifest, StageDir, run_stage
 from mixlab.tables import DOCUMENT_ROW_GROUP, shard_name, write_table
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """`mixlab ingest`: raw parquet / JSONL / text folders into the documents contract."""
+
+    text_column: str = option("text", "column (parquet) or key (JSONL) holding the document text")
+    id_column: str = option(
+        "id", "column or key holding document ids; derived from source + content when absent"
+    )
+    domain_column: str = option("domain", "column or key holding the domain, used when present")
+    domain: str | None = option(
+        None, "domain for documents without a domain column (with --domain-from flag: for every document)"
+    )
+    domain_from: str = option(
+        "auto",
+        "where the domain comes from: auto (column, else --domain, else file/folder name), column, file, folder, flag",
+        choices=("auto", "column", "file", "folder", "flag"),
+    )
+    on_invalid_utf8: str = option(
+        "skip",
+        "documents that are not valid UTF-8: skip (counted) or replace bad bytes with U+FFFD",
+        choices=("skip", "replace"),
+    )
+    rows_per_file: int = option(100_000, "maximum documents per output parquet file")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.domain_from == "flag" and not self.domain:
+            raise ConfigError("--domain-from flag: pass --domain NAME as well")
+        if self.rows_per_file < 1:
+            raise ConfigError("--rows-per-file: must be at least 1")
+
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
 TEXT_SUFFIXES = (".txt", ".md", ".text")

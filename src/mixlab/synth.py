@@ -8,6 +8,7 @@ drawn from a known blend of domains, so a mixture search should put its weight t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import string
@@ -20,10 +21,65 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from mixlab.config import SynthConfig
+from mixlab.config import check_weights, option
 from mixlab.console import log
+from mixlab.errors import ConfigError
 from mixlab.stage import Manifest, StageDir, run_stage, write_json
 from mixlab.tables import DOCUMENT_ROW_GROUP, write_table
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """`mixlab synth`: a seeded synthetic multi-domain corpus with planted structure."""
+
+    domains: tuple[str, ...] = option(
+        ("prose", "code", "tabular", "legal"),
+        "domains to generate (any of prose, code, tabular, legal, news)",
+    )
+    docs_per_domain: int = option(2000, "documents generated per domain (before planted duplicates)")
+    doc_words: int = option(300, "mean document length in words (~6 bytes each)")
+    near_dup_clusters: int = option(100, "planted near-duplicate clusters per domain")
+    near_dup_levels: tuple[float, ...] = option(
+        (0.95, 0.9, 0.85, 0.7, 0.5),
+        "target Jaccard similarities (word 5-grams) of planted near-duplicates to their source",
+    )
+    exact_dups: int = option(20, "planted exact duplicates per domain")
+    target_blend: dict[str, float] = option(
+        {}, "domains and weights of a held-out target validation set, e.g. prose=0.7,code=0.3"
+    )
+    target_docs: int = option(400, "documents in the target validation set")
+    seed: int = option(0, "global seed; everything random derives from it")
+
+    def __post_init__(self) -> None:
+        from mixlab.synth import DOMAIN_GENERATORS
+
+        unknown = [d for d in self.domains if d not in DOMAIN_GENERATORS]
+        if unknown:
+            raise ConfigError(
+                f"--domains: unknown domain(s) {unknown} (known: {', '.join(DOMAIN_GENERATORS)})"
+            )
+        if len(set(self.domains)) != len(self.domains):
+            raise ConfigError(f"--domains: listed twice: {list(self.domains)}")
+        if self.docs_per_domain < 1:
+            raise ConfigError("--docs-per-domain: must be at least 1")
+        if self.doc_words < 20:
+            raise ConfigError("--doc-words: must be at least 20 (a document needs several 5-gram shingles)")
+        if self.near_dup_clusters < 0 or self.exact_dups < 0:
+            raise ConfigError("--near-dup-clusters / --exact-dups: must not be negative")
+        if self.near_dup_clusters > self.docs_per_domain:
+            raise ConfigError("--near-dup-clusters: cannot exceed --docs-per-domain")
+        if any(not 0.0 < x < 1.0 for x in self.near_dup_levels):
+            raise ConfigError("--near-dup-levels: each level must lie strictly between 0 and 1")
+        if self.target_blend:
+            check_weights(self.target_blend, "target_blend")
+            missing = [d for d in self.target_blend if d not in self.domains]
+            if missing:
+                raise ConfigError(
+                    f"--target-blend: domain(s) {missing} are not in --domains {list(self.domains)}"
+                )
+        if self.target_docs < 1:
+            raise ConfigError("--target-docs: must be at least 1")
+
 
 SHINGLE_WORDS = 5  # the ground truth's shingle: word 5-grams of the whitespace-split text
 

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mixlab.config import SynthConfig
-from mixlab.synth import run_synth
+from mixlab.synth import SynthConfig, run_synth
 
 
 @pytest.fixture(scope="session")

@@ -54,10 +54,12 @@ def write_tokens(out, streams):
 
 @pytest.mark.slow
 def test_blend_target_chosen_mixture_beats_natural_and_uniform_when_retrained(tmp_path):
-    from mixlab.mixtures.fit import FitConfig, run_fit
-    from mixlab.mixtures.sample import SampleConfig, run_sample
-    from mixlab.mixtures.select import SelectConfig, run_select
-    from mixlab.proxy_models.swarm import SwarmConfig, run_swarm
+    from mixlab.mixtures.config import FitConfig, SampleConfig, SelectConfig
+    from mixlab.mixtures.fit import run_fit
+    from mixlab.mixtures.sample import run_sample
+    from mixlab.mixtures.select import run_select
+    from mixlab.proxy_models.config import SwarmConfig
+    from mixlab.proxy_models.swarm import run_swarm
 
     sizes = {"a": 40_000, "b": 40_000, "c": 120_000}  # the natural mixture leans on c, which the target lacks
     streams = {

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from mixlab.errors import InputError
-from mixlab.mixtures.fit import FitConfig, load_fit, run_fit
+from mixlab.mixtures.config import FitConfig
+from mixlab.mixtures.fit import load_fit, run_fit
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.regression import BoostSettings, cross_validate, group_folds
 from mixlab.mixtures.targets import mixture_groups
@@ -120,7 +121,8 @@ def test_nan_runs_are_dropped_before_counting_whether_there_are_enough(tmp_path)
 def test_fit_takes_prior_and_sampler_from_the_candidates(tmp_path):
     import pyarrow as pa
 
-    from mixlab.mixtures.sample import SampleConfig, run_sample
+    from mixlab.mixtures.config import SampleConfig
+    from mixlab.mixtures.sample import run_sample
 
     tokens = tmp_path / "tokens"
     tokens.mkdir()

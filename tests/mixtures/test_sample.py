@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from mixlab.cli import main
 from mixlab.errors import ConfigError, InputError
-from mixlab.mixtures.sample import SampleConfig, cap_weights, run_sample
+from mixlab.mixtures.config import SampleConfig
+from mixlab.mixtures.sample import cap_weights, run_sample
 from mixlab.stage import run_stage
 from mixlab.tables import write_table
 

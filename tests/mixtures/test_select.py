@@ -9,9 +9,10 @@ import pyarrow as pa
 import pytest
 
 from mixlab.errors import ConfigError
-from mixlab.mixtures.fit import FitConfig, load_fit, run_fit
+from mixlab.mixtures.config import FitConfig, SelectConfig
+from mixlab.mixtures.fit import load_fit, run_fit
 from mixlab.mixtures.known import known_runs
-from mixlab.mixtures.select import Bounds, SelectConfig, kl_from_prior, run_select, simulate_mixtures
+from mixlab.mixtures.select import Bounds, kl_from_prior, run_select, simulate_mixtures
 from mixlab.tables import write_table
 
 DOMAINS = ["prose", "code", "tabular", "legal"]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from mixlab.errors import InputError
 from mixlab.proxy_models.checkpoint import save_model
-from mixlab.proxy_models.distill import DistillConfig, distill_loss, run_distill
+from mixlab.proxy_models.config import DistillConfig
+from mixlab.proxy_models.distill import distill_loss, run_distill
 from mixlab.proxy_models.model import GPT, GPTConfig
 
 VOCAB = 64  # the vocabulary of the tokens_dir fixture
@@ -155,7 +156,8 @@ def test_not_a_checkpoint_and_corrupt_checkpoints_are_clear_errors(
 def test_distilled_student_beats_the_same_student_from_scratch(tmp_path: Path, make_tokens) -> None:
     import numpy as np
 
-    from mixlab.proxy_models.pretrain import PretrainConfig, run_pretrain
+    from mixlab.proxy_models.config import PretrainConfig
+    from mixlab.proxy_models.pretrain import run_pretrain
 
     rng = np.random.default_rng(0)
 

@@ -10,7 +10,8 @@ import torch
 
 from mixlab.errors import InputError
 from mixlab.proxy_models.checkpoint import load_model, save_model
-from mixlab.proxy_models.export import ExportConfig, run_export_hf
+from mixlab.proxy_models.config import ExportConfig
+from mixlab.proxy_models.export import run_export_hf
 from mixlab.proxy_models.model import GPT, GPTConfig
 
 VOCAB = 64

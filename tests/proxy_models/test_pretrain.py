@@ -12,14 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from mixlab.errors import ConfigError, InputError, MixlabError
-from mixlab.proxy_models.pretrain import (
-    PretrainConfig,
-    lr_at,
-    model_config,
-    read_mixture,
-    resolve_target,
-    run_pretrain,
-)
+from mixlab.proxy_models.config import PretrainConfig
+from mixlab.proxy_models.pretrain import lr_at, model_config, read_mixture, resolve_target, run_pretrain
 
 TINY = dict(
     n_layer=1,

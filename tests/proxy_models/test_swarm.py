@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from mixlab.cli import main
 from mixlab.errors import ConfigError, InputError
-from mixlab.proxy_models.swarm import SwarmConfig, run_swarm, train_mixtures
+from mixlab.proxy_models.config import SwarmConfig
+from mixlab.proxy_models.swarm import run_swarm, train_mixtures
 from mixlab.tables import write_table
 
 FAST = SwarmConfig(

@@ -12,8 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mixlab.mixtures.sample import SampleConfig, run_sample
-from mixlab.proxy_models.swarm import SwarmConfig, run_swarm, train_mixtures
+from mixlab.mixtures.config import SampleConfig
+from mixlab.mixtures.sample import run_sample
+from mixlab.proxy_models.config import SwarmConfig
+from mixlab.proxy_models.swarm import run_swarm, train_mixtures
 
 TINY = SwarmConfig(
     n_layer=1,
@@ -50,8 +52,7 @@ def test_each_domain_loss_falls_as_its_weight_rises_across_the_swarm(tmp_path, t
 
 @pytest.mark.slow
 def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_path) -> None:
-    from mixlab.config import SynthConfig
-    from mixlab.synth import run_synth
+    from mixlab.synth import SynthConfig, run_synth
     from mixlab.tokenize.config import TokenizeConfig, TokenizerTrainConfig
     from mixlab.tokenize.corpus import run_tokenize
     from mixlab.tokenize.train import run_tokenizer_train

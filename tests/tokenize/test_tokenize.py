@@ -23,8 +23,7 @@ CFG = TokenizeConfig(rows_per_task=60)
 
 @pytest.fixture(scope="module")
 def target_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mixlab.config import SynthConfig
-    from mixlab.synth import run_synth
+    from mixlab.synth import SynthConfig, run_synth
 
     out = tmp_path_factory.mktemp("synth-target") / "corpus"
     run_synth(

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mixlab.config import check_choices, check_weights, option
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
+from mixlab.mixtures.config import FitConfig
 from mixlab.mixtures.regression import (
     MODELS,
     BoosterModel,
-    BoostSettings,
     CrossValidation,
     LinearModel,
     cross_validate,
@@ -37,71 +36,6 @@ from mixlab.tables import write_table
 
 FIT_JSON = "fit.json"
 MODELS_DIR = "models"
-
-
-@dataclasses.dataclass(frozen=True)
-class FitConfig:
-    """`mixlab mixtures fit`: a regressor from mixture weights to target loss, cross-validated."""
-
-    SECTION = "fit"
-
-    target: str = option(
-        "mean",
-        "what to minimise: mean (of the domains' losses), a loss name, or weights like code=0.5,prose=0.5",
-    )
-    model: str = option(
-        "lightgbm",
-        "the model select uses: lightgbm, a baseline, or auto (best held-out Spearman)",
-        choices=("lightgbm", "linear", "loglinear", "auto"),
-    )
-    folds: int = option(5, "cross-validation folds (repeated seeds of a mixture stay in one fold)")
-    learning_rate: float = option(0.01, "LightGBM learning rate")
-    max_rounds: int = option(1000, "LightGBM boosting rounds at most (early stopping picks fewer)")
-    early_stopping_rounds: int = option(
-        50, "stop when the inner validation loss has not improved for this many rounds"
-    )
-    valid_fraction: float = option(0.2, "share of a training fold's mixtures held out for early stopping")
-    num_leaves: int = option(31, "LightGBM leaves per tree at most")
-    min_data_in_leaf: int = option(
-        0, "LightGBM minimum runs per leaf; 0 picks one that still splits small swarms"
-    )
-    prior: dict[str, float] = option(
-        {},
-        "natural mixture the candidates were drawn around (default: recorded with the runs, else their mean weights)",
-    )
-    num_threads: int = option(
-        1, "LightGBM training threads (swarms are small: more threads only add overhead; 0: all cores)"
-    )
-    seed: int = option(0, "seed for folds, early-stopping splits and LightGBM")
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        if self.folds < 2:
-            raise ConfigError("--folds: must be at least 2")
-        if not 0 < self.learning_rate <= 1:
-            raise ConfigError("--learning-rate: must be in (0, 1]")
-        if self.max_rounds < 1 or self.early_stopping_rounds < 1:
-            raise ConfigError("--max-rounds / --early-stopping-rounds: must be at least 1")
-        if not 0 <= self.valid_fraction < 0.5:
-            raise ConfigError("--valid-fraction: must be in [0, 0.5)")
-        if self.num_leaves < 2:
-            raise ConfigError("--num-leaves: must be at least 2")
-        if self.min_data_in_leaf < 0 or self.num_threads < 0:
-            raise ConfigError("--min-data-in-leaf / --num-threads: must not be negative")
-        if self.prior:
-            check_weights(self.prior, "prior", tol=1e-3)
-
-    def boost_settings(self) -> BoostSettings:
-        return BoostSettings(
-            learning_rate=self.learning_rate,
-            max_rounds=self.max_rounds,
-            early_stopping_rounds=self.early_stopping_rounds,
-            num_leaves=self.num_leaves,
-            min_data_in_leaf=self.min_data_in_leaf,
-            valid_fraction=self.valid_fraction,
-            seed=self.seed,
-            num_threads=self.num_threads,
-        )
 
 
 def runs_needed(n_domains: int, folds: int) -> tuple[int, int]:
@@ -146,7 +80,7 @@ def resolve_prior(
     Without the candidates, the mean of the run weights stands in for the prior and the
     sampler uses it as is (prior_power 1), so simulated mixtures centre where the runs do.
     """
-    from mixlab.mixtures.sample import SampleConfig
+    from mixlab.mixtures.config import SampleConfig
 
     defaults = SampleConfig()
     sampler = {k: getattr(defaults, k) for k in SAMPLER_KEYS}

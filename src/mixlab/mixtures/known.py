@@ -59,7 +59,7 @@ def known_runs(
     sparse to near-prior); the first `repeat_mixtures` are trained `repeats` times in all, with
     fresh seed noise each time, so the noise floor is measurable.
     """
-    from mixlab.mixtures.sample import SampleConfig
+    from mixlab.mixtures.config import SampleConfig
     from mixlab.mixtures.select import simulate_mixtures
 
     rng = np.random.default_rng([seed, 0xC0FFEE])

@@ -9,7 +9,6 @@ repetition cap, near-identical candidates dropped.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,58 +17,14 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from mixlab.config import option
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
+from mixlab.mixtures.config import SampleConfig
 from mixlab.stage import Manifest, StageDir, run_stage
 from mixlab.tables import write_table
 from mixlab.tokenize.shards import read_token_counts
 
 CANDIDATES = "candidates.parquet"
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleConfig:
-    """`mixlab mixtures sample`: how many candidate mixtures, and how far from the prior they roam."""
-
-    SECTION = "sample"
-
-    candidates: int = option(32, "candidate mixtures to write (the natural and uniform ones included)")
-    prior_power: float = option(
-        0.5, "the token prior is raised to this power before use (<1 favours small domains)"
-    )
-    spread_min: float = option(
-        0.1, "smallest Dirichlet concentration scale (small: sparse, extreme mixtures)"
-    )
-    spread_max: float = option(5.0, "largest Dirichlet concentration scale (large: close to the prior)")
-    spread_levels: int = option(15, "log-spaced scale values between --spread-min and --spread-max")
-    min_weight: float = option(0.01, "weights below this are set to zero and the rest renormalised")
-    max_epochs: float = option(
-        4.0, "a domain may be repeated at most this many times within one proxy's tokens"
-    )
-    proxy_tokens: int = option(0, "tokens one proxy trains on, for the repetition cap (0: the swarm default)")
-    min_distance: float = option(0.05, "drop a candidate within this L1 distance of an earlier one")
-    domains: tuple[str, ...] = option((), "domains to mix (default: every domain with train tokens)")
-    holdout_domains: tuple[str, ...] = option(
-        ("target",), "domains never mixed (validation-only sets such as a target corpus)"
-    )
-    seed: int = option(0, "global seed; each candidate's seed derives from it and its run_id")
-
-    def __post_init__(self) -> None:
-        if self.candidates < 2:
-            raise ConfigError("--candidates: must be at least 2 (the natural and uniform mixtures)")
-        if not 0 < self.spread_min <= self.spread_max:
-            raise ConfigError("--spread-min / --spread-max: need 0 < --spread-min <= --spread-max")
-        if self.spread_levels < 1:
-            raise ConfigError("--spread-levels: must be at least 1")
-        if self.prior_power < 0:
-            raise ConfigError("--prior-power: must not be negative")
-        if not 0 <= self.min_weight < 1:
-            raise ConfigError("--min-weight: must lie in [0, 1)")
-        if self.max_epochs <= 0:
-            raise ConfigError("--max-epochs: must be positive")
-        if self.proxy_tokens < 0 or self.min_distance < 0:
-            raise ConfigError("--proxy-tokens / --min-distance: must not be negative")
 
 
 def train_prior(tokens_dir: Path | str, cfg: SampleConfig) -> dict[str, int]:
@@ -198,7 +153,7 @@ def run_sample(
     if cfg.proxy_tokens:
         proxy_tokens = cfg.proxy_tokens
     else:
-        from mixlab.proxy_models.swarm import SwarmConfig
+        from mixlab.proxy_models.config import SwarmConfig
 
         proxy_tokens = SwarmConfig().train_tokens
 

@@ -15,72 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from mixlab.config import check_choices, option
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
+from mixlab.mixtures.config import SelectConfig
 from mixlab.mixtures.fit import FittedModels, load_fit
 from mixlab.mixtures.regression import BoosterModel
 from mixlab.stage import Manifest, StageDir, run_stage, write_json
 
 MIXTURE_JSON = "mixture.json"
 CHUNK = 250_000  # mixtures simulated and scored at a time (bounds memory at a few tens of MB)
-
-
-@dataclasses.dataclass(frozen=True)
-class SelectConfig:
-    """`mixlab mixtures select`: how many mixtures to simulate, how to choose, and the full run's limits."""
-
-    SECTION = "select"
-
-    samples: int = option(100_000, "mixtures simulated from the candidates' prior and scored")
-    top_k: int = option(128, "the best-scoring mixtures averaged into the chosen one")
-    method: str = option(
-        "topk",
-        "topk: average the best simulated mixtures (RegMix); near-prior: also search locally, within --max-kl of the prior",
-        choices=("topk", "near-prior"),
-    )
-    max_kl: float = option(0.5, "near-prior: largest KL divergence (nats) of a mixture from the prior")
-    search_rounds: int = option(4, "near-prior: rounds of local search around the best mixtures")
-    token_budget: int = option(
-        0, "tokens of the full run (with --tokens: caps each domain at --max-epochs passes)"
-    )
-    max_epochs: float = option(4.0, "most passes over any domain's train tokens within --token-budget")
-    min_weight: dict[str, float] = option({}, "per-domain lower bounds, e.g. code=0.1")
-    max_weight: dict[str, float] = option({}, "per-domain upper bounds, e.g. legal=0.3")
-    model: str = option(
-        "chosen",
-        "which fitted model scores mixtures (chosen: the one fit chose)",
-        choices=("chosen", "lightgbm", "linear", "loglinear"),
-    )
-    verify: bool = option(
-        False,
-        "re-train the chosen, natural and uniform mixtures at a larger proxy size (needs --tokens) and check the order",
-    )
-    verify_scale: float = option(
-        2.0, "--verify: the larger proxy's width and training steps, as multiples of the swarm's"
-    )
-    verify_seeds: int = option(2, "--verify: seeds per mixture")
-    num_threads: int = option(0, "threads for LightGBM prediction (0: all cores)")
-    seed: int = option(0, "seed of the simulated mixtures")
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        if self.samples < 1 or self.top_k < 1:
-            raise ConfigError("--samples / --top-k: must be at least 1")
-        if self.top_k > self.samples:
-            raise ConfigError(f"--top-k {self.top_k}: cannot exceed --samples {self.samples}")
-        if self.max_kl <= 0:
-            raise ConfigError("--max-kl: must be positive")
-        if self.search_rounds < 0 or self.token_budget < 0 or self.num_threads < 0:
-            raise ConfigError("--search-rounds / --token-budget / --num-threads: must not be negative")
-        if self.max_epochs <= 0:
-            raise ConfigError("--max-epochs: must be positive")
-        if self.verify_scale <= 0 or self.verify_seeds < 1:
-            raise ConfigError("--verify-scale / --verify-seeds: must be positive")
-        for key in ("min_weight", "max_weight"):
-            bad = {k: v for k, v in getattr(self, key).items() if not 0 <= v <= 1}
-            if bad:
-                raise ConfigError(f"--{key.replace('_', '-')}: bounds must lie in [0, 1], got {bad}")
 
 
 # --- simulation ----------------------------------------------------------------------------

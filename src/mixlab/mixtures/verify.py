@@ -25,7 +25,7 @@ def larger_proxy(swarm_config: Mapping[str, Any] | None, scale: float) -> Any:
     of the target loss about 0.1 nats on the quickstart corpus against 0.03 at rate / 2), and
     the check would then measure noise, not the mixtures.
     """
-    from mixlab.proxy_models.swarm import SwarmConfig
+    from mixlab.proxy_models.config import SwarmConfig
 
     known = {f.name for f in dataclasses.fields(SwarmConfig)}
     base = SwarmConfig(

@@ -150,17 +150,17 @@ def _report(cfg, done, out, client, force):
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("synth", "mixlab.config:SynthConfig", _synth),
-    Stage("ingest", "mixlab.config:IngestConfig", _ingest),
+    Stage("synth", "mixlab.synth:SynthConfig", _synth),
+    Stage("ingest", "mixlab.ingest:IngestConfig", _ingest),
     Stage("dedup", "mixlab.dedup.config:DedupConfig", _dedup, uses_dask=True),
     Stage("tokenizer_train", "mixlab.tokenize.config:TokenizerTrainConfig", _tokenizer_train),
     Stage("tokenize", "mixlab.tokenize.config:TokenizeConfig", _tokenize, uses_dask=True),
-    Stage("mixtures_sample", "mixlab.mixtures.sample:SampleConfig", _mixtures_sample),
-    Stage("swarm_train", "mixlab.proxy_models.swarm:SwarmConfig", _swarm_train, uses_dask=True),
-    Stage("mixtures_fit", "mixlab.mixtures.fit:FitConfig", _mixtures_fit),
-    Stage("mixtures_select", "mixlab.mixtures.select:SelectConfig", _mixtures_select),
-    Stage("pretrain", "mixlab.proxy_models.pretrain:PretrainConfig", _pretrain),
-    Stage("distill", "mixlab.proxy_models.distill:DistillConfig", _distill),
+    Stage("mixtures_sample", "mixlab.mixtures.config:SampleConfig", _mixtures_sample),
+    Stage("swarm_train", "mixlab.proxy_models.config:SwarmConfig", _swarm_train, uses_dask=True),
+    Stage("mixtures_fit", "mixlab.mixtures.config:FitConfig", _mixtures_fit),
+    Stage("mixtures_select", "mixlab.mixtures.config:SelectConfig", _mixtures_select),
+    Stage("pretrain", "mixlab.proxy_models.config:PretrainConfig", _pretrain),
+    Stage("distill", "mixlab.proxy_models.config:DistillConfig", _distill),
     Stage("report", "mixlab.pipelines.report:ReportConfig", _report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -13,7 +13,6 @@ member 1 scratch, same initialisation).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,14 +21,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mixlab.config import option
 from mixlab.console import log
-from mixlab.errors import ConfigError, InputError
+from mixlab.errors import InputError
+from mixlab.proxy_models.config import DistillConfig
 from mixlab.proxy_models.pretrain import (
     COMPARISON,
     COMPARISON_JSON,
     METRICS,
-    TrainConfig,
     TrainLoop,
     compare,
     evaluator,
@@ -47,33 +45,6 @@ from mixlab.tokenize.shards import domains, tokens_info
 
 SCRATCH_DIR = "scratch"
 DISTILL_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 64}
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig(TrainConfig):
-    """`mixlab distill`: a student model trained on a teacher's temperature-softened outputs."""
-
-    SECTION = "distill"
-
-    student: Path | None = option(
-        None, "student size file (.yaml/.json with GPTConfig keys); size flags override it"
-    )
-    # Defaults measured on the quickstart (400-step teacher, 200-step student, same tokens): target
-    # loss 4.13 at alpha 0.9 / tau 1, 4.22 at 0.5 / 1, 4.42 at 0.5 / 2, against 4.41 from scratch.
-    # A language model's next-token distribution is already soft; tau > 1 flattens it towards noise.
-    alpha: float = option(0.9, "weight of the distillation (KL) term; 1 - alpha weighs plain cross-entropy")
-    tau: float = option(1.0, "softmax temperature of teacher and student in the KL term")
-    logit_chunk: int = option(64, "positions per chunk when computing vocabulary logits (bounds memory)")
-    compare_scratch: bool = option(False, "also train the same student from scratch on the same tokens")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError("--alpha: must lie in [0, 1]")
-        if self.tau <= 0:
-            raise ConfigError("--tau: must be positive")
-        if self.logit_chunk < 1:
-            raise ConfigError("--logit-chunk: must be at least 1")
 
 
 def check_same_tokenizer(teacher_dir: Path, teacher_vocab: int, tokens_dir: Path, vocab_size: int) -> None:

@@ -9,32 +9,15 @@ side by side, so ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` and
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixlab.config import check_choices, option
 from mixlab.console import log
+from mixlab.proxy_models.config import ExportConfig
 from mixlab.stage import Manifest, StageDir, run_stage, write_json
 from mixlab.tokenize.tokenizer import HF_FILES
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """`mixlab export hf`: the weights' dtype in the exported checkpoint."""
-
-    SECTION = "export"
-
-    dtype: str = option(
-        "float32", "dtype of the exported weights: float32, bfloat16 or float16", choices=DTYPES
-    )
-
-    def __post_init__(self) -> None:
-        check_choices(self)
 
 
 def hf_config(model_cfg: Any, meta: Mapping[str, Any], dtype: str) -> dict[str, Any]:

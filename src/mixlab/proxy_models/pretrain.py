@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mixlab.config import check_choices, check_weights, load_yaml, option
+from mixlab.config import check_weights, load_yaml
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
+from mixlab.proxy_models.config import MODEL_FIELDS, PretrainConfig, TrainConfig
 from mixlab.stage import Manifest, StageDir, run_stage, write_json
 from mixlab.tables import write_table
 from mixlab.tokenize.shards import TOKENIZER_DIR, domains, read_token_counts, tokens_info
@@ -36,102 +37,8 @@ COMPARISON = "comparison.parquet"
 COMPARISON_JSON = "comparison.json"
 BASELINES_DIR = "baselines"
 CHECKPOINT = "checkpoint"
-MODEL_FIELDS = (
-    "n_layer",
-    "n_head",
-    "n_kv_head",
-    "n_embd",
-    "mlp_hidden",
-    "seq_len",
-    "rope_theta",
-    "tie_embeddings",
-)
 # CPU-demo sizes: a few minutes on a laptop, still clearly bigger than the swarm's proxies.
 PRETRAIN_MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "seq_len": 128}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Model size flags and the training recipe shared by `pretrain` and `distill`."""
-
-    n_layer: int | None = option(
-        None, "transformer layers (default: from the model file, else the stage's size)"
-    )
-    n_head: int | None = option(None, "attention heads (must divide --n-embd)")
-    n_kv_head: int | None = option(None, "key/value heads for grouped-query attention (default: --n-head)")
-    n_embd: int | None = option(None, "model width")
-    mlp_hidden: int | None = option(None, "SwiGLU hidden size (default: 8/3 x --n-embd, rounded up to 16)")
-    seq_len: int | None = option(None, "tokens per training sequence")
-    rope_theta: float | None = option(None, "rotary base frequency (default 10000)")
-    tie_embeddings: bool | None = option(
-        None, "share the input embedding and the output projection (default: yes)"
-    )
-    steps: int = option(300, "optimizer steps")
-    batch_size: int = option(16, "sequences per micro-batch")
-    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
-    lr: float = option(2e-3, "peak learning rate (AdamW)")
-    schedule: str = option(
-        "cosine",
-        "learning-rate schedule after warmup: cosine, or wsd (warmup-stable-decay)",
-        choices=("cosine", "wsd"),
-    )
-    warmup_steps: int = option(30, "linear warmup steps")
-    decay_fraction: float = option(0.2, "wsd: share of the steps spent decaying at the end")
-    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
-    weight_decay: float = option(0.1, "AdamW weight decay on weight matrices (not norms)")
-    grad_clip: float = option(1.0, "clip each model's gradient norm to this (0 = off)")
-    eval_every: int = option(50, "steps between validation passes (and at the end)")
-    eval_sequences: int = option(32, "validation windows per domain")
-    checkpoint_every: int = option(50, "steps between resume checkpoints")
-    target: str | None = option(
-        None,
-        "target loss: mean, a validation domain, or code=0.5,prose=0.5 "
-        "(default: the mixture file's target, else mean)",
-    )
-    seed: int = option(0, "seed of initialisation and data order")
-    device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_sequences", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError("--lr: must be positive")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("--min-lr-ratio: must lie in [0, 1]")
-        if not 0 < self.decay_fraction <= 1:
-            raise ConfigError("--decay-fraction: must lie in (0, 1]")
-        if self.warmup_steps < 0 or self.threads < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(
-                "--warmup-steps / --threads / --weight-decay / --grad-clip: must not be negative"
-            )
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Sequences per optimizer step (times seq_len gives tokens)."""
-        return self.batch_size * self.grad_accum
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig(TrainConfig):
-    """`mixlab pretrain`: the full model on the chosen mixture, and baselines for comparison."""
-
-    SECTION = "pretrain"
-
-    model: Path | None = option(None, "model size file (.yaml/.json with GPTConfig keys); flags override it")
-    baselines: tuple[str, ...] = option(
-        (), "also train on these mixtures for the same tokens: natural, uniform"
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        bad = [b for b in self.baselines if b not in ("natural", "uniform")]
-        if bad:
-            raise ConfigError(f"--baselines: unknown {bad}; choose from natural, uniform")
-        if len(set(self.baselines)) != len(self.baselines):
-            raise ConfigError(f"--baselines: listed twice: {list(self.baselines)}")
 
 
 # --- model sizes ----------------------------------------------------------------------------

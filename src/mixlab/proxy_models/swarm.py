@@ -23,86 +23,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from mixlab.config import check_choices, option
 from mixlab.console import log, progress
 from mixlab.errors import ConfigError, InputError
+from mixlab.proxy_models.config import SwarmConfig
 from mixlab.stage import Manifest, StageDir, run_stage
 from mixlab.tables import parquet_files, write_table
 from mixlab.tokenize.shards import SPLITS, domains, read_token_counts, split_dir, tokens_info
 
 RUNS = "runs.parquet"
 NOISE_FLOOR = "noise_floor.parquet"
-
-
-@dataclasses.dataclass(frozen=True)
-class SwarmConfig:
-    """`mixlab swarm train`: the proxy model, its training recipe and how runs are packed."""
-
-    SECTION = "swarm"
-
-    n_layer: int = option(2, "transformer layers of each proxy")
-    n_head: int = option(4, "attention heads (must divide --n-embd)")
-    n_kv_head: int | None = option(None, "key/value heads for grouped-query attention (default: --n-head)")
-    n_embd: int = option(64, "model width")
-    mlp_hidden: int | None = option(None, "SwiGLU hidden size (default: 8/3 x --n-embd, rounded up to 16)")
-    tie_embeddings: bool = option(True, "share the input embedding and the output projection")
-    seq_len: int = option(64, "tokens per training sequence")
-    batch_size: int = option(8, "sequences per proxy per step")
-    steps: int = option(150, "optimizer steps per proxy")
-    lr: float = option(3e-3, "peak learning rate (AdamW)")
-    warmup_steps: int = option(15, "linear warmup steps before cosine decay")
-    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
-    weight_decay: float = option(0.1, "AdamW weight decay on weight matrices (not norms)")
-    grad_clip: float = option(1.0, "clip each proxy's gradient norm to this (0 = off); never a global norm")
-    eval_sequences: int = option(32, "validation windows per domain (the same windows for every run)")
-    pack_size: int = option(32, "proxies trained together in one swarm (one Dask task)")
-    repeats: int = option(1, "seeds per repeated mixture; above 1 measures the noise floor")
-    repeat_mixtures: int = option(4, "how many candidates (the first ones) are trained --repeats times")
-    device: str = option(
-        "auto", "where to train: auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda")
-    )
-    threads: int = option(0, "torch threads per task on CPU (0 = the worker's share of the machine's cores)")
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        for name in ("seq_len", "batch_size", "steps", "eval_sequences", "pack_size", "repeats"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError("--lr: must be positive")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("--min-lr-ratio: must lie in [0, 1]")
-        if self.warmup_steps < 0 or self.repeat_mixtures < 0 or self.threads < 0:
-            raise ConfigError("--warmup-steps / --repeat-mixtures / --threads: must not be negative")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("--weight-decay / --grad-clip: must not be negative")
-        self.model_config(vocab_size=2)  # sizes that do not divide fail here, before any data is read
-
-    def model_config(self, vocab_size: int) -> Any:
-        """The GPTConfig of one proxy (errors worded with this stage's flags)."""
-        from mixlab.proxy_models.model import GPTConfig
-
-        try:
-            return GPTConfig(
-                vocab_size=vocab_size,
-                seq_len=self.seq_len,
-                n_layer=self.n_layer,
-                n_head=self.n_head,
-                n_kv_head=self.n_kv_head,
-                n_embd=self.n_embd,
-                mlp_hidden=self.mlp_hidden,
-                tie_embeddings=self.tie_embeddings,
-            )
-        except ConfigError as exc:
-            message = str(exc).removeprefix("model config: ")
-            for name in ("n_embd", "n_head", "n_kv_head", "n_layer", "mlp_hidden", "seq_len"):
-                message = message.replace(name, "--" + name.replace("_", "-"))
-            raise ConfigError(message) from None
-
-    @property
-    def train_tokens(self) -> int:
-        """Tokens each proxy trains on."""
-        return self.steps * self.batch_size * self.seq_len
 
 
 @dataclasses.dataclass(frozen=True)

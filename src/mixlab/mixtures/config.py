@@ -1,0 +1,178 @@
+"""The mixture-search stages' configs: `mixtures sample`, `mixtures fit`, `mixtures select`.
+
+Torch-free and light, so the CLI can build its flags without importing the stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mixlab.config import check_choices, check_weights, option
+from mixlab.errors import ConfigError
+from mixlab.mixtures.regression import BoostSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """`mixlab mixtures sample`: how many candidate mixtures, and how far from the prior they roam."""
+
+    SECTION = "sample"
+
+    candidates: int = option(32, "candidate mixtures to write (the natural and uniform ones included)")
+    prior_power: float = option(
+        0.5, "the token prior is raised to this power before use (<1 favours small domains)"
+    )
+    spread_min: float = option(
+        0.1, "smallest Dirichlet concentration scale (small: sparse, extreme mixtures)"
+    )
+    spread_max: float = option(5.0, "largest Dirichlet concentration scale (large: close to the prior)")
+    spread_levels: int = option(15, "log-spaced scale values between --spread-min and --spread-max")
+    min_weight: float = option(0.01, "weights below this are set to zero and the rest renormalised")
+    max_epochs: float = option(
+        4.0, "a domain may be repeated at most this many times within one proxy's tokens"
+    )
+    proxy_tokens: int = option(0, "tokens one proxy trains on, for the repetition cap (0: the swarm default)")
+    min_distance: float = option(0.05, "drop a candidate within this L1 distance of an earlier one")
+    domains: tuple[str, ...] = option((), "domains to mix (default: every domain with train tokens)")
+    holdout_domains: tuple[str, ...] = option(
+        ("target",), "domains never mixed (validation-only sets such as a target corpus)"
+    )
+    seed: int = option(0, "global seed; each candidate's seed derives from it and its run_id")
+
+    def __post_init__(self) -> None:
+        if self.candidates < 2:
+            raise ConfigError("--candidates: must be at least 2 (the natural and uniform mixtures)")
+        if not 0 < self.spread_min <= self.spread_max:
+            raise ConfigError("--spread-min / --spread-max: need 0 < --spread-min <= --spread-max")
+        if self.spread_levels < 1:
+            raise ConfigError("--spread-levels: must be at least 1")
+        if self.prior_power < 0:
+            raise ConfigError("--prior-power: must not be negative")
+        if not 0 <= self.min_weight < 1:
+            raise ConfigError("--min-weight: must lie in [0, 1)")
+        if self.max_epochs <= 0:
+            raise ConfigError("--max-epochs: must be positive")
+        if self.proxy_tokens < 0 or self.min_distance < 0:
+            raise ConfigError("--proxy-tokens / --min-distance: must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """`mixlab mixtures fit`: a regressor from mixture weights to target loss, cross-validated."""
+
+    SECTION = "fit"
+
+    target: str = option(
+        "mean",
+        "what to minimise: mean (of the domains' losses), a loss name, or weights like code=0.5,prose=0.5",
+    )
+    model: str = option(
+        "lightgbm",
+        "the model select uses: lightgbm, a baseline, or auto (best held-out Spearman)",
+        choices=("lightgbm", "linear", "loglinear", "auto"),
+    )
+    folds: int = option(5, "cross-validation folds (repeated seeds of a mixture stay in one fold)")
+    learning_rate: float = option(0.01, "LightGBM learning rate")
+    max_rounds: int = option(1000, "LightGBM boosting rounds at most (early stopping picks fewer)")
+    early_stopping_rounds: int = option(
+        50, "stop when the inner validation loss has not improved for this many rounds"
+    )
+    valid_fraction: float = option(0.2, "share of a training fold's mixtures held out for early stopping")
+    num_leaves: int = option(31, "LightGBM leaves per tree at most")
+    min_data_in_leaf: int = option(
+        0, "LightGBM minimum runs per leaf; 0 picks one that still splits small swarms"
+    )
+    prior: dict[str, float] = option(
+        {},
+        "natural mixture the candidates were drawn around (default: recorded with the runs, else their mean weights)",
+    )
+    num_threads: int = option(
+        1, "LightGBM training threads (swarms are small: more threads only add overhead; 0: all cores)"
+    )
+    seed: int = option(0, "seed for folds, early-stopping splits and LightGBM")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.folds < 2:
+            raise ConfigError("--folds: must be at least 2")
+        if not 0 < self.learning_rate <= 1:
+            raise ConfigError("--learning-rate: must be in (0, 1]")
+        if self.max_rounds < 1 or self.early_stopping_rounds < 1:
+            raise ConfigError("--max-rounds / --early-stopping-rounds: must be at least 1")
+        if not 0 <= self.valid_fraction < 0.5:
+            raise ConfigError("--valid-fraction: must be in [0, 0.5)")
+        if self.num_leaves < 2:
+            raise ConfigError("--num-leaves: must be at least 2")
+        if self.min_data_in_leaf < 0 or self.num_threads < 0:
+            raise ConfigError("--min-data-in-leaf / --num-threads: must not be negative")
+        if self.prior:
+            check_weights(self.prior, "prior", tol=1e-3)
+
+    def boost_settings(self) -> BoostSettings:
+        return BoostSettings(
+            learning_rate=self.learning_rate,
+            max_rounds=self.max_rounds,
+            early_stopping_rounds=self.early_stopping_rounds,
+            num_leaves=self.num_leaves,
+            min_data_in_leaf=self.min_data_in_leaf,
+            valid_fraction=self.valid_fraction,
+            seed=self.seed,
+            num_threads=self.num_threads,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    """`mixlab mixtures select`: how many mixtures to simulate, how to choose, and the full run's limits."""
+
+    SECTION = "select"
+
+    samples: int = option(100_000, "mixtures simulated from the candidates' prior and scored")
+    top_k: int = option(128, "the best-scoring mixtures averaged into the chosen one")
+    method: str = option(
+        "topk",
+        "topk: average the best simulated mixtures (RegMix); near-prior: also search locally, within --max-kl of the prior",
+        choices=("topk", "near-prior"),
+    )
+    max_kl: float = option(0.5, "near-prior: largest KL divergence (nats) of a mixture from the prior")
+    search_rounds: int = option(4, "near-prior: rounds of local search around the best mixtures")
+    token_budget: int = option(
+        0, "tokens of the full run (with --tokens: caps each domain at --max-epochs passes)"
+    )
+    max_epochs: float = option(4.0, "most passes over any domain's train tokens within --token-budget")
+    min_weight: dict[str, float] = option({}, "per-domain lower bounds, e.g. code=0.1")
+    max_weight: dict[str, float] = option({}, "per-domain upper bounds, e.g. legal=0.3")
+    model: str = option(
+        "chosen",
+        "which fitted model scores mixtures (chosen: the one fit chose)",
+        choices=("chosen", "lightgbm", "linear", "loglinear"),
+    )
+    verify: bool = option(
+        False,
+        "re-train the chosen, natural and uniform mixtures at a larger proxy size (needs --tokens) and check the order",
+    )
+    verify_scale: float = option(
+        2.0, "--verify: the larger proxy's width and training steps, as multiples of the swarm's"
+    )
+    verify_seeds: int = option(2, "--verify: seeds per mixture")
+    num_threads: int = option(0, "threads for LightGBM prediction (0: all cores)")
+    seed: int = option(0, "seed of the simulated mixtures")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.samples < 1 or self.top_k < 1:
+            raise ConfigError("--samples / --top-k: must be at least 1")
+        if self.top_k > self.samples:
+            raise ConfigError(f"--top-k {self.top_k}: cannot exceed --samples {self.samples}")
+        if self.max_kl <= 0:
+            raise ConfigError("--max-kl: must be positive")
+        if self.search_rounds < 0 or self.token_budget < 0 or self.num_threads < 0:
+            raise ConfigError("--search-rounds / --token-budget / --num-threads: must not be negative")
+        if self.max_epochs <= 0:
+            raise ConfigError("--max-epochs: must be positive")
+        if self.verify_scale <= 0 or self.verify_seeds < 1:
+            raise ConfigError("--verify-scale / --verify-seeds: must be positive")
+        for key in ("min_weight", "max_weight"):
+            bad = {k: v for k, v in getattr(self, key).items() if not 0 <= v <= 1}
+            if bad:
+                raise ConfigError(f"--{key.replace('_', '-')}: bounds must lie in [0, 1], got {bad}")
