@@ -1,8 +1,9 @@
 """Getting a Dask client: the caller's, a scheduler address, or a LocalCluster mixlab owns.
 
 Order: the client passed in, ``--scheduler-address``, the ``DASK_SCHEDULER_ADDRESS``
-environment variable, else a LocalCluster of processes sized to the machine. mixlab shuts
-down only what it started.
+environment variable, the user's dask config (``scheduler-address``, e.g. in
+``~/.config/dask/*.yaml``), else a LocalCluster of processes sized to the machine. mixlab
+shuts down only what it started.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from typing import Any
 
 from mixlab.console import log
 from mixlab.errors import MixlabError
+
+
+def scheduler_address_from(flag: str | None = None) -> str | None:
+    """The scheduler to use: the flag, else DASK_SCHEDULER_ADDRESS, else dask config; None for a LocalCluster."""
+    import dask.config
+
+    return (
+        flag or os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get("scheduler-address", None) or None
+    )
 
 
 def local_cluster_size() -> tuple[int, int]:
@@ -35,12 +45,16 @@ def dask_client(
     if client is not None:
         yield client
         return
-    address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    address = scheduler_address_from(scheduler_address)
     if address:
         try:
             owned = Client(address, timeout="20s")
-        except OSError as exc:
-            raise MixlabError(f"could not connect to Dask scheduler at {address} ({exc})") from None
+        except (OSError, ValueError, TypeError) as exc:
+            # OSError: nothing listening; ValueError / TypeError: an address that is not one.
+            raise MixlabError(
+                f"could not connect to Dask scheduler at {address!r} ({exc}); expected an address like "
+                "tcp://HOST:8786 of a running `dask scheduler`"
+            ) from None
         if not quiet:
             log(f"dask: connected to {address}; dashboard: {owned.dashboard_link}")
         try:

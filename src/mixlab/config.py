@@ -232,5 +232,3 @@ def check_weights(weights: Mapping[str, float], key: str, tol: float = 1e-6) -> 
     total = sum(weights.values())
     if abs(total - 1.0) > tol:
         raise ConfigError(f"{flag_name(key)}: weights sum to {total:.6g}, not 1 ({dict(weights)})")
-
-

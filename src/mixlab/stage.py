@@ -8,17 +8,20 @@ survives a kill (so stages can resume from per-partition markers) but never look
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import fcntl
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xxhash
 
 from mixlab.config import config_to_dict
@@ -91,6 +94,8 @@ class Manifest:
     stats: dict[str, Any]
     wall_s: float
     created: str
+    # Every file of the output (relative path -> bytes), so "up to date" can mean "complete".
+    outputs: dict[str, int] = dataclasses.field(default_factory=dict)
     path: Path | None = dataclasses.field(default=None, compare=False)
     skipped: bool = dataclasses.field(default=False, compare=False)
 
@@ -107,10 +112,30 @@ class Manifest:
             data = json.loads((out_dir / MANIFEST).read_text())
         except FileNotFoundError:
             raise InputError(f"{out_dir}: no {MANIFEST}; not a finished mixlab stage output") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{out_dir / MANIFEST}: corrupt manifest ({exc})") from None
+        required = {"stage": str, "config": dict, "inputs": dict, "counts": dict, "stats": dict}
+        if not isinstance(data, dict) or any(not isinstance(data.get(k), tp) for k, tp in required.items()):
+            raise InputError(
+                f"{out_dir / MANIFEST}: not a mixlab manifest (a mixlab output's manifest has "
+                f"{', '.join(required)}); this directory was not written by mixlab"
+            )
         fields = {f.name for f in dataclasses.fields(cls)} - {"path", "skipped"}
-        return cls(**{k: v for k, v in data.items() if k in fields}, path=out_dir)
+        values = {k: v for k, v in data.items() if k in fields}
+        values.setdefault("versions", {})
+        values.setdefault("wall_s", 0.0)
+        values.setdefault("created", "")
+        return cls(**values, path=out_dir)
+
+    def missing_outputs(self) -> list[str]:
+        """Files the manifest lists that are absent (or of another size) in its directory."""
+        assert self.path is not None
+        missing = []
+        for rel, size in self.outputs.items():
+            file = self.path / rel
+            if not file.is_file() or file.stat().st_size != size:
+                missing.append(rel)
+        return missing
 
 
 def _json_default(obj: Any) -> Any:
@@ -123,11 +148,16 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename): a kill never leaves it torn."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically, keys sorted (the same data gives the same bytes)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default))
 
 
 @dataclasses.dataclass
@@ -143,6 +173,43 @@ StageBody = Callable[[StageDir], tuple[Mapping[str, Any], Mapping[str, Any]]]
 
 def partial_dir(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def lock_file(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on one output: a second mixlab run into the same --out is refused.
+
+    The lock is an ``fcntl`` lock on a sibling ``.<name>.lock`` file holding the owner's pid.
+    The kernel releases it when its process dies, so a lock file left by a killed run is
+    stale by construction and simply taken over.
+    """
+    path = lock_file(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise MixlabError(
+                f"{out_dir}: another mixlab run is writing it (pid {owner}); wait for it to finish, "
+                "or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            # Unlink while still holding the lock, so a waiting run never locks a deleted file.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def run_stage(
@@ -163,39 +230,28 @@ def run_stage(
     - A partial directory left by a killed run with the same key is handed to `body` again so
       it can skip finished partitions; one from a different config is discarded.
     - A user error (MixlabError) discards the partial directory: nothing is left behind.
+    - The whole run holds an exclusive lock on `out_dir` (see `output_lock`).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     config = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     fingerprints = _fingerprint_inputs(inputs)
     key = {"stage": stage, "config": config, "inputs": fingerprints, **(extra_key or {})}
+    with output_lock(out_dir):
+        return _run_locked(stage, config, fingerprints, key, out_dir, body, force)
 
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise MixlabError(
-                f"{out_dir}: exists and is a file, not an output directory; choose another --out"
-            )
-        if (out_dir / MANIFEST).is_file():
-            old = Manifest.load(out_dir)
-            if old.stage == stage and old.config == config and old.inputs == fingerprints and not force:
-                log(f"{stage}: {out_dir} is up to date (same config and inputs); nothing to do")
-                old.skipped = True
-                return old
-            if not force:
-                changed = [k for k in config if old.config.get(k) != config[k]]
-                if old.stage != stage:
-                    what = f"stage differs (this is {stage})"
-                else:
-                    what = f"config changed ({', '.join(changed)})" if changed else "inputs changed"
-                raise MixlabError(
-                    f"{out_dir}: exists from an earlier {old.stage} run and the {what}; "
-                    "pass --force to overwrite or choose another --out"
-                )
-        elif any(out_dir.iterdir()):
-            # Refused even with --force: publishing would delete files mixlab did not write.
-            raise MixlabError(
-                f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a mixlab stage output); "
-                "choose another --out or remove it yourself"
-            )
+
+def _run_locked(
+    stage: str,
+    config: dict[str, Any],
+    fingerprints: dict[str, str],
+    key: dict[str, Any],
+    out_dir: Path,
+    body: StageBody,
+    force: bool,
+) -> Manifest:
+    old = _existing_output(stage, config, fingerprints, out_dir, force)
+    if old is not None:
+        return old
 
     partial = partial_dir(out_dir)
     key_file = partial / "_partial.json"
@@ -218,6 +274,8 @@ def run_stage(
     except MixlabError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    shutil.rmtree(partial / WORK, ignore_errors=True)
+    key_file.unlink()
     manifest = Manifest(
         stage=stage,
         config=config,
@@ -227,13 +285,68 @@ def run_stage(
         stats=dict(stats),
         wall_s=round(time.perf_counter() - start, 3),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        outputs=_listing(partial),
     )
-    shutil.rmtree(partial / WORK, ignore_errors=True)
-    key_file.unlink()
-    (partial / MANIFEST).write_text(manifest.to_json())
+    # The manifest is written last: a directory with a manifest is a complete output.
+    write_text_atomic(partial / MANIFEST, manifest.to_json())
     publish(partial, out_dir)
     manifest.path = out_dir
     return manifest
+
+
+def _listing(root: Path) -> dict[str, int]:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in files}
+
+
+def _existing_output(
+    stage: str, config: dict[str, Any], fingerprints: dict[str, str], out_dir: Path, force: bool
+) -> Manifest | None:
+    """The finished output to reuse (same stage, config and inputs, complete), else None.
+
+    Refuses to overwrite an output of other settings without `force`, and never overwrites a
+    directory mixlab did not write.
+    """
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise MixlabError(
+                f"{out_dir}: exists and is a file, not an output directory; choose another --out"
+            )
+        if (out_dir / MANIFEST).is_file():
+            try:
+                old = Manifest.load(out_dir)
+            except InputError as exc:
+                raise MixlabError(
+                    f"{exc}; refusing to overwrite it: choose another --out or remove it yourself"
+                ) from None
+            if old.stage == stage and old.config == config and old.inputs == fingerprints and not force:
+                missing = old.missing_outputs()
+                if not missing:
+                    log(f"{stage}: {out_dir} is up to date (same config and inputs); nothing to do")
+                    old.skipped = True
+                    return old
+                log(
+                    f"{stage}: {out_dir} is incomplete ({len(missing)} file(s) missing, e.g. {missing[0]}); rebuilding"
+                )
+                return None
+            if not force:
+                changed = [k for k in config if old.config.get(k) != config[k]]
+                if old.stage != stage:
+                    what = f"stage differs (this is {stage})"
+                else:
+                    what = f"config changed ({', '.join(changed)})" if changed else "inputs changed"
+                raise MixlabError(
+                    f"{out_dir}: exists from an earlier {old.stage} run and the {what}; "
+                    "pass --force to overwrite or choose another --out"
+                )
+        elif any(out_dir.iterdir()):
+            # Refused even with --force: publishing would delete files mixlab did not write.
+            raise MixlabError(
+                f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a mixlab stage output); "
+                "choose another --out or remove it yourself"
+            )
+
+    return None
 
 
 def publish(src: Path, out_dir: Path) -> None:
@@ -261,3 +374,59 @@ def _fingerprint_inputs(inputs: Mapping[str, Any]) -> dict[str, str]:
                 h.update(fingerprint(item).encode())
             out[name] = h.hexdigest()
     return out
+
+
+# --- per-task completion markers and derived randomness ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskMarkers:
+    """Per-task completion markers in a stage's work dir, so a killed run resumes.
+
+    A task (a partition, a pack of proxies) records its small JSON result under its name once
+    its outputs are written; a rerun reads `finished()` and submits only the rest. Plain
+    paths and JSON, so a Dask worker can mark its own task done.
+    """
+
+    root: str  # <work>/markers/<kind>
+
+    @classmethod
+    def in_work(cls, work: Path | str, kind: str) -> TaskMarkers:
+        root = Path(work) / "markers" / kind
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(str(root))
+
+    def path(self, task: str) -> Path:
+        return Path(self.root) / f"{task}.json"
+
+    def mark(self, task: str, result: Mapping[str, Any]) -> None:
+        write_json(self.path(task), dict(result))
+
+    def get(self, task: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path(task).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None  # a torn marker cannot exist (atomic writes), but a foreign file may
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for file in sorted(Path(self.root).glob("*.json")):
+            result = self.get(file.stem)
+            if result is not None:
+                out[file.stem] = result
+        return out
+
+
+def derive_seed(seed: int, *names: object, bits: int = 64) -> int:
+    """A seed for one purpose and item (`derive_seed(seed, "init", run_id)`), from the global seed.
+
+    Everything random in mixlab derives this way, so results depend on the seed and on the
+    item's own names, never on partitioning, worker count or scheduling order.
+    """
+    key = xxhash.xxh3_64_intdigest("/".join(map(str, names)).encode(), seed=seed)
+    return key & ((1 << bits) - 1)
+
+
+def derive_rng(seed: int, *names: object) -> np.random.Generator:
+    """A numpy Generator for one purpose and item, seeded by `derive_seed`."""
+    return np.random.default_rng(derive_seed(seed, *names))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -60,7 +60,54 @@ def read_schema(file: Path) -> pa.Schema:
     try:
         return pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{file}: not a readable parquet file ({exc})") from None
+        raise InputError(
+            f"{file}: not a readable parquet file ({_first_line(exc)}); write it again"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def read_table(
+    path: Path | str,
+    columns: Sequence[str] | None = None,
+    *,
+    required: Sequence[str] = (),
+    allow_empty: bool = False,
+    fix: str = "",
+) -> pa.Table:
+    """A parquet file, or every parquet file of a folder, as one table: the one reader of inputs.
+
+    Every way it can fail is said in one line naming the file and what to do: no such path, a
+    folder without parquet, a truncated or corrupt file, `required` columns missing, and (unless
+    `allow_empty`) no rows at all. `fix` is appended, e.g. "make it with `mixlab mixtures sample`".
+    """
+    files = parquet_files(path)
+    hint = f"; {fix}" if fix else ""
+    tables = []
+    for file in files:
+        names = read_schema(file).names
+        missing = [c for c in (*required, *(columns or ())) if c not in names]
+        if missing:
+            raise InputError(
+                f"{file}: column(s) {', '.join(map(repr, dict.fromkeys(missing)))} missing "
+                f"(found: {', '.join(names) or 'none'}){hint}"
+            )
+        try:
+            tables.append(pq.read_table(file, columns=list(columns) if columns is not None else None))
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{file}: not a readable parquet file ({_first_line(exc)}){hint}") from None
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except pa.ArrowException as exc:
+        raise InputError(
+            f"{path}: its parquet files do not share one schema ({_first_line(exc)}){hint}"
+        ) from None
+    if not allow_empty and table.num_rows == 0:
+        where = files[0] if len(files) == 1 else path
+        raise InputError(f"{where}: has no rows{hint}")
+    return table
 
 
 def check_documents(path: Path | str, *, check_unique: bool = True) -> list[Path]:

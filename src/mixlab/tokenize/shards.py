@@ -16,7 +16,9 @@ shards, never re-parsed per batch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 
 from mixlab.errors import InputError
 from mixlab.stage import Manifest
-from mixlab.tables import parquet_files
+from mixlab.tables import parquet_files, read_table
 
 SPLITS = ("train", "valid")
 STREAM = "_stream.npy"
@@ -52,7 +54,7 @@ def read_token_counts(tokens_dir: Path | str) -> pa.Table:
     path = Path(tokens_dir) / TOKEN_COUNTS
     if not path.is_file():
         raise InputError(f"{tokens_dir}: no {TOKEN_COUNTS}; pass the output directory of `mixlab tokenize`")
-    return pq.read_table(path)
+    return read_table(path, required=("domain", "split", "documents", "tokens"), allow_empty=True)
 
 
 def tokens_info(tokens_dir: Path | str) -> dict:
@@ -62,6 +64,71 @@ def tokens_info(tokens_dir: Path | str) -> dict:
     if missing:
         raise InputError(f"{tokens_dir}: manifest lacks {missing}; not a `mixlab tokenize` output")
     return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenShards:
+    """A tokenize output, opened once: its counts, vocabulary, EOS id, dtype and domains.
+
+    Every consumer (sample, swarm, select, pretrain, distill) reads these through one handle
+    instead of re-reading ``token_counts.parquet`` and the manifest per question.
+    """
+
+    path: Path
+    vocab_size: int
+    eos_id: int
+    dtype: np.dtype
+    counts: tuple[tuple[str, str, int, int], ...]  # (domain, split, documents, tokens) rows
+
+    @classmethod
+    def open(cls, tokens_dir: Path | str) -> TokenShards:
+        path = Path(tokens_dir)
+        if not path.is_dir():
+            raise InputError(
+                f"{path}: no such tokens directory; pass the output directory of `mixlab tokenize`"
+            )
+        info = tokens_info(path)
+        table = read_token_counts(path)
+        rows = tuple(
+            (str(r["domain"]), str(r["split"]), int(r["documents"]), int(r["tokens"]))
+            for r in table.to_pylist()
+        )
+        vocab = int(info["vocab_size"])
+        return cls(
+            path, vocab, int(info["eos_id"]), np.dtype(info.get("token_dtype") or token_dtype(vocab)), rows
+        )
+
+    @property
+    def domains(self) -> list[str]:
+        """Every domain with any split (mixable ones and validation-only ones such as ``target``)."""
+        return sorted({d for d, *_ in self.counts})
+
+    def tokens(self, split: str = "train") -> dict[str, int]:
+        """Tokens per domain in one split (domains without that split are absent)."""
+        out: dict[str, int] = {}
+        for domain, s, _docs, n in self.counts:
+            if s == split:
+                out[domain] = out.get(domain, 0) + n
+        return dict(sorted(out.items()))
+
+    def natural(self, domains: Sequence[str]) -> dict[str, float]:
+        """The natural mixture of `domains`: their shares of the train tokens."""
+        train = self.tokens("train")
+        total = sum(train.get(d, 0) for d in domains)
+        if total <= 0:
+            raise InputError(f"{self.path}: domains {list(domains)} have no train tokens")
+        return {d: train.get(d, 0) / total for d in domains}
+
+    def scored_domains(self, seq_len: int) -> list[str]:
+        """Domains whose validation split holds at least one window of `seq_len` + 1 tokens."""
+        return [
+            d
+            for d, n in self.tokens("valid").items()
+            if n >= seq_len + 1 and split_dir(self.path, d, "valid").is_dir()
+        ]
+
+    def stream(self, domain: str, split: str) -> np.ndarray:
+        return domain_stream(self.path, domain, split)
 
 
 @functools.lru_cache(maxsize=64)
