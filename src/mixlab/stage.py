@@ -171,6 +171,25 @@ class StageDir:
 StageBody = Callable[[StageDir], tuple[Mapping[str, Any], Mapping[str, Any]]]
 
 
+def absolute_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage's inputs with every path made absolute on the client.
+
+    Dask workers may run in another directory (or on another machine), so nothing relative
+    may leave the client. Values may be a path, a list of paths, or None; URLs are kept.
+    """
+
+    def absolute(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, (str, Path)):
+            return value if "://" in str(value) else Path(value).expanduser().absolute()
+        if isinstance(value, Mapping):
+            return {k: absolute(v) for k, v in value.items()}
+        return [absolute(v) for v in value]
+
+    return {name: absolute(value) for name, value in inputs.items()}
+
+
 def partial_dir(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
 
