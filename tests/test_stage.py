@@ -344,3 +344,104 @@ def test_a_small_corpus_is_still_split_for_every_worker_but_not_into_crumbs(tmp_
     tiny = _rows_file(tmp_path / "tiny.parquet", 3000)
     assert len(plan_partitions([tiny], max_rows=20_000)) == 2  # never below 2,000 rows a part
     assert plan_partitions([small], max_rows=20_000) == plan_partitions([small], max_rows=20_000)
+
+
+# --- the output lock, complete outputs, foreign manifests ------------------------------------------
+
+
+def test_a_second_run_into_a_locked_output_is_refused_naming_the_owner(tmp_path):
+    import fcntl
+    import os
+
+    from mixlab.stage import lock_file
+
+    out = tmp_path / "out"
+    lock = lock_file(out)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"4242")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds it (a separate open file counts as another owner)
+    try:
+        body, calls = write_marker_body()
+        with pytest.raises(MixlabError, match=r"another mixlab run is writing it \(pid 4242\)"):
+            run_stage("demo", {}, {}, out, body)
+        assert calls == [] and not out.exists() and not partial_dir(out).exists()
+    finally:
+        os.close(fd)
+
+
+def test_a_stale_lock_file_of_a_dead_run_is_taken_over(tmp_path):
+    from mixlab.stage import lock_file
+
+    out = tmp_path / "out"
+    lock_file(out).write_text("999999")  # left by a killed run: the file exists but nobody locks it
+    body, calls = write_marker_body()
+    run_stage("demo", {}, {}, out, body)
+    assert len(calls) == 1 and (out / "result.txt").is_file()
+    assert not lock_file(out).exists()
+
+
+def test_an_output_missing_a_listed_file_is_rebuilt_not_up_to_date(tmp_path):
+    body, calls = write_marker_body()
+    run_stage("demo", {}, {}, tmp_path / "out", body)
+    assert Manifest.load(tmp_path / "out").outputs == {"result.txt": len("result")}
+    (tmp_path / "out" / "result.txt").unlink()
+    run_stage("demo", {}, {}, tmp_path / "out", body)
+    assert len(calls) == 2 and (tmp_path / "out" / "result.txt").is_file()
+
+
+@pytest.mark.parametrize("text", ['{"hello": 1}', "[1, 2]", '{"stage": 3, "config": {}}'])
+def test_a_foreign_manifest_is_not_a_mixlab_output_and_is_never_overwritten(tmp_path, text):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / MANIFEST).write_text(text)
+    with pytest.raises(InputError, match="not a mixlab manifest"):
+        Manifest.load(tmp_path / "out")
+    body, calls = write_marker_body()
+    with pytest.raises(MixlabError, match="refusing to overwrite it"):
+        run_stage("demo", {}, {}, tmp_path / "out", body, force=True)
+    assert calls == [] and (tmp_path / "out" / MANIFEST).read_text() == text
+
+
+# --- task markers, derived randomness, absolute inputs --------------------------------------------
+
+
+def test_task_markers_record_finished_tasks_for_a_resumed_run(tmp_path):
+    import pickle
+
+    from mixlab.stage import TaskMarkers
+
+    markers = TaskMarkers.in_work(tmp_path / "work", "parts")
+    assert markers.finished() == {} and markers.get("part_00001") is None
+    pickle.loads(pickle.dumps(markers)).mark("part_00001", {"rows": 3})  # as a worker would
+    markers.mark("part_00000", {"rows": 2})
+    assert markers.finished() == {"part_00000": {"rows": 2}, "part_00001": {"rows": 3}}
+    assert sorted(p.name for p in (tmp_path / "work" / "markers" / "parts").iterdir()) == [
+        "part_00000.json",
+        "part_00001.json",
+    ]
+
+
+def test_derived_seeds_depend_on_the_seed_and_the_names_only():
+    from mixlab.stage import derive_rng, derive_seed
+
+    assert derive_seed(0, "init", "r1") == derive_seed(0, "init", "r1")
+    assert (
+        len({derive_seed(0, "init", "r1"), derive_seed(1, "init", "r1"), derive_seed(0, "init", "r2")}) == 3
+    )
+    assert derive_seed(0, "a", bits=31) < 2**31
+    assert derive_rng(3, "x").random() == derive_rng(3, "x").random()
+    assert derive_rng(3, "x").random() != derive_rng(3, "y").random()
+
+
+def test_absolute_inputs_resolve_relative_paths_and_keep_urls(tmp_path, monkeypatch):
+    from mixlab.stage import absolute_inputs
+
+    monkeypatch.chdir(tmp_path)
+    out = absolute_inputs(
+        {"one": "rel/a", "many": [Path("b"), "s3://bucket/c"], "none": None, "named": {"t": "t"}}
+    )
+    assert out == {
+        "one": tmp_path / "rel" / "a",
+        "many": [tmp_path / "b", "s3://bucket/c"],
+        "none": None,
+        "named": {"t": tmp_path / "t"},
+    }

@@ -87,7 +87,7 @@ def read_table(
     hint = f"; {fix}" if fix else ""
     tables = []
     for file in files:
-        names = read_schema(file).names
+        names = read_schema(file, fix or "write it again").names
         missing = [c for c in (*required, *(columns or ())) if c not in names]
         if missing:
             raise InputError(
