@@ -56,13 +56,11 @@ def parquet_files(path: Path | str) -> list[Path]:
     return files
 
 
-def read_schema(file: Path) -> pa.Schema:
+def read_schema(file: Path, fix: str = "write it again") -> pa.Schema:
     try:
         return pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(
-            f"{file}: not a readable parquet file ({_first_line(exc)}); write it again"
-        ) from None
+        raise InputError(f"{file}: not a readable parquet file ({_first_line(exc)}); {fix}") from None
 
 
 def _first_line(exc: BaseException) -> str:
