@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from mixlab.cli import main
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixtures.config import SampleConfig
-from mixlab.mixtures.sample import cap_weights, run_sample
+from mixlab.mixtures.sample import cap_weights, run_mixtures_sample
 from mixlab.stage import run_stage
 from mixlab.tables import write_table
 
@@ -40,7 +40,7 @@ TRAIN = {"code": 2_000_000, "legal": 50_000, "prose": 6_000_000, "tabular": 500_
 
 def _sample(tmp_path: Path, **kw) -> pl.DataFrame:
     tokens = _token_counts(tmp_path / "tokens", TRAIN)
-    run_sample(tokens, SampleConfig(**kw), tmp_path / "cands")
+    run_mixtures_sample({"tokens": tokens}, SampleConfig(**kw), tmp_path / "cands")
     return pl.read_parquet(tmp_path / "cands" / "candidates.parquet")
 
 
@@ -90,11 +90,11 @@ def test_holdout_domains_are_never_mixed(tmp_path) -> None:
 def test_a_corpus_too_small_for_the_proxy_budget_is_refused(tmp_path) -> None:
     tokens = _token_counts(tmp_path / "tokens", {"a": 1000, "b": 1000})
     with pytest.raises(ConfigError, match="--max-epochs"):
-        run_sample(tokens, SampleConfig(proxy_tokens=1_000_000), tmp_path / "out")
+        run_mixtures_sample({"tokens": tokens}, SampleConfig(proxy_tokens=1_000_000), tmp_path / "out")
     with pytest.raises(ConfigError, match="--domains"):
-        run_sample(tokens, SampleConfig(domains=("a", "zzz")), tmp_path / "out")
+        run_mixtures_sample({"tokens": tokens}, SampleConfig(domains=("a", "zzz")), tmp_path / "out")
     with pytest.raises(InputError, match="token_counts"):
-        run_sample(tmp_path, SampleConfig(), tmp_path / "out2")
+        run_mixtures_sample({"tokens": tmp_path}, SampleConfig(), tmp_path / "out2")
 
 
 def test_cap_weights_moves_the_excess_to_domains_with_room() -> None:

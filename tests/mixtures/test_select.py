@@ -10,9 +10,9 @@ import pytest
 
 from mixlab.errors import ConfigError
 from mixlab.mixtures.config import FitConfig, SelectConfig
-from mixlab.mixtures.fit import load_fit, run_fit
+from mixlab.mixtures.fit import load_fit, run_mixtures_fit
 from mixlab.mixtures.known import known_runs
-from mixlab.mixtures.select import Bounds, kl_from_prior, run_select, simulate_mixtures
+from mixlab.mixtures.select import Bounds, kl_from_prior, run_mixtures_select, simulate_mixtures
 from mixlab.tables import write_table
 
 DOMAINS = ["prose", "code", "tabular", "legal"]
@@ -26,8 +26,10 @@ def blend_fit(tmp_path_factory):
     write_table(
         known_runs(160, target_blend={"prose": 0.7, "code": 0.3}, noise=0.01, seed=11), root / "runs.parquet"
     )
-    run_fit(
-        root / "runs.parquet", FitConfig(target="target", max_rounds=400, learning_rate=0.03), root / "fit"
+    run_mixtures_fit(
+        {"runs": root / "runs.parquet"},
+        FitConfig(target="target", max_rounds=400, learning_rate=0.03),
+        root / "fit",
     )
     return root / "fit"
 
@@ -65,7 +67,7 @@ def test_pruned_scoring_finds_exactly_the_brute_force_best(blend_fit):
 
 
 def test_known_blend_target_puts_its_weight_on_the_blended_domains(blend_fit, tmp_path):
-    run_select(blend_fit, SelectConfig(samples=50_000), tmp_path / "sel")
+    run_mixtures_select({"fit": blend_fit}, SelectConfig(samples=50_000), tmp_path / "sel")
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     weights = mixture["weights"]
     assert sum(weights.values()) == pytest.approx(1.0)
@@ -80,7 +82,9 @@ def test_known_blend_target_puts_its_weight_on_the_blended_domains(blend_fit, tm
 
 
 def test_near_prior_optimisation_stays_within_max_kl(blend_fit, tmp_path):
-    run_select(blend_fit, SelectConfig(samples=20_000, method="near-prior", max_kl=0.1), tmp_path / "sel")
+    run_mixtures_select(
+        {"fit": blend_fit}, SelectConfig(samples=20_000, method="near-prior", max_kl=0.1), tmp_path / "sel"
+    )
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     assert mixture["kl_from_prior"] <= 0.1 + 1e-9
     assert mixture["predicted_target_loss"] <= mixture["natural"]["predicted_target_loss"]
@@ -105,7 +109,7 @@ def test_token_budget_and_max_epochs_cap_each_domain(blend_fit, tmp_path):
         counts,
     )
     cfg = SelectConfig(samples=20_000, token_budget=10_000, max_epochs=2.0, min_weight={"legal": 0.05})
-    run_select({"fit": blend_fit, "tokens": counts}, cfg, tmp_path / "sel")
+    run_mixtures_select({"fit": blend_fit, "tokens": counts}, cfg, tmp_path / "sel")
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     assert mixture["weights"]["prose"] <= 0.2 + 1e-9  # 1,000 tokens x 2 epochs / 10,000
     assert mixture["weights"]["legal"] >= 0.05 - 1e-9
@@ -121,24 +125,28 @@ def test_impossible_constraints_are_refused_with_the_reason(blend_fit, tmp_path)
         counts,
     )
     with pytest.raises(ConfigError, match="no mixture fits.*raise --max-epochs"):
-        run_select(
+        run_mixtures_select(
             {"fit": blend_fit, "tokens": counts},
             SelectConfig(samples=1000, token_budget=10_000),
             tmp_path / "sel",
         )
     with pytest.raises(ConfigError, match="unknown domain"):
-        run_select(blend_fit, SelectConfig(samples=1000, max_weight={"news": 0.2}), tmp_path / "sel")
+        run_mixtures_select(
+            {"fit": blend_fit}, SelectConfig(samples=1000, max_weight={"news": 0.2}), tmp_path / "sel"
+        )
     with pytest.raises(ConfigError, match="--token-budget: pass --tokens"):
-        run_select(blend_fit, SelectConfig(samples=1000, token_budget=5), tmp_path / "sel")
+        run_mixtures_select({"fit": blend_fit}, SelectConfig(samples=1000, token_budget=5), tmp_path / "sel")
     with pytest.raises(ConfigError, match="minimums sum"):
-        run_select(
-            blend_fit, SelectConfig(samples=1000, min_weight={"code": 0.6, "prose": 0.6}), tmp_path / "sel"
+        run_mixtures_select(
+            {"fit": blend_fit},
+            SelectConfig(samples=1000, min_weight={"code": 0.6, "prose": 0.6}),
+            tmp_path / "sel",
         )
     assert not (tmp_path / "sel").exists()
 
 
 def test_select_with_a_baseline_model(blend_fit, tmp_path):
-    run_select(blend_fit, SelectConfig(samples=5_000, model="loglinear"), tmp_path / "sel")
+    run_mixtures_select({"fit": blend_fit}, SelectConfig(samples=5_000, model="loglinear"), tmp_path / "sel")
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     assert mixture["method"]["model"] == "loglinear"
     assert mixture["predicted_target_loss"] < mixture["natural"]["predicted_target_loss"]
