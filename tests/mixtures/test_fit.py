@@ -153,3 +153,48 @@ def test_fit_takes_prior_and_sampler_from_the_candidates(tmp_path):
     fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
     assert fit["prior"] == pytest.approx({"prose": 0.4, "code": 0.3, "tabular": 0.2, "legal": 0.1})
     assert fit["sampler"]["spread_max"] == 3.0 and fit["sampler"]["prior_power"] == 0.5
+
+
+def test_too_few_runs_advise_more_candidates_with_the_flag_that_exists(tmp_path):
+    runs = write_runs(tmp_path / "runs.parquet", 8, seed=6)
+    with pytest.raises(InputError) as error:
+        run_mixtures_fit({"runs": runs}, FitConfig(**QUICK), tmp_path / "fit")
+    assert "mixtures sample --candidates 64" in str(error.value)
+    assert "--runs" not in str(error.value)
+
+
+def test_target_mean_on_runs_without_loss_columns_says_there_are_none(cli, tmp_path):
+    df = pl.from_arrow(known_runs(30, seed=10)).select("run_id", pl.selectors.starts_with("w."))
+    df.write_parquet(tmp_path / "runs.parquet")
+    result = cli("mixtures", "fit", tmp_path / "runs.parquet", "--target", "mean", "--out", tmp_path / "fit")
+    assert result.exit_code == 1
+    assert "no loss columns" in result.output and "pass the runs of `mixlab swarm train`" in result.output
+    assert "e.g." not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "fit").exists()
+
+
+def test_fit_records_the_target_as_parsed_and_names_its_stage(tmp_path):
+    runs = write_runs(tmp_path / "runs.parquet", 30, seed=11)
+    manifest = run_mixtures_fit(
+        {"runs": runs, "candidates": None}, FitConfig(target=" code=1,prose=3", **QUICK), tmp_path / "fit"
+    )
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert manifest.stage == "mixtures_fit"
+    assert fit["target"] == {"spec": "code=1,prose=3", "terms": {"code": 1.0, "prose": 3.0}}
+    table = pl.read_parquet(runs)
+    expected = table["loss.code"].to_numpy() + 3.0 * table["loss.prose"].to_numpy()
+    predictions = pl.read_parquet(tmp_path / "fit" / "predictions.parquet")
+    np.testing.assert_array_equal(predictions["target_loss"].to_numpy(), expected)
+
+
+def test_an_empty_or_truncated_runs_table_is_a_one_line_error(tmp_path):
+    write_runs(tmp_path / "runs.parquet", 30, seed=12)
+    pl.read_parquet(tmp_path / "runs.parquet").head(0).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(
+        InputError, match=r"empty.parquet: has no rows; pass the runs of `mixlab swarm train`"
+    ):
+        run_mixtures_fit({"runs": tmp_path / "empty.parquet"}, FitConfig(**QUICK), tmp_path / "fit")
+    data = (tmp_path / "runs.parquet").read_bytes()
+    (tmp_path / "torn.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"torn.parquet: not a readable parquet file"):
+        run_mixtures_fit({"runs": tmp_path / "torn.parquet"}, FitConfig(**QUICK), tmp_path / "fit")

@@ -116,16 +116,8 @@ class FitConfig:
             check_weights(self.prior, "prior", tol=1e-3)
 
     def boost_settings(self) -> BoostSettings:
-        return BoostSettings(
-            learning_rate=self.learning_rate,
-            max_rounds=self.max_rounds,
-            early_stopping_rounds=self.early_stopping_rounds,
-            num_leaves=self.num_leaves,
-            min_data_in_leaf=self.min_data_in_leaf,
-            valid_fraction=self.valid_fraction,
-            seed=self.seed,
-            num_threads=self.num_threads,
-        )
+        """LightGBM's settings: the fields of this config that BoostSettings names the same."""
+        return BoostSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BoostSettings)})
 
 
 @dataclasses.dataclass(frozen=True)

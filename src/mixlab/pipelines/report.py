@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from mixlab.config import option
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixture import MIXTURE_JSON, Mixture
 from mixlab.stage import MANIFEST, Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.tables import read_table
 
 STAGE_DIR = re.compile(r"^(\d\d)_([a-z_]+)$")  # a pipeline run root's stage outputs: 03_dedup
 FIT_JSON = "fit.json"  # mixlab.mixtures.fit.FIT_JSON (not imported: that pulls in the regressors)
@@ -211,7 +211,7 @@ def _tokens(page: Page, tokenizer: Path | None, tokens: Path) -> None:
 
 
 def _swarm(page: Page, swarm: Path, cfg: ReportConfig) -> list[str]:
-    runs = pq.read_table(swarm / "runs.parquet")
+    runs = read_table(swarm / "runs.parquet")
     weights = sorted(c.removeprefix("w.") for c in runs.column_names if c.startswith("w."))
     losses = sorted(c.removeprefix("loss.") for c in runs.column_names if c.startswith("loss."))
     m = Manifest.load(swarm)
@@ -327,7 +327,7 @@ def _verification(page: Page, check: Mapping[str, Any]) -> None:
 
 def _pretrain(page: Page, d: Path, title: str, reference: str) -> None:
     page.heading(title)
-    metrics = pq.read_table(d / "metrics.parquet").to_pylist()
+    metrics = read_table(d / "metrics.parquet", required=("model", "step")).to_pylist()
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3))
     for model in sorted({r["model"] for r in metrics}):
