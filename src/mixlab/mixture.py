@@ -37,11 +37,13 @@ min, max, folds}, kl_from_prior, feasible}``):
     comparisons: {baseline: {gap, stderr, verdict}}, chosen_beats_baselines}.
 
 ``comparison.json`` (``pretrain``, ``distill``)
-    target: Target record; tokens: int, trained per model; reference: the model the others
-    are compared with (chosen, or distilled); models: {name: {weights, target, losses:
-    {loss name: value}}}; gap_vs_reference: {name: target loss minus the reference's};
-    best: the name with the lowest target loss; noise_floor: float or null (the swarm's
-    seed noise); summary: [str]; teacher: the teacher's directory (distill only).
+    target: Target record (files written before it existed hold the bare terms); tokens:
+    int, trained per model; reference: the model the others are compared with (chosen, or
+    distilled); models: {name: {weights, target, losses: {loss name: value}}};
+    gap_vs_reference: {name: target loss minus the reference's}; best: the name with the
+    lowest target loss; noise_floor: float or null (the swarm's seed noise); summary: [str];
+    teacher: the teacher's directory (distill only). Whether the reference beats every
+    alternative by more than the noise is read off gap_vs_reference and noise_floor.
 """
 
 from __future__ import annotations
