@@ -116,8 +116,8 @@ def run_mixtures_fit(
     """Fit and cross-validate every model; save them, the prior and the chosen one's name.
 
     `inputs`: {"runs": the runs table (file or swarm output), "candidates": the `mixtures
-    sample` output that supplies the prior and sampler settings, or None}. `client` is
-    accepted for the stage contract; the fit is small and runs in-process.
+    sample` output that supplies the prior and sampler settings, or None}. The fit is small
+    and runs in-process (no Dask client used).
     """
     inputs = absolute_inputs(inputs)
     runs_path, candidates = inputs["runs"], inputs.get("candidates")

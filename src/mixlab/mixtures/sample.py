@@ -167,10 +167,7 @@ def run_mixtures_sample(
     *,
     force: bool = False,
 ) -> Manifest:
-    """Write candidates.parquet for the tokenize output `inputs["tokens"]`.
-
-    `client` is accepted for the stage contract; sampling is small and runs in-process.
-    """
+    """Write candidates.parquet for the tokenize output `inputs["tokens"]` (small: no Dask client used)."""
     inputs = absolute_inputs(inputs)
     shards = open_tokens(inputs["tokens"])
     prior_tokens = train_prior(shards, cfg)

@@ -287,8 +287,8 @@ def run_mixtures_select(
 
     `verify` trains the chosen, natural and uniform mixtures at a larger proxy size for
     --verify (`mixlab.proxy_models.verify.verify_mixtures`, bound by the stage registry: the
-    mixture search itself trains nothing). `client` is accepted for the stage contract;
-    scoring is vectorised and runs in-process.
+    mixture search itself trains nothing). Scoring is vectorised and runs in-process (no
+    Dask client used).
     """
     inputs = absolute_inputs(inputs)
     fit_dir, tokens = inputs["fit"], inputs.get("tokens")

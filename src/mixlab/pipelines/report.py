@@ -367,10 +367,7 @@ def run_report(
     *,
     force: bool = False,
 ) -> Manifest:
-    """Build the report of the run root `inputs["run"]` (its ``NN_<stage>`` outputs) into `out_dir`.
-
-    `client` is accepted for the stage contract; the report reads small files in-process.
-    """
+    """Build the report of the run root `inputs["run"]` (its ``NN_<stage>`` outputs) into `out_dir`."""
     inputs = absolute_inputs(inputs)
     run = inputs["run"]
     if not run.is_dir():
