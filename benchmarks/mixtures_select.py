@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mixlab.mixtures.config import FitConfig
-from mixlab.mixtures.fit import load_fit, run_fit
+from mixlab.mixtures.fit import load_fit, run_mixtures_fit
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.select import CHUNK, score_lowest, simulate_mixtures
 from mixlab.tables import write_table
@@ -34,7 +34,7 @@ def main() -> None:
         write_table(
             known_runs(args.runs, target_blend={"prose": 0.7, "code": 0.3}, seed=0), root / "runs.parquet"
         )
-        run_fit(root / "runs.parquet", FitConfig(target="target"), root / "fit")
+        run_mixtures_fit({"runs": root / "runs.parquet"}, FitConfig(target="target"), root / "fit")
         fitted = load_fit(root / "fit", num_threads=args.threads)
         print(
             f"model: {fitted.final.rounds} trees from {args.runs} runs; {args.samples:,} mixtures, "

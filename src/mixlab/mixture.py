@@ -9,6 +9,41 @@ comparison.json, and evaluated by `Target.loss` / `Target.loss_columns` everywhe
 A *mixture* is ``{domain: weight}`` summing to one. ``mixture.json`` (written by
 ``mixtures select``) holds it under ``weights`` with what the choice rests on; a plain
 ``{domain: weight}`` file is read too.
+
+The three JSON files the report reads, key by key (every key is always written unless
+marked optional; ``Prediction`` is ``{weights, predicted_target_loss, spread: {mean, std,
+min, max, folds}, kl_from_prior, feasible}``):
+
+``fit.json`` (``mixtures fit``)
+    target: Target record; domains: [domain], the models' feature order; prior: {domain:
+    share}; prior_source: str; sampler: {prior_power, spread_min, spread_max, spread_levels,
+    min_weight}; swarm_config: the swarm's config or null; chosen: the model select uses
+    (lightgbm, linear or loglinear); models: {kind: {spearman, pearson, rmse, per_fold:
+    {metric: {mean, std}}, file, and for lightgbm fold_files, rounds, final_rounds}};
+    noise_floor: {rmse, mixtures, runs} or null (no repeated mixtures); runs, dropped_nan,
+    folds: int; runs_needed: {minimum, recommended}; warnings: [str]; target_loss: {min,
+    max, mean}; weights_range: {min: [..], max: [..]} in `domains` order; plots: {kind: png}.
+
+``mixture.json`` (``mixtures select``)
+    the chosen mixture's Prediction at the top level (weights, predicted_target_loss,
+    spread, kl_from_prior, feasible); natural, uniform: Prediction; method: {name, model,
+    samples, samples_kept, top_k, sampler, description, and max_kl for near-prior};
+    alternatives: {method name: {weights, predicted_target_loss}}; target: Target record;
+    constraints: {lower, upper, token_budget (or null), max_epochs (or null), and epochs
+    when a token budget applied}; prior: {domain: share}; held_out: {spearman, pearson,
+    rmse} of the model used; noise_floor: as in fit.json; warnings: [str]; optional
+    verification (with --verify): {proxy, scale, seeds, mixtures: {name: {predicted,
+    measured, measured_std}}, predicted_order, measured_order, ordering_holds,
+    comparisons: {baseline: {gap, stderr, verdict}}, chosen_beats_baselines}.
+
+``comparison.json`` (``pretrain``, ``distill``)
+    target: Target record (files written before it existed hold the bare terms); tokens:
+    int, trained per model; reference: the model the others are compared with (chosen, or
+    distilled); models: {name: {weights, target, losses: {loss name: value}}};
+    gap_vs_reference: {name: target loss minus the reference's}; best: the name with the
+    lowest target loss; noise_floor: float or null (the swarm's seed noise); summary: [str];
+    teacher: the teacher's directory (distill only). Whether the reference beats every
+    alternative by more than the noise is read off gap_vs_reference and noise_floor.
 """
 
 from __future__ import annotations
@@ -39,10 +74,13 @@ class Target:
     spec: str = ""
 
     @classmethod
-    def parse(cls, spec: str, domains: Sequence[str], losses: Sequence[str]) -> Target:
+    def parse(
+        cls, spec: str, domains: Sequence[str], losses: Sequence[str], *, source: str | None = None
+    ) -> Target:
         """`--target` text -> Target, checked against the loss names available (`losses`).
 
-        `domains` are the mixture's domains (what ``mean`` averages over).
+        `domains` are the mixture's domains (what ``mean`` averages over); `source` names
+        where the losses come from in errors (``the runs``).
         """
         spec = spec.strip()
         domains, losses = list(domains), list(losses)
@@ -52,23 +90,23 @@ class Target:
             if not domains:
                 raise ConfigError("--target mean: there are no mixture domains to average over")
             missing = [d for d in domains if d not in losses]
+            if not losses:
+                raise ConfigError(
+                    f"--target mean: there are no validation losses{' in ' + source if source else ''} "
+                    "at all, so nothing to average"
+                )
             if missing:
                 example = ",".join(f"{d}=1" for d in losses[:2])
-                fix = (
-                    f"name the losses explicitly, e.g. --target {example}"
-                    if losses
-                    else "there are none to name"
-                )
                 raise ConfigError(
                     f"--target mean: no loss column for domain(s) {missing} "
-                    f"(loss columns: {', '.join(losses) or 'none'}); {fix}"
+                    f"(loss columns: {', '.join(losses)}); name the losses explicitly, e.g. --target {example}"
                 )
             return cls({d: 1.0 / len(domains) for d in domains}, spec)
         terms = parse_mapping(spec, "target") if "=" in spec else {spec: 1.0}
         unknown = [name for name in terms if name not in losses]
         if unknown:
             raise ConfigError(
-                f"--target: {', '.join(map(repr, unknown))} not among the losses "
+                f"--target: {', '.join(map(repr, unknown))} not {'in ' + source if source else 'among the losses'} "
                 f"({', '.join(losses) or 'none'}; mixture domains: {', '.join(domains) or 'none'}); "
                 "name one of those, or use --target mean"
             )
@@ -80,9 +118,15 @@ class Target:
         return cls({k: float(v) for k, v in terms.items()}, spec)
 
     @classmethod
-    def from_record(cls, record: Any, losses: Sequence[str], where: str = "target") -> Target:
-        """A stored target: ``{"spec", "terms"}``, a bare ``{name: coefficient}``, or a spec string."""
+    def from_record(cls, record: Any, losses: Sequence[str] | None, where: str = "target") -> Target:
+        """A stored target: ``{"spec", "terms"}``, a bare ``{name: coefficient}``, or a spec string.
+
+        `losses`: the loss names available, which every term must be among; None when the
+        record is trusted as written (select reading the fit that parsed it).
+        """
         if isinstance(record, str):
+            if losses is None:
+                raise InputError(f"{where}: a target spec {record!r} needs the losses to resolve it")
             return cls.parse(record, [], losses) if record != "mean" else cls.parse(record, losses, losses)
         if isinstance(record, Mapping):
             terms = record.get("terms", record)
@@ -93,7 +137,7 @@ class Target:
                 raise InputError(
                     f"{where}: target terms must map loss names to numbers (got {terms!r})"
                 ) from None
-            missing = [k for k in terms if k not in losses]
+            missing = [k for k in terms if losses is not None and k not in losses]
             if missing:
                 raise InputError(
                     f"{where}: the target names {missing}, which have no validation loss here "
@@ -156,14 +200,21 @@ class Mixture:
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_record(data, str(path), available)
+
+    @classmethod
+    def from_record(
+        cls, data: Any, where: str = "mixture", available: Sequence[str] | None = None
+    ) -> Mixture:
+        """A mixture.json's content (or a plain {domain: weight}), checked like `read` checks a file."""
         if not isinstance(data, dict):
-            raise InputError(f"{path}: expected a JSON object of weights")
+            raise InputError(f"{where}: expected a JSON object of weights")
         weights = data.get("weights", data)
         if not isinstance(weights, dict) or not weights:
             raise InputError(
-                f'{path}: no weights; expected {{"weights": {{domain: weight}}}} or {{domain: weight}}'
+                f'{where}: no weights; expected {{"weights": {{domain: weight}}}} or {{domain: weight}}'
             )
-        weights = cls.check(weights, str(path), available)
+        weights = cls.check(weights, where, available)
         floor = data.get("noise_floor")
         if isinstance(floor, dict):
             floor = floor.get("rmse")

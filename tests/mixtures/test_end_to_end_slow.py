@@ -55,9 +55,10 @@ def write_tokens(out, streams):
 @pytest.mark.slow
 def test_blend_target_chosen_mixture_beats_natural_and_uniform_when_retrained(tmp_path):
     from mixlab.mixtures.config import FitConfig, SampleConfig, SelectConfig
-    from mixlab.mixtures.fit import run_fit
-    from mixlab.mixtures.sample import run_sample
-    from mixlab.mixtures.select import run_select
+    from mixlab.mixtures.fit import run_mixtures_fit
+    from mixlab.mixtures.sample import run_mixtures_sample
+    from mixlab.mixtures.select import run_mixtures_select
+    from mixlab.proxy_models import verify  # the module the verify helper moves there
     from mixlab.proxy_models.config import SwarmConfig
     from mixlab.proxy_models.swarm import run_swarm
 
@@ -69,7 +70,9 @@ def test_blend_target_chosen_mixture_beats_natural_and_uniform_when_retrained(tm
     streams["target"] = {"valid": target}
     tokens = write_tokens(tmp_path / "tokens", streams)
 
-    run_sample(tokens, SampleConfig(candidates=32, proxy_tokens=20_000), tmp_path / "cands")
+    run_mixtures_sample(
+        {"tokens": tokens}, SampleConfig(candidates=32, proxy_tokens=20_000), tmp_path / "cands"
+    )
     swarm_cfg = SwarmConfig(
         n_embd=32,
         n_head=2,
@@ -85,16 +88,17 @@ def test_blend_target_chosen_mixture_beats_natural_and_uniform_when_retrained(tm
         swarm_cfg,
         tmp_path / "swarm",
     )
-    fit_manifest = run_fit(
+    fit_manifest = run_mixtures_fit(
         {"runs": tmp_path / "swarm", "candidates": tmp_path / "cands"},
         FitConfig(target="target"),
         tmp_path / "fit",
     )
     assert fit_manifest.stats["held_out"]["lightgbm"]["spearman"] > 0.7
-    run_select(
+    run_mixtures_select(
         {"fit": tmp_path / "fit", "tokens": tokens},
         SelectConfig(samples=100_000, verify=True, verify_scale=1.5, verify_seeds=1),
         tmp_path / "sel",
+        verify=verify.verify_mixtures,
     )
     mixture = json.loads((tmp_path / "sel" / "mixture.json").read_text())
     w = mixture["weights"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from mixlab.cli import main
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixtures.config import SampleConfig
-from mixlab.mixtures.sample import cap_weights, run_sample
+from mixlab.mixtures.sample import cap_weights, run_mixtures_sample
 from mixlab.stage import run_stage
 from mixlab.tables import write_table
 
@@ -39,8 +39,9 @@ TRAIN = {"code": 2_000_000, "legal": 50_000, "prose": 6_000_000, "tabular": 500_
 
 
 def _sample(tmp_path: Path, **kw) -> pl.DataFrame:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     tokens = _token_counts(tmp_path / "tokens", TRAIN)
-    run_sample(tokens, SampleConfig(**kw), tmp_path / "cands")
+    run_mixtures_sample({"tokens": tokens}, SampleConfig(**kw), tmp_path / "cands")
     return pl.read_parquet(tmp_path / "cands" / "candidates.parquet")
 
 
@@ -90,11 +91,11 @@ def test_holdout_domains_are_never_mixed(tmp_path) -> None:
 def test_a_corpus_too_small_for_the_proxy_budget_is_refused(tmp_path) -> None:
     tokens = _token_counts(tmp_path / "tokens", {"a": 1000, "b": 1000})
     with pytest.raises(ConfigError, match="--max-epochs"):
-        run_sample(tokens, SampleConfig(proxy_tokens=1_000_000), tmp_path / "out")
+        run_mixtures_sample({"tokens": tokens}, SampleConfig(proxy_tokens=1_000_000), tmp_path / "out")
     with pytest.raises(ConfigError, match="--domains"):
-        run_sample(tokens, SampleConfig(domains=("a", "zzz")), tmp_path / "out")
+        run_mixtures_sample({"tokens": tokens}, SampleConfig(domains=("a", "zzz")), tmp_path / "out")
     with pytest.raises(InputError, match="token_counts"):
-        run_sample(tmp_path, SampleConfig(), tmp_path / "out2")
+        run_mixtures_sample({"tokens": tmp_path}, SampleConfig(), tmp_path / "out2")
 
 
 def test_cap_weights_moves_the_excess_to_domains_with_room() -> None:
@@ -121,3 +122,58 @@ def test_cli_mixtures_sample(tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "candidates=8" in result.output
+
+
+def test_proxy_tokens_zero_means_no_repetition_cap_and_the_manifest_says_so(tmp_path) -> None:
+    # legal's 50k tokens would cap it at 0.1 of 1M-token proxies; without --proxy-tokens nothing is capped.
+    tokens = _token_counts(tmp_path / "tokens", TRAIN)
+    manifest = run_mixtures_sample(
+        {"tokens": tokens}, SampleConfig(candidates=30, max_epochs=2.0), tmp_path / "c"
+    )
+    assert manifest.stage == "mixtures_sample"
+    assert manifest.stats["proxy_tokens"] == 0 and manifest.stats["cap"] is None
+    c = pl.read_parquet(tmp_path / "c" / "candidates.parquet")
+    assert c["w.legal"][1] == pytest.approx(0.25)  # the uniform mixture, uncapped
+    capped = run_mixtures_sample(
+        {"tokens": tokens},
+        SampleConfig(candidates=30, max_epochs=2.0, proxy_tokens=1_000_000),
+        tmp_path / "d",
+    )
+    assert capped.stats["cap"]["legal"] == pytest.approx(0.1)
+
+
+def test_the_cap_uses_the_proxy_tokens_given_not_a_default_swarm(tmp_path) -> None:
+    """Same draws with and without a cap that binds nowhere: the budget changes only what it caps."""
+    a = _sample(tmp_path / "a", candidates=20)
+    b = _sample(tmp_path / "b", candidates=20, proxy_tokens=1_000)
+    c = _sample(tmp_path / "c", candidates=20, proxy_tokens=10_000_000, max_epochs=2.0)
+    assert a.equals(b)
+    assert c["w.legal"].max() <= 50_000 * 2.0 / 10_000_000 + 1e-9
+
+
+def test_candidate_seeds_derive_from_the_global_seed_and_the_run_id(tmp_path) -> None:
+    import xxhash
+
+    c = _sample(tmp_path, candidates=6, seed=7)
+    expected = [xxhash.xxh3_64_intdigest(r.encode(), seed=7) & 0x7FFF_FFFF for r in c["run_id"]]
+    assert c["seed"].to_list() == expected
+
+
+def test_sampling_imports_nothing_from_proxy_models(tmp_path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    tokens = _token_counts(tmp_path / "tokens", TRAIN)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from mixlab.mixtures.config import SampleConfig
+        from mixlab.mixtures.sample import run_mixtures_sample
+        run_mixtures_sample({{"tokens": {str(tokens)!r}}}, SampleConfig(candidates=4), {str(tmp_path / "c")!r})
+        loaded = [m for m in sys.modules if m.startswith("mixlab.proxy_models") or m in ("torch", "lightgbm")]
+        assert not loaded, loaded
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mixlab.errors import ConfigError
+from mixlab.errors import ConfigError, InputError
+from mixlab.mixture import Target
 from mixlab.mixtures.known import known_runs
 from mixlab.mixtures.regression import group_folds, spearman
 from mixlab.mixtures.targets import load_runs, mixture_groups, noise_floor
@@ -93,3 +94,30 @@ def test_spearman_averages_ties_like_the_textbook_definition():
     a = rng.integers(0, 6, 50).astype(float)
     b = a + rng.normal(0, 2, 50)
     assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
+
+
+def test_target_mean_without_any_loss_says_there_are_none():
+    with pytest.raises(ConfigError) as error:
+        Target.parse("mean", ["code", "prose"], [], source="the runs")
+    assert "no validation losses in the runs" in str(error.value)
+    assert "e.g." not in str(error.value)
+
+
+def test_a_stored_target_record_reads_back_as_written():
+    target = Target.parse("code=0.3,prose=0.7", ["code", "prose"], ["code", "prose", "target"])
+    again = Target.from_record(target.to_record(), None, where="fit.json")
+    assert again == target and again.to_record() == {
+        "spec": "code=0.3,prose=0.7",
+        "terms": {"code": 0.3, "prose": 0.7},
+    }
+    with pytest.raises(InputError, match="fit.json: the target names \\['code'\\]"):
+        Target.from_record(target.to_record(), ["prose"], where="fit.json")
+
+
+def test_the_runs_target_loss_is_the_target_evaluated_on_the_loss_columns(runs_file):
+    runs = load_runs(runs_file, "code=0.25,target=0.75")
+    df = pl.read_parquet(runs_file)
+    assert runs.target == Target({"code": 0.25, "target": 0.75}, "code=0.25,target=0.75")
+    np.testing.assert_array_equal(
+        runs.target_loss, runs.target.loss_columns({c: df[c].to_numpy() for c in df.columns})
+    )

@@ -6,17 +6,19 @@ Torch-free and light, so the CLI can build its flags without importing the stage
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from mixlab.config import check_choices, check_weights, option
 from mixlab.errors import ConfigError
 from mixlab.mixtures.regression import BoostSettings
 
+# The settings of the candidates' distribution, which select simulates mixtures from again.
+SAMPLER_KEYS = ("prior_power", "spread_min", "spread_max", "spread_levels", "min_weight")
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
     """`mixlab mixtures sample`: how many candidate mixtures, and how far from the prior they roam."""
-
-    SECTION = "sample"
 
     candidates: int = option(32, "candidate mixtures to write (the natural and uniform ones included)")
     prior_power: float = option(
@@ -31,7 +33,10 @@ class SampleConfig:
     max_epochs: float = option(
         4.0, "a domain may be repeated at most this many times within one proxy's tokens"
     )
-    proxy_tokens: int = option(0, "tokens one proxy trains on, for the repetition cap (0: the swarm default)")
+    proxy_tokens: int = option(
+        0,
+        "tokens one proxy trains on (the swarm's steps x batch x seq_len), for the repetition cap; 0: no cap",
+    )
     min_distance: float = option(0.05, "drop a candidate within this L1 distance of an earlier one")
     domains: tuple[str, ...] = option((), "domains to mix (default: every domain with train tokens)")
     holdout_domains: tuple[str, ...] = option(
@@ -55,12 +60,14 @@ class SampleConfig:
         if self.proxy_tokens < 0 or self.min_distance < 0:
             raise ConfigError("--proxy-tokens / --min-distance: must not be negative")
 
+    def sampler(self) -> dict[str, Any]:
+        """The candidates' distribution (recorded by fit for select): SAMPLER_KEYS and their values."""
+        return {k: getattr(self, k) for k in SAMPLER_KEYS}
+
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """`mixlab mixtures fit`: a regressor from mixture weights to target loss, cross-validated."""
-
-    SECTION = "fit"
 
     target: str = option(
         "mean",
@@ -109,23 +116,13 @@ class FitConfig:
             check_weights(self.prior, "prior", tol=1e-3)
 
     def boost_settings(self) -> BoostSettings:
-        return BoostSettings(
-            learning_rate=self.learning_rate,
-            max_rounds=self.max_rounds,
-            early_stopping_rounds=self.early_stopping_rounds,
-            num_leaves=self.num_leaves,
-            min_data_in_leaf=self.min_data_in_leaf,
-            valid_fraction=self.valid_fraction,
-            seed=self.seed,
-            num_threads=self.num_threads,
-        )
+        """LightGBM's settings: the fields of this config that BoostSettings names the same."""
+        return BoostSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BoostSettings)})
 
 
 @dataclasses.dataclass(frozen=True)
 class SelectConfig:
     """`mixlab mixtures select`: how many mixtures to simulate, how to choose, and the full run's limits."""
-
-    SECTION = "select"
 
     samples: int = option(100_000, "mixtures simulated from the candidates' prior and scored")
     top_k: int = option(128, "the best-scoring mixtures averaged into the chosen one")
@@ -156,7 +153,7 @@ class SelectConfig:
     )
     verify_seeds: int = option(2, "--verify: seeds per mixture")
     num_threads: int = option(0, "threads for LightGBM prediction (0: all cores)")
-    seed: int = option(0, "seed of the simulated mixtures")
+    seed: int = option(0, "seed of the simulated mixtures (and, plus 1000, of --verify's proxies)")
 
     def __post_init__(self) -> None:
         check_choices(self)

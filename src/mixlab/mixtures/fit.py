@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.mixtures.config import FitConfig
+from mixlab.mixtures.config import SAMPLER_KEYS, FitConfig, SampleConfig
 from mixlab.mixtures.regression import (
     MODELS,
     BoosterModel,
@@ -31,7 +31,7 @@ from mixlab.mixtures.regression import (
     group_folds,
 )
 from mixlab.mixtures.targets import Runs, load_runs, mixture_groups, noise_floor
-from mixlab.stage import MANIFEST, Manifest, StageDir, run_stage, write_json
+from mixlab.stage import MANIFEST, Manifest, StageDir, absolute_inputs, run_stage, write_json
 from mixlab.tables import write_table
 
 FIT_JSON = "fit.json"
@@ -45,14 +45,17 @@ def runs_needed(n_domains: int, folds: int) -> tuple[int, int]:
     return minimum, recommended
 
 
-SAMPLER_KEYS = ("prior_power", "spread_min", "spread_max", "spread_levels", "min_weight")
+# Manifest stage names of the outputs fit reads, today's first (outputs written before the
+# stage registry carry the old ones and stay readable).
+SAMPLE_STAGES = ("mixtures_sample", "mixtures-sample")
+SWARM_STAGES = ("swarm_train", "swarm")
 
 
 def candidates_record(candidates: Path) -> tuple[dict[str, float], dict[str, Any]]:
     """The prior and sampler settings a `mixtures sample` output recorded in its manifest."""
     manifest = Manifest.load(candidates)
     prior = manifest.stats.get("prior")
-    if manifest.stage != "mixtures-sample" or not isinstance(prior, dict):
+    if manifest.stage not in SAMPLE_STAGES or not isinstance(prior, dict):
         raise InputError(
             f"{candidates}: not a `mixtures sample` output (no prior in its manifest); pass --candidates DIR"
         )
@@ -67,7 +70,7 @@ def swarm_record(runs_path: Path) -> dict[str, Any] | None:
         if not (folder / MANIFEST).is_file():
             continue
         manifest = Manifest.load(folder)
-        if manifest.stage == "swarm":
+        if manifest.stage in SWARM_STAGES:
             return dict(manifest.config)
     return None
 
@@ -80,10 +83,7 @@ def resolve_prior(
     Without the candidates, the mean of the run weights stands in for the prior and the
     sampler uses it as is (prior_power 1), so simulated mixtures centre where the runs do.
     """
-    from mixlab.mixtures.config import SampleConfig
-
-    defaults = SampleConfig()
-    sampler = {k: getattr(defaults, k) for k in SAMPLER_KEYS}
+    sampler = SampleConfig().sampler()
     prior: dict[str, float] | None = None
     if candidates is not None:
         prior, recorded = candidates_record(candidates)
@@ -105,8 +105,8 @@ def resolve_prior(
     return {d: prior[d] / total for d in runs.domains}, source, sampler
 
 
-def run_fit(
-    inputs: Mapping[str, Path | str | None] | Path | str,
+def run_mixtures_fit(
+    inputs: Mapping[str, Path | None],
     cfg: FitConfig,
     out_dir: Path | str,
     client: Any = None,
@@ -115,76 +115,32 @@ def run_fit(
 ) -> Manifest:
     """Fit and cross-validate every model; save them, the prior and the chosen one's name.
 
-    `inputs`: the runs table (file or swarm output), or {"runs": ..., "candidates": ...}
-    where candidates (a `mixtures sample` output) supplies the prior and sampler settings.
-    `client` is accepted for the stage contract; the fit is small and runs in-process.
+    `inputs`: {"runs": the runs table (file or swarm output), "candidates": the `mixtures
+    sample` output that supplies the prior and sampler settings, or None}. The fit is small
+    and runs in-process (no Dask client used).
     """
-    if isinstance(inputs, Mapping):
-        runs_path = Path(inputs["runs"])  # type: ignore[arg-type]
-        candidates = Path(inputs["candidates"]) if inputs.get("candidates") else None
-    else:
-        runs_path, candidates = Path(inputs), None
+    inputs = absolute_inputs(inputs)
+    runs_path, candidates = inputs["runs"], inputs.get("candidates")
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         runs = load_runs(runs_path, cfg.target)
-        n, d = runs.weights.shape
-        warnings: list[str] = []
-        if runs.dropped_nan:
-            warnings.append(f"dropped {runs.dropped_nan} runs with NaN or missing losses/weights")
-        minimum, recommended = runs_needed(d, cfg.folds)
-        if n < minimum:
-            raise InputError(
-                f"{runs_path}: only {n} usable runs for {d} domains"
-                + (f" ({runs.dropped_nan} dropped for NaN losses)" if runs.dropped_nan else "")
-                + f"; at least {minimum} are needed to fit and cross-validate, about {recommended} for a "
-                "trustworthy fit; train more proxies (mixtures sample --runs N, then swarm)"
-            )
-        if n < recommended:
-            warnings.append(
-                f"only {n} runs for {d} domains: held-out correlations are noisy below about {recommended}; "
-                "train more proxies for a trustworthy fit"
-            )
-        if np.ptp(runs.target_loss) <= 0:
-            raise InputError(f"{runs_path}: the target loss is the same for every run; nothing to fit")
-        for w in warnings:
-            log(f"mixtures fit: warning: {w}")
-
+        needed, warnings = check_runs(runs, cfg.folds, runs_path)
         prior, prior_source, sampler = resolve_prior(cfg, runs, candidates)
         groups = mixture_groups(runs.weights)
         folds = group_folds(groups, cfg.folds, cfg.seed)
         settings = cfg.boost_settings()
-        cv: dict[str, CrossValidation] = {}
-        for kind in MODELS:
-            cv[kind] = cross_validate(kind, runs.weights, runs.target_loss, folds, groups, settings)
+        cv = {
+            kind: cross_validate(kind, runs.weights, runs.target_loss, folds, groups, settings)
+            for kind in MODELS
+        }
         summaries = {kind: cv[kind].summary(runs.target_loss) for kind in MODELS}
         chosen = cfg.model if cfg.model != "auto" else max(MODELS, key=lambda k: summaries[k]["spearman"])
         floor = noise_floor(runs.weights, runs.target_loss)
-
-        models_dir = stage.out / MODELS_DIR
-        models_dir.mkdir(parents=True, exist_ok=True)
-        files: dict[str, Any] = {}
-        for kind in MODELS:
-            final = fit_model(
-                kind, runs.weights, runs.target_loss, groups, settings, split_seed=cfg.seed + 10_007
-            )
-            files[kind] = save_models(kind, final, cv[kind].fold_models, models_dir)
-            if isinstance(final, BoosterModel):
-                summaries[kind]["final_rounds"] = final.rounds
-
+        files = save_final_models(runs, groups, cfg, cv, summaries, stage.out / MODELS_DIR)
         write_predictions(stage.out / "predictions.parquet", runs, folds, cv)
-        plots = {kind: f"predicted_vs_actual_{kind}.png" for kind in MODELS}
-        for kind in MODELS:
-            plot_predicted_vs_actual(
-                runs.target_loss, cv[kind].predicted, summaries[kind], floor, kind, stage.out / plots[kind]
-            )
-        for kind in MODELS:
-            s = summaries[kind]
-            log(
-                f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f} pearson {s['pearson']:.3f} "
-                f"rmse {s['rmse']:.4g}" + (f" (noise floor {floor['rmse']:.4g})" if floor else "")
-            )
+        plots = plot_models(runs, cv, summaries, floor, stage.out)
         fit = {
-            "target": {"spec": cfg.target, "terms": runs.target},
+            "target": runs.target.to_record(),
             "domains": runs.domains,
             "prior": prior,
             "prior_source": prior_source,
@@ -193,10 +149,10 @@ def run_fit(
             "chosen": chosen,
             "models": {kind: {**summaries[kind], **files[kind]} for kind in MODELS},
             "noise_floor": floor,
-            "runs": n,
+            "runs": len(runs.target_loss),
             "dropped_nan": runs.dropped_nan,
             "folds": int(folds.max()) + 1,
-            "runs_needed": {"minimum": minimum, "recommended": recommended},
+            "runs_needed": needed,
             "warnings": warnings,
             "target_loss": {
                 "min": float(runs.target_loss.min()),
@@ -210,18 +166,94 @@ def run_fit(
             "plots": plots,
         }
         write_json(stage.out / FIT_JSON, fit)
-        counts = {"runs": n, "dropped_nan": runs.dropped_nan, "domains": d}
-        stats = {
-            "chosen": chosen,
-            "held_out": {k: {m: summaries[k][m] for m in ("spearman", "pearson", "rmse")} for k in MODELS},
-            "noise_floor_rmse": floor["rmse"] if floor else None,
-            "warnings": warnings,
-        }
-        return counts, stats
+        return fit_counts_and_stats(fit)
 
     return run_stage(
-        "mixtures-fit", cfg, {"runs": runs_path, "candidates": candidates}, out_dir, body, force=force
+        "mixtures_fit", cfg, {"runs": runs_path, "candidates": candidates}, out_dir, body, force=force
     )
+
+
+def check_runs(runs: Runs, folds: int, where: Path) -> tuple[dict[str, int], list[str]]:
+    """Refuse too few runs or a constant target; the runs needed and the warnings to record."""
+    n, d = runs.weights.shape
+    warnings: list[str] = []
+    if runs.dropped_nan:
+        warnings.append(f"dropped {runs.dropped_nan} runs with NaN or missing losses/weights")
+    minimum, recommended = runs_needed(d, folds)
+    if n < minimum:
+        raise InputError(
+            f"{where}: only {n} usable runs for {d} domains"
+            + (f" ({runs.dropped_nan} dropped for NaN losses)" if runs.dropped_nan else "")
+            + f"; at least {minimum} are needed to fit and cross-validate, about {recommended} for a "
+            f"trustworthy fit; train more proxies (mixtures sample --candidates {recommended}, then swarm train)"
+        )
+    if n < recommended:
+        warnings.append(
+            f"only {n} runs for {d} domains: held-out correlations are noisy below about {recommended}; "
+            "train more proxies for a trustworthy fit"
+        )
+    if np.ptp(runs.target_loss) <= 0:
+        raise InputError(f"{where}: the target loss is the same for every run; nothing to fit")
+    for w in warnings:
+        log(f"mixtures fit: warning: {w}")
+    return {"minimum": minimum, "recommended": recommended}, warnings
+
+
+def save_final_models(
+    runs: Runs,
+    groups: np.ndarray,
+    cfg: FitConfig,
+    cv: Mapping[str, CrossValidation],
+    summaries: dict[str, dict[str, Any]],
+    models_dir: Path,
+) -> dict[str, dict[str, Any]]:
+    """Fit every model on all runs and save it with its fold models; the files, by model."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, Any]] = {}
+    for kind in MODELS:
+        final = fit_model(
+            kind, runs.weights, runs.target_loss, groups, cfg.boost_settings(), split_seed=cfg.seed + 10_007
+        )
+        files[kind] = save_models(kind, final, cv[kind].fold_models, models_dir)
+        if isinstance(final, BoosterModel):
+            summaries[kind]["final_rounds"] = final.rounds
+    return files
+
+
+def plot_models(
+    runs: Runs,
+    cv: Mapping[str, CrossValidation],
+    summaries: Mapping[str, dict[str, Any]],
+    floor: dict[str, float] | None,
+    out: Path,
+) -> dict[str, str]:
+    """A predicted-vs-actual PNG per model (and its held-out scores logged); the file names."""
+    plots = {kind: f"predicted_vs_actual_{kind}.png" for kind in MODELS}
+    for kind in MODELS:
+        plot_predicted_vs_actual(
+            runs.target_loss, cv[kind].predicted, summaries[kind], floor, kind, out / plots[kind]
+        )
+    for kind in MODELS:
+        s = summaries[kind]
+        log(
+            f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f} pearson {s['pearson']:.3f} "
+            f"rmse {s['rmse']:.4g}" + (f" (noise floor {floor['rmse']:.4g})" if floor else "")
+        )
+    return plots
+
+
+def fit_counts_and_stats(fit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest's counts and statistics, from fit.json."""
+    counts = {"runs": fit["runs"], "dropped_nan": fit["dropped_nan"], "domains": len(fit["domains"])}
+    stats = {
+        "chosen": fit["chosen"],
+        "held_out": {
+            k: {m: fit["models"][k][m] for m in ("spearman", "pearson", "rmse")} for k in fit["models"]
+        },
+        "noise_floor_rmse": fit["noise_floor"]["rmse"] if fit["noise_floor"] else None,
+        "warnings": fit["warnings"],
+    }
+    return counts, stats
 
 
 def save_models(kind: str, final: Any, folds: list[Any], models_dir: Path) -> dict[str, Any]:

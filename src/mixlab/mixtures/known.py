@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from mixlab.mixtures.config import SampleConfig
+from mixlab.mixtures.select import simulate_mixtures
+
 EPS = 1e-3
 
 
@@ -59,19 +62,11 @@ def known_runs(
     sparse to near-prior); the first `repeat_mixtures` are trained `repeats` times in all, with
     fresh seed noise each time, so the noise floor is measurable.
     """
-    from mixlab.mixtures.config import SampleConfig
-    from mixlab.mixtures.select import simulate_mixtures
-
     rng = np.random.default_rng([seed, 0xC0FFEE])
     d = len(domains)
     p = np.asarray(prior if prior is not None else np.linspace(2.0, 1.0, d), dtype=np.float64)
     p = p / p.sum()
-    defaults = SampleConfig()
-    sampler = {
-        k: getattr(defaults, k)
-        for k in ("prior_power", "spread_min", "spread_max", "spread_levels", "min_weight")
-    }
-    weights = simulate_mixtures(p, n, sampler, rng)
+    weights = simulate_mixtures(p, n, SampleConfig().sampler(), rng)
     run_ids = [f"r{i:05d}" for i in range(n)]
     repeat_of = list(run_ids)
     extra = [i for i in range(min(repeat_mixtures, n)) for _ in range(repeats - 1)]

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mixlab.errors import MixlabError
+
 MODELS = ("lightgbm", "linear", "loglinear")
 LOG_EPS = 1e-3  # keeps log(weight) finite for domains a mixture leaves out
 
@@ -140,8 +142,6 @@ def import_lightgbm() -> Any:
     try:
         import lightgbm
     except ImportError:  # pragma: no cover - lightgbm is a core dependency
-        from mixlab.errors import MixlabError
-
         raise MixlabError(
             "lightgbm is not installed; `pip install lightgbm` (mixlab's mixture search needs it)"
         ) from None

@@ -1,10 +1,10 @@
 """`mixlab mixtures sample`: candidate mixtures around the token prior, RegMix style.
 
-Reads ``token_counts.parquet`` of a tokenize output (train split: the prior) and writes
-``candidates.parquet`` (run_id, seed, kind, spread, w.<domain>): the natural and uniform
-mixtures, then Dirichlet draws whose concentration is the prior raised to a power and
-scaled by a spread from log-spaced values; small weights floored to zero, a per-domain
-repetition cap, near-identical candidates dropped.
+Reads a tokenize output's train token counts (the prior) and writes ``candidates.parquet``
+(run_id, seed, kind, spread, w.<domain>): the natural and uniform mixtures, then Dirichlet
+draws whose concentration is the prior raised to a power and scaled by a spread from
+log-spaced values; small weights floored to zero, a per-domain repetition cap against the
+swarm's proxy tokens (``--proxy-tokens``), near-identical candidates dropped.
 """
 
 from __future__ import annotations
@@ -15,38 +15,54 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import xxhash
 
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixtures.config import SampleConfig
-from mixlab.stage import Manifest, StageDir, run_stage
+from mixlab.stage import Manifest, StageDir, absolute_inputs, derive_rng, derive_seed, run_stage
 from mixlab.tables import write_table
-from mixlab.tokenize.shards import read_token_counts
+from mixlab.tokenize.shards import TOKEN_COUNTS, TokenShards
 
 CANDIDATES = "candidates.parquet"
 
 
-def train_prior(tokens_dir: Path | str, cfg: SampleConfig) -> dict[str, int]:
-    """Train tokens per mixable domain, from token_counts.parquet."""
-    counts = read_token_counts(tokens_dir).to_pylist()
-    train: dict[str, int] = {}
-    for r in counts:
-        if r["split"] == "train":
-            train[r["domain"]] = train.get(r["domain"], 0) + int(r["tokens"])
+def open_tokens(path: Path) -> TokenShards:
+    """The tokenize output at `path`, opened once; a folder without token counts is named as not one."""
+    if path.is_dir() and not (path / TOKEN_COUNTS).is_file():
+        raise InputError(f"{path}: no {TOKEN_COUNTS}; pass the output directory of `mixlab tokenize`")
+    return TokenShards.open(path)
+
+
+def train_prior(shards: TokenShards, cfg: SampleConfig) -> dict[str, int]:
+    """Train tokens per mixable domain (sorted by name), from the tokenize output's counts."""
+    train = shards.tokens("train")
     if cfg.domains:
         unknown = [d for d in cfg.domains if d not in train]
         if unknown:
             raise ConfigError(
-                f"--domains: {unknown} have no train tokens in {tokens_dir} (found: {sorted(train)})"
+                f"--domains: {unknown} have no train tokens in {shards.path} (found: {sorted(train)})"
             )
         train = {d: train[d] for d in cfg.domains}
     prior = {d: n for d, n in sorted(train.items()) if n > 0 and d not in cfg.holdout_domains}
     if len(prior) < 2:
         raise InputError(
-            f"{tokens_dir}: need at least two domains with train tokens to mix, found {sorted(prior)}"
+            f"{shards.path}: need at least two domains with train tokens to mix, found {sorted(prior)}"
         )
     return prior
+
+
+def repetition_cap(tokens: np.ndarray, cfg: SampleConfig) -> np.ndarray:
+    """(D,) the largest weight each domain may take within one proxy's --proxy-tokens (0: no cap)."""
+    if not cfg.proxy_tokens:
+        return np.ones(len(tokens))
+    cap = np.minimum(1.0, tokens * cfg.max_epochs / cfg.proxy_tokens)
+    if cap.sum() < 1 - 1e-9:
+        raise ConfigError(
+            f"--max-epochs {cfg.max_epochs}: the corpus ({int(tokens.sum()):,} train tokens) cannot fill one proxy's "
+            f"{cfg.proxy_tokens:,} tokens without repeating data more often; raise --max-epochs, lower --proxy-tokens "
+            "or the swarm's steps / batch size, or add data"
+        )
+    return cap
 
 
 def cap_weights(w: np.ndarray, cap: np.ndarray) -> np.ndarray | None:
@@ -69,29 +85,36 @@ def cap_weights(w: np.ndarray, cap: np.ndarray) -> np.ndarray | None:
     return w if (w <= cap + 1e-12).all() else None
 
 
-def sample_candidates(prior_tokens: Mapping[str, int], cfg: SampleConfig, proxy_tokens: int) -> pa.Table:
+Row = tuple[str, float, np.ndarray]  # (kind, spread, weights)
+
+
+def sample_candidates(prior_tokens: Mapping[str, int], cfg: SampleConfig) -> pa.Table:
     """The candidate table: natural, uniform, then distinct Dirichlet draws (deterministic given the seed)."""
     names = list(prior_tokens)
     D = len(names)
     tokens = np.array([prior_tokens[d] for d in names], dtype=np.float64)
     prior = tokens / tokens.sum()
-    cap = np.minimum(1.0, tokens * cfg.max_epochs / proxy_tokens)  # (D,)
-    if cap.sum() < 1 - 1e-9:
-        raise ConfigError(
-            f"--max-epochs {cfg.max_epochs}: the corpus ({int(tokens.sum()):,} train tokens) cannot fill one proxy's "
-            f"{proxy_tokens:,} tokens without repeating data more often; raise --max-epochs, lower --proxy-tokens "
-            "or the swarm's steps / batch size, or add data"
-        )
-    alpha = prior**cfg.prior_power
-    alpha = alpha / alpha.sum()  # (D,)
-    levels = np.logspace(np.log10(cfg.spread_min), np.log10(cfg.spread_max), cfg.spread_levels)
-
-    rows: list[tuple[str, float, np.ndarray]] = []
+    cap = repetition_cap(tokens, cfg)  # (D,)
+    rows: list[Row] = []
     for kind, w in (("natural", prior), ("uniform", np.full(D, 1.0 / D))):
         capped = cap_weights(w, cap)
         rows.append((kind, float("nan"), capped / capped.sum()))  # cap_weights succeeds: cap.sum() >= 1
+    rows = draw_dirichlet(rows, prior, cap, cfg)
+    if len(rows) < cfg.candidates:
+        log(
+            f"mixtures sample: only {len(rows)} distinct candidates found (asked for {cfg.candidates}); "
+            "lower --min-distance for more"
+        )
+    return candidates_table(names, rows, cfg.seed)
 
-    rng = np.random.default_rng(xxhash.xxh3_64_intdigest(b"mixtures/sample", seed=cfg.seed))
+
+def draw_dirichlet(rows: list[Row], prior: np.ndarray, cap: np.ndarray, cfg: SampleConfig) -> list[Row]:
+    """`rows` extended by distinct capped Dirichlet draws up to --candidates (or 200 tries per candidate)."""
+    alpha = prior**cfg.prior_power
+    alpha = alpha / alpha.sum()  # (D,)
+    levels = np.logspace(np.log10(cfg.spread_min), np.log10(cfg.spread_max), cfg.spread_levels)
+    rows = list(rows)
+    rng = derive_rng(cfg.seed, "mixtures", "sample")
     accepted = np.stack([w for _, _, w in rows])  # (n, D)
     attempts = 0
     while len(rows) < cfg.candidates and attempts < 200 * cfg.candidates:
@@ -118,18 +141,15 @@ def sample_candidates(prior_tokens: Mapping[str, int], cfg: SampleConfig, proxy_
             accepted = np.vstack([accepted, w])
             if len(rows) == cfg.candidates:
                 break
-    if len(rows) < cfg.candidates:
-        log(
-            f"mixtures sample: only {len(rows)} distinct candidates found (asked for {cfg.candidates}); "
-            "lower --min-distance for more"
-        )
+    return rows
 
+
+def candidates_table(names: list[str], rows: list[Row], seed: int) -> pa.Table:
+    """run_id, seed (derived from the global seed and the run_id), kind, spread, w.<domain>."""
     run_ids = [f"r{i:05d}" for i in range(len(rows))]
     columns: dict[str, Any] = {
         "run_id": pa.array(run_ids, pa.string()),
-        "seed": pa.array(
-            [xxhash.xxh3_64_intdigest(r.encode(), seed=cfg.seed) & 0x7FFF_FFFF for r in run_ids], pa.int64()
-        ),
+        "seed": pa.array([derive_seed(seed, r, bits=31) for r in run_ids], pa.int64()),
         "kind": pa.array([k for k, _, _ in rows], pa.string()),
         "spread": pa.array([s for _, s, _ in rows], pa.float64()),
     }
@@ -139,34 +159,34 @@ def sample_candidates(prior_tokens: Mapping[str, int], cfg: SampleConfig, proxy_
     return pa.table(columns)
 
 
-def run_sample(
-    inputs: Mapping[str, Path | str] | Path | str,
+def run_mixtures_sample(
+    inputs: Mapping[str, Path | None],
     cfg: SampleConfig,
     out_dir: Path | str,
     client: Any = None,
     *,
     force: bool = False,
 ) -> Manifest:
-    """Write candidates.parquet for the tokens directory `inputs` (or {"tokens": dir})."""
-    tokens_dir = Path(inputs["tokens"] if isinstance(inputs, Mapping) else inputs)
-    prior_tokens = train_prior(tokens_dir, cfg)
-    if cfg.proxy_tokens:
-        proxy_tokens = cfg.proxy_tokens
-    else:
-        from mixlab.proxy_models.config import SwarmConfig
-
-        proxy_tokens = SwarmConfig().train_tokens
+    """Write candidates.parquet for the tokenize output `inputs["tokens"]` (small: no Dask client used)."""
+    inputs = absolute_inputs(inputs)
+    shards = open_tokens(inputs["tokens"])
+    prior_tokens = train_prior(shards, cfg)
+    if not cfg.proxy_tokens:
+        log("mixtures sample: --proxy-tokens 0: no repetition cap (pass the swarm's steps x batch x seq_len)")
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        table = sample_candidates(prior_tokens, cfg, proxy_tokens)
+        table = sample_candidates(prior_tokens, cfg)
         write_table(table, stage.out / CANDIDATES)
         total = sum(prior_tokens.values())
         stats = {
             "domains": list(prior_tokens),
             "prior": {d: n / total for d, n in prior_tokens.items()},
-            "proxy_tokens": proxy_tokens,
-            "cap": {d: min(1.0, n * cfg.max_epochs / proxy_tokens) for d, n in prior_tokens.items()},
+            "proxy_tokens": cfg.proxy_tokens,
+            # None: no repetition cap, because the proxies' token budget was not given (--proxy-tokens 0)
+            "cap": {d: min(1.0, n * cfg.max_epochs / cfg.proxy_tokens) for d, n in prior_tokens.items()}
+            if cfg.proxy_tokens
+            else None,
         }
         return {"candidates": table.num_rows}, stats
 
-    return run_stage("mixtures-sample", cfg, {"tokens": tokens_dir}, out_dir, body, force=force)
+    return run_stage("mixtures_sample", cfg, {"tokens": shards.path}, out_dir, body, force=force)

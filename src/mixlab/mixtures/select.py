@@ -1,29 +1,38 @@
 """`mixlab mixtures select`: simulate many mixtures, score them with the fit, choose one.
 
 Reads a FIT directory (``fit.json`` + models) and, for the full run's repetition limit, a
-tokenize output or its ``token_counts.parquet``. Writes ``mixture.json`` (weights, predicted
-target loss with its spread across the cross-validation models, the natural and uniform
-mixtures' predictions, how it was chosen, the constraints) and ``weights_vs_prior.png``.
+tokenize output or its ``token_counts.parquet``. Writes ``mixture.json`` through
+`mixlab.mixture.Mixture` (weights, predicted target loss with its spread across the
+cross-validation models, the natural and uniform mixtures' predictions, how it was chosen,
+the constraints; the shape is documented there) and ``weights_vs_prior.png``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
+from mixlab.mixture import MIXTURE_JSON, Mixture, Target
 from mixlab.mixtures.config import SelectConfig
-from mixlab.mixtures.fit import FittedModels, load_fit
+from mixlab.mixtures.fit import FIT_JSON, FittedModels, load_fit
 from mixlab.mixtures.regression import BoosterModel
-from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.mixtures.sample import open_tokens
+from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.tables import read_table
 
-MIXTURE_JSON = "mixture.json"
 CHUNK = 250_000  # mixtures simulated and scored at a time (bounds memory at a few tens of MB)
+
+# --verify's trainer: verify(tokens, mixtures {name: {domain: weight}}, predicted {name: loss},
+# target=Target, swarm_config=..., scale=..., seeds=[...]) -> the "verification" record (its
+# shape: mixlab.mixture). mixlab.stages binds mixlab.proxy_models.verify.verify_mixtures.
+VerifyFn = Callable[..., dict]
 
 
 # --- simulation ----------------------------------------------------------------------------
@@ -98,20 +107,14 @@ class Bounds:
 
 def read_available_tokens(tokens: Path, domains: list[str]) -> np.ndarray:
     """Train tokens per domain from a tokenize output directory or a token_counts.parquet file."""
-    import pyarrow.parquet as pq
-
-    from mixlab.tokenize.shards import read_token_counts
-
-    table = read_token_counts(tokens) if tokens.is_dir() else pq.read_table(tokens)
-    missing_cols = [c for c in ("domain", "split", "tokens") if c not in table.column_names]
-    if missing_cols:
-        raise InputError(
-            f"{tokens}: token counts need columns domain, split, tokens (missing {missing_cols})"
+    if tokens.is_dir():
+        found = open_tokens(tokens).tokens("train")
+    else:
+        table = read_table(tokens, required=("domain", "split", "tokens"), allow_empty=True)
+        train = (
+            table.filter(pc.equal(table["split"], "train")).group_by("domain").aggregate([("tokens", "sum")])
         )
-    found: dict[str, int] = {}
-    for row in table.select(["domain", "split", "tokens"]).to_pylist():
-        if row["split"] == "train":
-            found[row["domain"]] = found.get(row["domain"], 0) + int(row["tokens"])
+        found = dict(zip(train["domain"].to_pylist(), train["tokens_sum"].to_pylist()))
     missing = [d for d in domains if d not in found]
     if missing:
         raise InputError(f"{tokens}: no train token counts for domain(s) {missing} (found: {sorted(found)})")
@@ -271,179 +274,249 @@ def predict_with_spread(fitted: FittedModels, w: np.ndarray) -> dict[str, Any]:
     }
 
 
-def run_select(
-    inputs: Mapping[str, Path | str | None] | Path | str,
+def run_mixtures_select(
+    inputs: Mapping[str, Path | None],
     cfg: SelectConfig,
     out_dir: Path | str,
     client: Any = None,
     *,
     force: bool = False,
+    verify: VerifyFn | None = None,
 ) -> Manifest:
-    """Choose the mixture from a FIT directory; `inputs`: the FIT dir or {"fit": dir, "tokens": path}.
+    """Choose the mixture from a FIT directory; `inputs`: {"fit": dir, "tokens": path or None}.
 
-    `client` is accepted for the stage contract; scoring is vectorised and runs in-process.
+    `verify` trains the chosen, natural and uniform mixtures at a larger proxy size for
+    --verify (`mixlab.proxy_models.verify.verify_mixtures`, bound by the stage registry: the
+    mixture search itself trains nothing). Scoring is vectorised and runs in-process (no
+    Dask client used).
     """
-    if isinstance(inputs, Mapping):
-        fit_dir = Path(inputs["fit"])  # type: ignore[arg-type]
-        tokens = Path(inputs["tokens"]) if inputs.get("tokens") else None
-    else:
-        fit_dir, tokens = Path(inputs), None
+    inputs = absolute_inputs(inputs)
+    fit_dir, tokens = inputs["fit"], inputs.get("tokens")
+    if cfg.verify and verify is None:
+        raise ConfigError(
+            "--verify: this call has no verify function to train the larger proxies with; run "
+            "`mixlab mixtures select --verify`, or pass verify=mixlab.proxy_models.verify.verify_mixtures"
+        )
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         fitted = load_fit(fit_dir, None if cfg.model == "chosen" else cfg.model, cfg.num_threads)
-        fit, domains, prior = fitted.fit, fitted.domains, fitted.prior
-        sampler = fit.get("sampler") or {
-            "prior_power": 1.0,
-            "spread_min": 0.1,
-            "spread_max": 5.0,
-            "spread_levels": 15,
-            "min_weight": 0.01,
-        }
-        bounds = make_bounds(cfg, domains, tokens)
-        kind = cfg.model if cfg.model != "chosen" else fit["chosen"]
-
-        top_w, top_s, kept = search_top_k(fitted, cfg, bounds, sampler, prior, None)
-        topk = top_w.mean(axis=0)
-        results = {"topk": {"weights": topk, "top_k_predicted": [float(top_s.min()), float(top_s.max())]}}
-        if cfg.method == "near-prior":
-            near = search_top_k(fitted, cfg, bounds, sampler, prior, cfg.max_kl)
-            near_w, near_s = local_search(fitted, cfg, bounds, prior, near[:2])
-            results["near-prior"] = {
-                "weights": near_w.mean(axis=0),
-                "top_k_predicted": [float(near_s.min()), float(near_s.max())],
-            }
+        target = Target.from_record(fitted.fit["target"], None, where=str(fit_dir / FIT_JSON))
+        bounds = make_bounds(cfg, fitted.domains, tokens)
+        results, kept = search(fitted, cfg, bounds)
         chosen = results[cfg.method]["weights"]
         chosen = chosen / chosen.sum()
-
-        def describe(w: np.ndarray) -> dict[str, Any]:
-            return {
-                "weights": {d: float(x) for d, x in zip(domains, w)},
-                **predict_with_spread(fitted, w),
-                "kl_from_prior": float(kl_from_prior(w, prior)),
-                "feasible": bool(bounds.feasible(w)),
-            }
-
-        uniform = np.full(len(domains), 1.0 / len(domains))
-        chosen_info = describe(chosen)
-        natural_info, uniform_info = describe(prior), describe(uniform)
-        warnings = []
-        lo, hi = np.array(fit["weights_range"]["min"]), np.array(fit["weights_range"]["max"])
-        outside = [d for d, x, a, b in zip(domains, chosen, lo, hi) if x < a - 1e-9 or x > b + 1e-9]
-        if outside:
-            warnings.append(
-                f"the chosen weights of {outside} lie outside the range the runs covered (extrapolation)"
-            )
-        if chosen_info["predicted_target_loss"] > min(
-            natural_info["predicted_target_loss"], uniform_info["predicted_target_loss"]
-        ):
-            warnings.append("the chosen mixture is not predicted to beat the natural and uniform mixtures")
-        for w in warnings:
-            log(f"mixtures select: warning: {w}")
-        constraints: dict[str, Any] = {
-            "lower": {d: float(x) for d, x in zip(domains, bounds.lower)},
-            "upper": {d: float(x) for d, x in zip(domains, bounds.upper)},
-            "token_budget": cfg.token_budget or None,
-            "max_epochs": cfg.max_epochs if bounds.available_tokens is not None else None,
-        }
-        if bounds.available_tokens is not None:
-            constraints["epochs"] = {
-                d: float(x * cfg.token_budget / a)
-                for d, x, a in zip(domains, chosen, bounds.available_tokens)
-            }
-        method = {
-            "name": cfg.method,
-            "model": kind,
-            "samples": cfg.samples,
-            "samples_kept": kept,
-            "top_k": cfg.top_k,
-            "sampler": dict(sampler),
-            "description": (
-                f"mean of the {cfg.top_k} lowest predicted losses among {cfg.samples:,} mixtures simulated "
-                "from the candidates' prior"
-                if cfg.method == "topk"
-                else f"mean of the {cfg.top_k} lowest predicted losses among simulated mixtures within KL "
-                f"{cfg.max_kl} of the prior, refined by {cfg.search_rounds} rounds of local search"
-            ),
-        }
-        if cfg.method == "near-prior":
-            method["max_kl"] = cfg.max_kl
-        alternatives = {
-            name: {
-                "weights": {d: float(x) for d, x in zip(domains, r["weights"])},
-                "predicted_target_loss": float(fitted.final.predict(r["weights"][None, :])[0]),
-            }
-            for name, r in results.items()
-            if name != cfg.method
-        }
-        mixture = {
-            **chosen_info,
-            "natural": natural_info,
-            "uniform": uniform_info,
-            "method": method,
-            "alternatives": alternatives,
-            "target": fit["target"],
-            "constraints": constraints,
-            "prior": fit["prior"],
-            "held_out": {m: fit["models"][kind][m] for m in ("spearman", "pearson", "rmse")},
-            # seed-to-seed spread of the target loss (from --repeats), so pretrain can judge its gaps
-            "noise_floor": fit.get("noise_floor"),
-            "warnings": warnings,
-        }
+        mixture = mixture_record(fitted, cfg, bounds, results, chosen, kept, target)
         if cfg.verify:
-            from mixlab.mixtures.verify import as_weights, verify_mixtures
-
-            assert tokens is not None  # checked by make_bounds
-            named = {"chosen": chosen, "natural": prior, "uniform": uniform}
-            mixture["verification"] = verify_mixtures(
-                tokens,
-                {n: as_weights(domains, w) for n, w in named.items()},
-                {
-                    "chosen": chosen_info["predicted_target_loss"],
-                    "natural": natural_info["predicted_target_loss"],
-                    "uniform": uniform_info["predicted_target_loss"],
-                },
-                fit["target"]["terms"],
-                fit.get("swarm_config"),
-                cfg.verify_scale,
-                cfg.verify_seeds,
-            )
-            check = mixture["verification"]
-            worse = [n for n, c in check["comparisons"].items() if c["verdict"].startswith("worse")]
-            # Only the chosen mixture's standing is worth a warning: natural and uniform swapping
-            # places when their predictions differ by less than the noise is not news.
-            if worse:
-                warnings.append(
-                    f"at the larger proxy size the chosen mixture measured worse than {', '.join(worse)}"
-                )
-            elif not check["chosen_beats_baselines"]:
-                warnings.append("at the larger proxy size the chosen mixture's lead is within seed noise")
-            if worse or not check["chosen_beats_baselines"]:
-                log(f"mixtures select: warning: {warnings[-1]}")
-        write_json(stage.out / MIXTURE_JSON, mixture)
-        plot_weights(domains, chosen, prior, stage.out / "weights_vs_prior.png")
+            assert verify is not None and tokens is not None  # checked above and by make_bounds
+            mixture["verification"] = verify_chosen(verify, tokens, fitted, chosen, mixture, target, cfg)
+            mixture["warnings"].extend(verification_warnings(mixture["verification"]))
+        path = stage.out / MIXTURE_JSON
+        Mixture.from_record(mixture, str(path)).write(path)
+        plot_weights(fitted.domains, chosen, fitted.prior, stage.out / "weights_vs_prior.png")
         log(
-            f"mixtures select: predicted target loss {chosen_info['predicted_target_loss']:.4g} "
-            f"(+- {chosen_info['spread']['std']:.2g}); natural {natural_info['predicted_target_loss']:.4g}, "
-            f"uniform {uniform_info['predicted_target_loss']:.4g}"
+            f"mixtures select: predicted target loss {mixture['predicted_target_loss']:.4g} "
+            f"(+- {mixture['spread']['std']:.2g}); natural {mixture['natural']['predicted_target_loss']:.4g}, "
+            f"uniform {mixture['uniform']['predicted_target_loss']:.4g}"
         )
-        counts = {"samples": cfg.samples, "domains": len(domains)}
-        stats = {
-            "weights": chosen_info["weights"],
-            "predicted_target_loss": chosen_info["predicted_target_loss"],
-            "natural_predicted": natural_info["predicted_target_loss"],
-            "uniform_predicted": uniform_info["predicted_target_loss"],
-            "warnings": warnings,
-        }
-        if cfg.verify:
-            v = mixture["verification"]
-            stats["verification"] = {
-                "ordering_holds": v["ordering_holds"],
-                "chosen_beats_baselines": v["chosen_beats_baselines"],
-                "measured": {n: m["measured"] for n, m in v["mixtures"].items()},
-            }
-        return counts, stats
+        return {"samples": cfg.samples, "domains": len(fitted.domains)}, select_stats(mixture)
 
-    return run_stage("mixtures-select", cfg, {"fit": fit_dir, "tokens": tokens}, out_dir, body, force=force)
+    return run_stage("mixtures_select", cfg, {"fit": fit_dir, "tokens": tokens}, out_dir, body, force=force)
+
+
+def search(fitted: FittedModels, cfg: SelectConfig, bounds: Bounds) -> tuple[dict[str, dict[str, Any]], int]:
+    """The mean of the best `top_k` by method (topk, and near-prior when asked); how many topk kept."""
+    sampler, prior = fitted.fit["sampler"], fitted.prior
+    top_w, top_s, kept = search_top_k(fitted, cfg, bounds, sampler, prior, None)
+    results = {
+        "topk": {"weights": top_w.mean(axis=0), "top_k_predicted": [float(top_s.min()), float(top_s.max())]}
+    }
+    if cfg.method == "near-prior":
+        near = search_top_k(fitted, cfg, bounds, sampler, prior, cfg.max_kl)
+        near_w, near_s = local_search(fitted, cfg, bounds, prior, near[:2])
+        results["near-prior"] = {
+            "weights": near_w.mean(axis=0),
+            "top_k_predicted": [float(near_s.min()), float(near_s.max())],
+        }
+    return results, kept
+
+
+def prediction(fitted: FittedModels, bounds: Bounds, w: np.ndarray) -> dict[str, Any]:
+    """A mixture's entry in mixture.json: weights, predicted loss and spread, KL from the prior, feasibility."""
+    return {
+        "weights": {d: float(x) for d, x in zip(fitted.domains, w)},
+        **predict_with_spread(fitted, w),
+        "kl_from_prior": float(kl_from_prior(w, fitted.prior)),
+        "feasible": bool(bounds.feasible(w)),
+    }
+
+
+def mixture_record(
+    fitted: FittedModels,
+    cfg: SelectConfig,
+    bounds: Bounds,
+    results: Mapping[str, Mapping[str, Any]],
+    chosen: np.ndarray,
+    kept: int,
+    target: Target,
+) -> dict[str, Any]:
+    """mixture.json without the verification: the chosen mixture, the baselines and how it was chosen."""
+    fit, domains = fitted.fit, fitted.domains
+    kind = cfg.model if cfg.model != "chosen" else fit["chosen"]
+    uniform = np.full(len(domains), 1.0 / len(domains))
+    chosen_info = prediction(fitted, bounds, chosen)
+    natural_info, uniform_info = prediction(fitted, bounds, fitted.prior), prediction(fitted, bounds, uniform)
+    alternatives = {
+        name: {
+            "weights": {d: float(x) for d, x in zip(domains, r["weights"])},
+            "predicted_target_loss": float(fitted.final.predict(r["weights"][None, :])[0]),
+        }
+        for name, r in results.items()
+        if name != cfg.method
+    }
+    return {
+        **chosen_info,
+        "natural": natural_info,
+        "uniform": uniform_info,
+        "method": method_record(cfg, kind, kept, fit["sampler"]),
+        "alternatives": alternatives,
+        "target": target.to_record(),
+        "constraints": constraints_record(cfg, bounds, domains, chosen),
+        "prior": fit["prior"],
+        "held_out": {m: fit["models"][kind][m] for m in ("spearman", "pearson", "rmse")},
+        # seed-to-seed spread of the target loss (from --repeats), so pretrain can judge its gaps
+        "noise_floor": fit["noise_floor"],
+        "warnings": choice_warnings(fit, domains, chosen, chosen_info, natural_info, uniform_info),
+    }
+
+
+def choice_warnings(
+    fit: Mapping[str, Any],
+    domains: list[str],
+    chosen: np.ndarray,
+    chosen_info: Mapping[str, Any],
+    natural_info: Mapping[str, Any],
+    uniform_info: Mapping[str, Any],
+) -> list[str]:
+    """Extrapolation beyond the runs' weights, and a choice not predicted to beat the baselines."""
+    warnings = []
+    lo, hi = np.array(fit["weights_range"]["min"]), np.array(fit["weights_range"]["max"])
+    outside = [d for d, x, a, b in zip(domains, chosen, lo, hi) if x < a - 1e-9 or x > b + 1e-9]
+    if outside:
+        warnings.append(
+            f"the chosen weights of {outside} lie outside the range the runs covered (extrapolation)"
+        )
+    if chosen_info["predicted_target_loss"] > min(
+        natural_info["predicted_target_loss"], uniform_info["predicted_target_loss"]
+    ):
+        warnings.append("the chosen mixture is not predicted to beat the natural and uniform mixtures")
+    for w in warnings:
+        log(f"mixtures select: warning: {w}")
+    return warnings
+
+
+def constraints_record(
+    cfg: SelectConfig, bounds: Bounds, domains: list[str], chosen: np.ndarray
+) -> dict[str, Any]:
+    """The box the mixture was chosen in and, under a token budget, each domain's epochs."""
+    constraints: dict[str, Any] = {
+        "lower": {d: float(x) for d, x in zip(domains, bounds.lower)},
+        "upper": {d: float(x) for d, x in zip(domains, bounds.upper)},
+        "token_budget": cfg.token_budget or None,
+        "max_epochs": cfg.max_epochs if bounds.available_tokens is not None else None,
+    }
+    if bounds.available_tokens is not None:
+        constraints["epochs"] = {
+            d: float(x * cfg.token_budget / a) for d, x, a in zip(domains, chosen, bounds.available_tokens)
+        }
+    return constraints
+
+
+def method_record(cfg: SelectConfig, kind: str, kept: int, sampler: Mapping[str, Any]) -> dict[str, Any]:
+    method = {
+        "name": cfg.method,
+        "model": kind,
+        "samples": cfg.samples,
+        "samples_kept": kept,
+        "top_k": cfg.top_k,
+        "sampler": dict(sampler),
+        "description": (
+            f"mean of the {cfg.top_k} lowest predicted losses among {cfg.samples:,} mixtures simulated "
+            "from the candidates' prior"
+            if cfg.method == "topk"
+            else f"mean of the {cfg.top_k} lowest predicted losses among simulated mixtures within KL "
+            f"{cfg.max_kl} of the prior, refined by {cfg.search_rounds} rounds of local search"
+        ),
+    }
+    if cfg.method == "near-prior":
+        method["max_kl"] = cfg.max_kl
+    return method
+
+
+# --- the second-scale check (--verify), through the hook ------------------------------------
+
+
+def verify_chosen(
+    verify: VerifyFn,
+    tokens: Path,
+    fitted: FittedModels,
+    chosen: np.ndarray,
+    mixture: Mapping[str, Any],
+    target: Target,
+    cfg: SelectConfig,
+) -> dict[str, Any]:
+    """The verification record: chosen, natural and uniform re-trained at the larger proxy size."""
+    uniform = np.full(len(fitted.domains), 1.0 / len(fitted.domains))
+    named = {"chosen": chosen, "natural": fitted.prior, "uniform": uniform}
+    predicted = {"chosen": mixture, "natural": mixture["natural"], "uniform": mixture["uniform"]}
+    return verify(
+        tokens,
+        {n: as_weights(fitted.domains, w) for n, w in named.items()},
+        {n: p["predicted_target_loss"] for n, p in predicted.items()},
+        target=target,
+        swarm_config=fitted.fit["swarm_config"],
+        scale=cfg.verify_scale,
+        seeds=[cfg.seed + 1000 + s for s in range(cfg.verify_seeds)],
+    )
+
+
+def verification_warnings(check: Mapping[str, Any]) -> list[str]:
+    """Only the chosen mixture's standing is worth a warning: natural and uniform swapping places
+    when their predictions differ by less than the noise is not news."""
+    worse = [n for n, c in check["comparisons"].items() if c["verdict"].startswith("worse")]
+    if worse:
+        warning = f"at the larger proxy size the chosen mixture measured worse than {', '.join(worse)}"
+    elif not check["chosen_beats_baselines"]:
+        warning = "at the larger proxy size the chosen mixture's lead is within seed noise"
+    else:
+        return []
+    log(f"mixtures select: warning: {warning}")
+    return [warning]
+
+
+def select_stats(mixture: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's statistics, from mixture.json."""
+    stats = {
+        "weights": mixture["weights"],
+        "predicted_target_loss": mixture["predicted_target_loss"],
+        "natural_predicted": mixture["natural"]["predicted_target_loss"],
+        "uniform_predicted": mixture["uniform"]["predicted_target_loss"],
+        "warnings": mixture["warnings"],
+    }
+    if "verification" in mixture:
+        v = mixture["verification"]
+        stats["verification"] = {
+            "ordering_holds": v["ordering_holds"],
+            "chosen_beats_baselines": v["chosen_beats_baselines"],
+            "measured": {n: m["measured"] for n, m in v["mixtures"].items()},
+        }
+    return stats
+
+
+def as_weights(domains: list[str], w: np.ndarray) -> dict[str, float]:
+    """Weights as a {domain: weight} summing to one exactly enough for the swarm's check."""
+    w = np.clip(np.asarray(w, dtype=np.float64), 0.0, None)
+    w = w / w.sum()
+    return {d: float(x) for d, x in zip(domains, w)}
 
 
 def plot_weights(domains: list[str], chosen: np.ndarray, prior: np.ndarray, path: Path) -> None:

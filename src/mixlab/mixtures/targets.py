@@ -1,9 +1,9 @@
 """Reading a swarm's runs table and turning its losses into the target the search minimises.
 
-Reads ``runs.parquet`` (``run_id``, ``seed``, ``w.<domain>`` ..., ``loss.<name>`` ...). A
-target is a weighted sum of loss columns: ``code=0.5,prose=0.5``, ``mean`` (every weight
-domain's validation loss, equally weighted), or one name (``code``, or ``target`` for a
-separate validation corpus recorded as ``loss.target``).
+Reads ``runs.parquet`` (``run_id``, ``seed``, ``w.<domain>`` ..., ``loss.<name>`` ...). The
+target (`mixlab.mixture.Target`) is a weighted sum of loss columns: ``code=0.5,prose=0.5``,
+``mean`` (every weight domain's validation loss, equally weighted), or one name (``code``, or
+``target`` for a separate validation corpus recorded as ``loss.target``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mixlab.config import parse_mapping
-from mixlab.errors import ConfigError, InputError
-from mixlab.tables import parquet_files
+from mixlab.errors import InputError
+from mixlab.mixture import LOSS_PREFIX, WEIGHT_PREFIX, Target
+from mixlab.tables import parquet_files, read_table
 
-WEIGHT_PREFIX = "w."
-LOSS_PREFIX = "loss."
+RUNS = "runs.parquet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +29,7 @@ class Runs:
     weights: np.ndarray  # (n_runs, n_domains), rows sum to 1
     target_loss: np.ndarray  # (n_runs,)
     run_ids: list[str]
-    target: dict[str, float]  # loss name -> coefficient
+    target: Target
     dropped_nan: int  # runs dropped because a weight or a loss the target needs was NaN / null / inf
 
 
@@ -38,10 +37,12 @@ def read_runs(path: Path | str) -> pl.DataFrame:
     """The runs table of a file or a directory of parquet files (e.g. a swarm output)."""
     files = parquet_files(path)
     if Path(path).is_dir():
-        named = [f for f in files if f.name == "runs.parquet"]
+        named = [f for f in files if f.name == RUNS]
         files = named or files
+    fix = "pass the runs of `mixlab swarm train`"
+    tables = [pl.from_arrow(read_table(f, fix=fix)) for f in files]
     try:
-        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+        return pl.concat(tables, how="diagonal_relaxed")
     except pl.exceptions.PolarsError as exc:
         raise InputError(f"{path}: could not read the runs table ({exc})") from None
 
@@ -54,36 +55,6 @@ def loss_names(columns: list[str]) -> list[str]:
     return [c[len(LOSS_PREFIX) :] for c in columns if c.startswith(LOSS_PREFIX)]
 
 
-def parse_target(spec: str, domains: list[str], losses: list[str]) -> dict[str, float]:
-    """`--target` text -> {loss name: coefficient}, checked against the runs' loss columns."""
-    spec = spec.strip()
-    if not spec:
-        raise ConfigError("--target: empty; pass mean, a loss name, or weights like code=0.5,prose=0.5")
-    if spec == "mean":
-        missing = [d for d in domains if d not in losses]
-        if missing:
-            raise ConfigError(
-                f"--target mean: the runs have no loss column for domain(s) {missing} "
-                f"(loss columns: {', '.join(losses) or 'none'}); name the losses explicitly, e.g. "
-                f"--target {','.join(f'{d}=1' for d in losses[:2])}"
-            )
-        return {d: 1.0 / len(domains) for d in domains}
-    terms = parse_mapping(spec, "target") if "=" in spec else {spec: 1.0}
-    unknown = [name for name in terms if name not in losses]
-    if unknown:
-        raise ConfigError(
-            f"--target: {', '.join(map(repr, unknown))} not in the runs (loss columns: "
-            f"{', '.join(losses) or 'none'}; weight domains: {', '.join(domains)}); "
-            "name one of those, or use --target mean"
-        )
-    bad = {k: v for k, v in terms.items() if not np.isfinite(v) or v < 0}
-    if bad:
-        raise ConfigError(f"--target: coefficients must be finite and non-negative, got {bad}")
-    if sum(terms.values()) <= 0:
-        raise ConfigError("--target: the coefficients sum to zero; give at least one positive weight")
-    return terms
-
-
 def load_runs(path: Path | str, target_spec: str) -> Runs:
     """Read the runs, compute the target loss, drop (and count) runs whose numbers are missing."""
     table = read_runs(path)
@@ -92,14 +63,19 @@ def load_runs(path: Path | str, target_spec: str) -> Runs:
     if len(domains) < 2:
         raise InputError(
             f"{path}: expected weight columns w.<domain> for at least two domains, found "
-            f"{domains or 'none'} (columns: {', '.join(columns)}); pass the runs of `mixlab swarm`"
+            f"{domains or 'none'} (columns: {', '.join(columns)}); pass the runs of `mixlab swarm train`"
         )
     losses = loss_names(columns)
-    target = parse_target(target_spec, domains, losses)
+    if not losses:
+        raise InputError(
+            f"{path}: the runs have no loss columns loss.<name> at all (columns: {', '.join(columns)}), "
+            "so there is no target loss to fit; pass the runs of `mixlab swarm train`"
+        )
+    target = Target.parse(target_spec, domains, losses, source="the runs")
     weights = table.select([pl.col(WEIGHT_PREFIX + d).cast(pl.Float64) for d in domains]).to_numpy()
-    loss_matrix = table.select([pl.col(LOSS_PREFIX + n).cast(pl.Float64) for n in target]).to_numpy()
-    coef = np.array(list(target.values()))
-    target_loss = loss_matrix @ coef
+    target_loss = target.loss_columns(
+        {LOSS_PREFIX + n: table[LOSS_PREFIX + n].cast(pl.Float64).to_numpy() for n in target.terms}
+    )
     ok = np.isfinite(weights).all(axis=1) & np.isfinite(target_loss)
     dropped = int((~ok).sum())
     weights, target_loss = weights[ok], target_loss[ok]

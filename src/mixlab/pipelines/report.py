@@ -1,10 +1,10 @@
 """`mixlab report RUN_DIR`: one self-contained HTML page (plots embedded as PNG) and a markdown summary.
 
 Reads the stage outputs of a pipeline run (``NN_<stage>`` directories: manifests,
-``runs.parquet``, ``fit.json``, ``mixture.json``, ``metrics.parquet``, comparisons) and
-writes ``report.html``, ``report.md`` and the figures. Every number shown is read from a
-stage's output; nothing is recomputed a different way. It answers, on one page: which
-mixture, why, and how sure we are.
+``runs.parquet``, ``fit.json``, ``mixture.json``, ``metrics.parquet``, ``comparison.json``;
+the three JSON shapes are documented in `mixlab.mixture`) and writes ``report.html``,
+``report.md`` and the figures. Every number shown is read from a stage's output; nothing is
+recomputed a different way. It answers, on one page: which mixture, why, and how sure we are.
 """
 
 from __future__ import annotations
@@ -15,18 +15,21 @@ import html
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from mixlab.config import option
-from mixlab.errors import InputError
-from mixlab.stage import MANIFEST, Manifest, StageDir, run_stage
+from mixlab.errors import ConfigError, InputError
+from mixlab.mixture import MIXTURE_JSON, Mixture
+from mixlab.stage import MANIFEST, Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.tables import read_table
 
-STAGE_DIR = re.compile(r"^(\d\d)_([a-z_]+)$")
+STAGE_DIR = re.compile(r"^(\d\d)_([a-z_]+)$")  # a pipeline run root's stage outputs: 03_dedup
+FIT_JSON = "fit.json"  # mixlab.mixtures.fit.FIT_JSON (not imported: that pulls in the regressors)
+COMPARISON_JSON = "comparison.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +41,11 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if self.max_runs_plotted < 1:
-            from mixlab.errors import ConfigError
-
             raise ConfigError("--max-runs-plotted: must be at least 1")
 
 
 def stage_dirs(run_dir: Path | str) -> dict[str, Path]:
-    """Finished stage outputs of a run root by stage name (`03_dedup` -> dedup)."""
+    """Finished stage outputs of a run root by stage name (`03_dedup` -> dedup), the report's own left out."""
     run_dir = Path(run_dir)
     found = {}
     for child in sorted(run_dir.iterdir()):
@@ -55,9 +56,16 @@ def stage_dirs(run_dir: Path | str) -> dict[str, Path]:
 
 
 def default_report_dir(run_dir: Path | str) -> Path:
-    from mixlab.pipelines.run import STAGE_NAMES
-
-    return Path(run_dir) / f"{STAGE_NAMES.index('report'):02d}_report"
+    """The run root's ``NN_report`` folder: the existing one, else numbered after the last stage output."""
+    run_dir = Path(run_dir)
+    numbers = []
+    for child in sorted(run_dir.iterdir()) if run_dir.is_dir() else ():
+        m = STAGE_DIR.match(child.name)
+        if m and m.group(2) == "report":
+            return child
+        if m:
+            numbers.append(int(m.group(1)))
+    return run_dir / f"{max(numbers, default=-1) + 1:02d}_report"
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -203,7 +211,7 @@ def _tokens(page: Page, tokenizer: Path | None, tokens: Path) -> None:
 
 
 def _swarm(page: Page, swarm: Path, cfg: ReportConfig) -> list[str]:
-    runs = pq.read_table(swarm / "runs.parquet")
+    runs = read_table(swarm / "runs.parquet")
     weights = sorted(c.removeprefix("w.") for c in runs.column_names if c.startswith("w."))
     losses = sorted(c.removeprefix("loss.") for c in runs.column_names if c.startswith("loss."))
     m = Manifest.load(swarm)
@@ -239,41 +247,33 @@ def _swarm(page: Page, swarm: Path, cfg: ReportConfig) -> list[str]:
 
 
 def _fit(page: Page, fit_dir: Path) -> None:
-    fit = json.loads((fit_dir / "fit.json").read_text())
+    fit = json.loads((fit_dir / FIT_JSON).read_text())
     page.heading("Regression: weights -> target loss")
-    target = fit.get("target", {})
-    page.para(
-        f"Target: {target.get('spec', target)}. Held-out scores from {fit.get('folds', '?')}-fold cross-validation."
-    )
-    floor = fit.get("noise_floor") or {}
-    rows = [
-        [name, s.get("spearman"), s.get("pearson"), s.get("rmse"), floor.get("rmse") if floor else None]
-        for name, s in fit.get("models", {}).items()
-    ]
+    page.para(f"Target: {fit['target']['spec']}. Held-out scores from {fit['folds']}-fold cross-validation.")
+    floor = fit["noise_floor"]["rmse"] if fit["noise_floor"] else None
+    rows = [[name, s["spearman"], s["pearson"], s["rmse"], floor] for name, s in fit["models"].items()]
     page.table(["model", "Spearman", "Pearson", "RMSE", "noise floor (seed RMSE)"], rows)
-    chosen = fit.get("chosen_model") or fit.get("chosen")
-    plot = fit_dir / f"predicted_vs_actual_{chosen}.png"
+    chosen = fit["chosen"]
+    plot = fit_dir / fit["plots"][chosen]
     if plot.is_file():
         page.figure(f"fit_{plot.name}", plot.read_bytes(), f"held-out predicted vs actual ({chosen})")
 
 
 def _mixture(page: Page, select_dir: Path) -> None:
-    mix = json.loads((select_dir / "mixture.json").read_text())
+    mix = Mixture.read(select_dir / MIXTURE_JSON).record
     page.heading("Chosen mixture")
-    weights = mix["weights"]
-    prior = mix.get("prior", {})
+    weights, prior = mix["weights"], mix["prior"]
     domains = sorted(weights)
     uniform = 1.0 / len(domains)
     page.table(
         ["domain", "chosen", "natural (prior)", "uniform"],
-        [[d, weights[d], prior.get(d), uniform] for d in domains],
+        [[d, weights[d], prior[d], uniform] for d in domains],
     )
-    spread = mix.get("spread", {})
     page.para(
-        f"Predicted target loss {mix.get('predicted_target_loss'):.4f} (spread across CV models: "
-        f"std {spread.get('std', float('nan')):.3g}); natural {mix.get('natural', {}).get('predicted_target_loss', float('nan')):.4f}, "
-        f"uniform {mix.get('uniform', {}).get('predicted_target_loss', float('nan')):.4f}. "
-        f"Method: {_method(mix.get('method'))}."
+        f"Predicted target loss {mix['predicted_target_loss']:.4f} (spread across CV models: "
+        f"std {mix['spread']['std']:.3g}); natural {mix['natural']['predicted_target_loss']:.4f}, "
+        f"uniform {mix['uniform']['predicted_target_loss']:.4f}. "
+        f"Method: {mix['method']['description']}."
     )
     page.figure(
         "mixture_vs_prior.png",
@@ -281,53 +281,53 @@ def _mixture(page: Page, select_dir: Path) -> None:
             domains,
             {
                 "chosen": [weights[d] for d in domains],
-                "natural": [prior.get(d, 0) for d in domains],
+                "natural": [prior[d] for d in domains],
                 "uniform": [uniform] * len(domains),
             },
             "weight",
         ),
         "chosen mixture against natural and uniform",
     )
-    check = mix.get("verification")
-    if check:
-        page.para(
-            f"Second-scale check (proxies {check.get('scale', '?')}x wider and longer, re-trained before the "
-            f"full run): predicted order {check.get('predicted_order')}, measured {check.get('measured_order')}; "
-            f"the order {'holds' if check.get('ordering_holds') else 'does NOT hold'}."
-        )
-        comparisons = check.get("comparisons", {})
-        page.table(
-            [
-                "mixture",
-                "predicted target loss",
-                "measured at the larger size",
-                "measured std",
-                "chosen lower by",
-                "verdict",
-            ],
-            [
-                [
-                    n,
-                    m.get("predicted"),
-                    m.get("measured"),
-                    m.get("measured_std"),
-                    comparisons.get(n, {}).get("gap"),
-                    comparisons.get(n, {}).get("verdict"),
-                ]
-                for n, m in check.get("mixtures", {}).items()
-            ],
-        )
-    for w in mix.get("warnings", []):
+    if "verification" in mix:
+        _verification(page, mix["verification"])
+    for w in mix["warnings"]:
         page.para(f"Warning: {w}")
 
 
-def _method(method: Any) -> str:
-    return method.get("description", method.get("name", "")) if isinstance(method, Mapping) else str(method)
+def _verification(page: Page, check: Mapping[str, Any]) -> None:
+    """The second-scale check of mixture.json: the predicted and measured order, and each gap."""
+    page.para(
+        f"Second-scale check (proxies {check['scale']}x wider and longer, re-trained before the "
+        f"full run): predicted order {check['predicted_order']}, measured {check['measured_order']}; "
+        f"the order {'holds' if check['ordering_holds'] else 'does NOT hold'}."
+    )
+    comparisons = check["comparisons"]
+    page.table(
+        [
+            "mixture",
+            "predicted target loss",
+            "measured at the larger size",
+            "measured std",
+            "chosen lower by",
+            "verdict",
+        ],
+        [
+            [
+                n,
+                m["predicted"],
+                m["measured"],
+                m["measured_std"],
+                comparisons[n]["gap"] if n in comparisons else None,
+                comparisons[n]["verdict"] if n in comparisons else None,
+            ]
+            for n, m in check["mixtures"].items()
+        ],
+    )
 
 
 def _pretrain(page: Page, d: Path, title: str, reference: str) -> None:
     page.heading(title)
-    metrics = pq.read_table(d / "metrics.parquet").to_pylist()
+    metrics = read_table(d / "metrics.parquet", required=("model", "step")).to_pylist()
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3))
     for model in sorted({r["model"] for r in metrics}):
@@ -337,114 +337,116 @@ def _pretrain(page: Page, d: Path, title: str, reference: str) -> None:
     ax.set_ylabel("target validation loss")
     ax.legend(fontsize=8)
     page.figure(f"{d.name}_curves.png", _png(fig), f"{title}: target loss during training")
-    comparison = d / "comparison.json"
-    if comparison.is_file():
-        comp = json.loads(comparison.read_text())
-        models = comp.get("models", {})
-        domains = sorted({k for m in models.values() for k in m.get("losses", {})})
-        page.table(
-            ["model", "target loss", *[f"{x} loss" for x in domains]],
-            [[n, m.get("target"), *[m.get("losses", {}).get(x) for x in domains]] for n, m in models.items()],
+    if (d / COMPARISON_JSON).is_file():
+        _comparison(page, json.loads((d / COMPARISON_JSON).read_text()), reference)
+
+
+def _comparison(page: Page, comp: Mapping[str, Any], reference: str) -> None:
+    """comparison.json: every model's losses at equal tokens, and the gaps against the seed noise."""
+    models = comp["models"]
+    domains = sorted({k for m in models.values() for k in m["losses"]})
+    page.table(
+        ["model", "target loss", *[f"{x} loss" for x in domains]],
+        [[n, m["target"], *[m["losses"].get(x) for x in domains]] for n, m in models.items()],
+    )
+    for line in comp["summary"]:
+        page.para(line)
+    noise = comp["noise_floor"]
+    if noise is not None:
+        verdict = "yes" if all(g > noise for g in comp["gap_vs_reference"].values()) else "no"
+        page.para(
+            f"{reference} beats every alternative by more than the swarm's seed noise ({noise:.3g}): {verdict}."
         )
-        for line in comp.get("summary", []):
-            page.para(line)
-        if comp.get("noise_floor") is not None:
-            verdict = "yes" if comp.get("beats_all_by_more_than_noise") else "no"
-            page.para(
-                f"{reference} beats every alternative by more than the swarm's seed noise "
-                f"({comp['noise_floor']:.3g}): {verdict}."
-            )
 
 
 def run_report(
-    inputs: Path | str | Mapping[str, Path], cfg: ReportConfig, out_dir: Path | str, *, force: bool = False
+    inputs: Mapping[str, Path | None],
+    cfg: ReportConfig,
+    out_dir: Path | str,
+    client: Any = None,
+    *,
+    force: bool = False,
 ) -> Manifest:
-    """Build the report from a run root (or a {stage: dir} mapping) into `out_dir`."""
-    if isinstance(inputs, Mapping):
-        dirs = {
-            k: Path(v)
-            for k, v in inputs.items()
-            if k not in ("inputs", "configs") and (Path(v) / MANIFEST).is_file()
-        }
-    else:
-        if not Path(inputs).is_dir():
-            raise InputError(f"{inputs}: not a directory; pass the run root of `mixlab pipeline run`")
-        dirs = stage_dirs(inputs)
+    """Build the report of the run root `inputs["run"]` (its ``NN_<stage>`` outputs) into `out_dir`."""
+    inputs = absolute_inputs(inputs)
+    run = inputs["run"]
+    if not run.is_dir():
+        raise InputError(f"{run}: not a directory; pass the run root of `mixlab pipeline run`")
+    dirs = stage_dirs(run)
     if not dirs:
-        raise InputError(f"{inputs}: no finished stage outputs (NN_<stage>/manifest.json) to report on")
+        raise InputError(f"{run}: no finished stage outputs (NN_<stage>/manifest.json) to report on")
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         page = Page(stage.out)
         page.html.append(f"<h1>{html.escape(cfg.title)}</h1>")
         page.md.append(f"# {cfg.title}\n")
-        sections = []
-        if "mixtures_select" in dirs:
-            _answer(page, dirs)
-        for name, fn in (
-            ("dedup", lambda: _dedup(page, dirs["dedup"])),
-            ("tokenize", lambda: _tokens(page, dirs.get("tokenizer_train"), dirs["tokenize"])),
-            ("swarm_train", lambda: _swarm(page, dirs["swarm_train"], cfg)),
-            ("mixtures_fit", lambda: _fit(page, dirs["mixtures_fit"])),
-            ("mixtures_select", lambda: _mixture(page, dirs["mixtures_select"])),
-            (
-                "pretrain",
-                lambda: _pretrain(
-                    page, dirs["pretrain"], "Pretraining: chosen mixture vs baselines", "chosen"
-                ),
-            ),
-            (
-                "distill",
-                lambda: _pretrain(
-                    page, dirs["distill"], "Distillation: distilled vs scratch student", "distilled"
-                ),
-            ),
-        ):
-            if name in dirs:
-                fn()
-                sections.append(name)
+        sections = write_sections(page, dirs, cfg)
         (stage.out / "report.md").write_text("\n".join(page.md) + "\n")
         (stage.out / "report.html").write_text(_html_page(cfg.title, "\n".join(page.html)))
-        return {"sections": len(sections), "figures": len(page.figures)}, {
-            "sections": sections,
-            "figures": page.figures,
-        }
+        counts = {"sections": len(sections), "figures": len(page.figures)}
+        return counts, {"sections": sections, "figures": page.figures}
 
-    return run_stage("report", cfg, {k: v for k, v in dirs.items()}, out_dir, body, force=force)
+    # Fingerprinted by the stage outputs, not the run root (which holds the report itself).
+    return run_stage("report", cfg, dirs, out_dir, body, force=force)
+
+
+def write_sections(page: Page, dirs: Mapping[str, Path], cfg: ReportConfig) -> list[str]:
+    """The answer first, then one section per finished stage output, in the flow's order."""
+    if "mixtures_select" in dirs:
+        _answer(page, dirs)
+    sections: dict[str, Callable[[], Any]] = {
+        "dedup": lambda: _dedup(page, dirs["dedup"]),
+        "tokenize": lambda: _tokens(page, dirs.get("tokenizer_train"), dirs["tokenize"]),
+        "swarm_train": lambda: _swarm(page, dirs["swarm_train"], cfg),
+        "mixtures_fit": lambda: _fit(page, dirs["mixtures_fit"]),
+        "mixtures_select": lambda: _mixture(page, dirs["mixtures_select"]),
+        "pretrain": lambda: _pretrain(
+            page, dirs["pretrain"], "Pretraining: chosen mixture vs baselines", "chosen"
+        ),
+        "distill": lambda: _pretrain(
+            page, dirs["distill"], "Distillation: distilled vs scratch student", "distilled"
+        ),
+    }
+    written = []
+    for name, section in sections.items():
+        if name in dirs:
+            section()
+            written.append(name)
+    return written
 
 
 def _answer(page: Page, dirs: Mapping[str, Path]) -> None:
     """The first paragraph: which mixture, why, and how sure."""
-    mix = json.loads((dirs["mixtures_select"] / "mixture.json").read_text())
+    mix = Mixture.read(dirs["mixtures_select"] / MIXTURE_JSON).record
     weights = ", ".join(f"{d} {w:.2f}" for d, w in sorted(mix["weights"].items(), key=lambda kv: -kv[1]))
-    held = mix.get("held_out", {})
+    held = mix["held_out"]
+    how_sure = f"How sure: held-out Spearman {held['spearman']:.3f}, RMSE {held['rmse']:.3g}"
+    if mix["noise_floor"]:
+        how_sure += f" (seed noise floor {mix['noise_floor']['rmse']:.3g})"
     parts = [
         f"Chosen mixture: {weights}.",
-        f"Why: the regressor predicts target loss {mix.get('predicted_target_loss'):.4f} for it, against "
-        f"{mix.get('natural', {}).get('predicted_target_loss', float('nan')):.4f} (natural) and "
-        f"{mix.get('uniform', {}).get('predicted_target_loss', float('nan')):.4f} (uniform).",
-        f"How sure: held-out Spearman {held.get('spearman', float('nan')):.3f}, RMSE {held.get('rmse', float('nan')):.3g}",
+        f"Why: the regressor predicts target loss {mix['predicted_target_loss']:.4f} for it, against "
+        f"{mix['natural']['predicted_target_loss']:.4f} (natural) and "
+        f"{mix['uniform']['predicted_target_loss']:.4f} (uniform).",
+        how_sure + ".",
     ]
-    floor = mix.get("noise_floor") or {}
-    if floor:
-        parts[-1] += f" (seed noise floor {floor.get('rmse', float('nan')):.3g})"
-    parts[-1] += "."
-    check = mix.get("verification") or {}
-    if check.get("comparisons"):
+    if "verification" in mix:
+        check = mix["verification"]
         parts.append(
-            f"Re-trained at {check.get('scale')}x the proxy size with {check.get('seeds')} seed(s): "
+            f"Re-trained at {check['scale']}x the proxy size with {check['seeds']} seed(s): "
             + "; ".join(
                 f"against {n}, chosen is {c['verdict']} ({c['gap']:+.4f}"
-                + (f" +- {c['stderr']:.3f}" if c.get("stderr") is not None else "")
+                + (f" +- {c['stderr']:.3f}" if c["stderr"] is not None else "")
                 + " nats lower)"
                 for n, c in check["comparisons"].items()
             )
             + "."
         )
-    if "pretrain" in dirs and (dirs["pretrain"] / "comparison.json").is_file():
-        comp = json.loads((dirs["pretrain"] / "comparison.json").read_text())
+    if "pretrain" in dirs and (dirs["pretrain"] / COMPARISON_JSON).is_file():
+        comp = json.loads((dirs["pretrain"] / COMPARISON_JSON).read_text())
         parts.append(
-            f"Pretrained at equal tokens, the best target loss is {comp.get('best')}'s "
-            f"(gaps vs chosen: {', '.join(f'{k} {v:+.4f}' for k, v in comp.get('gap_vs_reference', {}).items())})."
+            f"Pretrained at equal tokens, the best target loss is {comp['best']}'s "
+            f"(gaps vs {comp['reference']}: {', '.join(f'{k} {v:+.4f}' for k, v in comp['gap_vs_reference'].items())})."
         )
     page.heading("Answer")
     page.para(" ".join(parts))
