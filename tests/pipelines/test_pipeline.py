@@ -319,7 +319,10 @@ def test_target_corpora_are_ingested_apart_as_their_own_domain(tmp_path: Path) -
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("synth: {target_blend: {prose: 1.0}}\ntargets: {target: [t.jsonl]}\n", "synthetic corpus's own target"),
+        (
+            "synth: {target_blend: {prose: 1.0}}\ntargets: {target: [t.jsonl]}\n",
+            "synthetic corpus's own target",
+        ),
         ("inputs: [c]\ntargets: {'bad name': [t.jsonl]}\n", "not a usable domain name"),
         ("inputs: [c]\ntargets: [t.jsonl]\n", "expected a mapping"),
         ("inputs: [c]\ntargets: {t: 3}\n", "expected a path or a list of paths"),
