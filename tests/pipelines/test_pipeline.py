@@ -390,3 +390,10 @@ def test_a_run_until_select_then_a_full_run_continues_without_force(tmp_path: Pa
     again = run_pipeline(yaml, run)
     assert all(again[name].skipped for name in first)
     assert not again["pretrain"].skipped and (run / "11_report" / "report.html").is_file()
+
+
+def test_sections_of_stages_outside_the_pipeline_are_checked_but_not_run(tmp_path: Path) -> None:
+    plan = plan_pipeline(write(tmp_path, "export_hf: {dtype: bfloat16}\n"), tmp_path / "run")
+    assert "export_hf" not in [s.name for s in plan.steps]
+    with pytest.raises(ConfigError, match=r"\[export_hf\].*'dtpe'"):
+        plan_pipeline(write(tmp_path, "export_hf: {dtpe: int3}\n"), tmp_path / "run")

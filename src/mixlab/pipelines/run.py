@@ -131,16 +131,21 @@ def _targets(data: Mapping[str, Any], base: Path, where: str) -> dict[str, list[
 
 
 def _configs(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """Every pipeline stage's config from its section (unknown keys and bad values fail here)."""
-    unknown = [k for k in data if k not in PIPELINE and k not in PIPELINE_SETTINGS]
+    """Every stage's config from its section (unknown keys and bad values fail here).
+
+    Sections of registry stages the pipeline does not run (`tokenizer_eval`, `export_hf`) are
+    allowed, for the file's use as `--config`, and checked too.
+    """
+    unknown = [k for k in data if k not in STAGES and k not in PIPELINE_SETTINGS]
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section(s) {unknown} (stages: {', '.join(PIPELINE)}; "
+            f"{path}: unknown section(s) {unknown} (stages: {', '.join(STAGES)}; "
             f"settings: {', '.join(PIPELINE_SETTINGS)})"
         )
+    names = [*PIPELINE, *(k for k in STAGES if k in data and k not in PIPELINE)]
     return {
         name: STAGES[name].config(**section_values(STAGES[name].config, data, name, str(path)))
-        for name in PIPELINE
+        for name in names
     }
 
 
