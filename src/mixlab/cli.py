@@ -149,7 +149,7 @@ def documents_argument(name: str = "documents") -> click.Argument:
     return click.Argument([name], nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 
 
-def directory(decl: str, help_text: str, *, required: bool = True, file_okay: bool = False) -> click.Option:
+def path_option(decl: str, help_text: str, *, required: bool = True, file_okay: bool = False) -> click.Option:
     return click.Option(
         [decl],
         required=required,
@@ -299,7 +299,7 @@ add(
     STAGES["tokenize"],
     "Tokenize DOCUMENTS into token shards per domain and train/valid split, on Dask.",
     documents_argument(),
-    directory(
+    path_option(
         "--tokenizer", "tokenizer directory (from `mixlab tokenizer train`, or any with tokenizer.json)"
     ),
     click.Option(
@@ -328,7 +328,7 @@ add(
     RMSE per model, the noise floor, the prior), the models and predicted-vs-actual plots.
     """,
     click.Argument(["runs"], type=click.Path(exists=True, path_type=Path)),
-    directory(
+    path_option(
         "--candidates",
         "the `mixtures sample` output the runs came from (its prior and sampler are used by select)",
         required=False,
@@ -342,7 +342,7 @@ add(
     natural and uniform mixtures for comparison) and a plot of the weights against the prior.
     """,
     click.Argument(["fit"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
-    directory(
+    path_option(
         "--tokens",
         "tokenize output (or its token_counts.parquet): each domain's tokens, for --token-budget / --verify",
         required=False,
@@ -352,7 +352,7 @@ add(
 add(
     STAGES["pretrain"],
     "Pretrain the full model on the chosen mixture (and --baselines for comparison).",
-    directory("--tokens", TOKENS),
+    path_option("--tokens", TOKENS),
     click.Option(
         ["--mixture"],
         required=True,
@@ -364,8 +364,8 @@ add(
 add(
     STAGES["distill"],
     "Distill a teacher into a smaller student (--compare-scratch: and train it from scratch).",
-    directory("--teacher", "teacher model directory (from `mixlab pretrain`, `distill` or `export hf`)"),
-    directory("--tokens", "tokenize output directory made with the teacher's tokenizer"),
+    path_option("--teacher", "teacher model directory (from `mixlab pretrain`, `distill` or `export hf`)"),
+    path_option("--tokens", "tokenize output directory made with the teacher's tokenizer"),
     click.Option(
         ["--mixture"],
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
