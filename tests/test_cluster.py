@@ -1,11 +1,24 @@
-"""Dask clients: mixlab closes what it starts and only that; DASK_SCHEDULER_ADDRESS is honoured."""
+"""Dask clients: mixlab closes what it starts and only that, quietly; the scheduler address order;
+an external cluster whose workers run in another directory."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
 import pytest
 from distributed import Client, LocalCluster
 
-from mixlab.cluster import dask_client, has_gpu_workers, local_cluster_size
+import mixlab
+from mixlab.cluster import dask_client, has_gpu_workers, local_cluster_size, scheduler_address_from
+from mixlab.tables import write_table
+
+SRC = str(Path(mixlab.__file__).resolve().parents[1])  # the mixlab under test, for subprocesses
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +71,120 @@ def test_local_clusters_use_one_single_threaded_process_per_core():
 def test_clusters_without_gpu_resources_have_no_gpu_workers(user_cluster):
     with Client(user_cluster) as client:
         assert not has_gpu_workers(client)
+
+
+def test_the_scheduler_address_order_is_flag_environment_pipeline_dask_config(monkeypatch):
+    import dask
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask.config.set({"scheduler-address": "tcp://config:1"}):
+        assert scheduler_address_from() == "tcp://config:1"
+        assert scheduler_address_from(None, "tcp://pipeline:1") == "tcp://pipeline:1"
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://env:1")
+        assert scheduler_address_from(None, "tcp://pipeline:1") == "tcp://env:1"
+        assert scheduler_address_from("tcp://flag:1", "tcp://pipeline:1") == "tcp://flag:1"
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    assert scheduler_address_from() is None
+
+
+NOISY_SHUTDOWN = """
+import logging, sys
+sys.path.insert(0, {src!r})
+from distributed import WorkerPlugin
+from mixlab.cluster import dask_client
+
+
+class ShutdownNoise(WorkerPlugin):
+    def teardown(self, worker):
+        logging.getLogger("distributed.worker").error("planted shutdown noise: CommClosedError")
+
+
+if __name__ == "__main__":
+    with dask_client(n_workers=1, quiet=True) as client:
+        client.register_plugin(ShutdownNoise())
+        assert client.submit(sum, [1, 2]).result() == 3
+    logging.getLogger("distributed.worker").error("after shutdown, logging works again")
+"""
+
+
+def test_distributed_logs_nothing_while_mixlab_shuts_its_local_cluster_down(tmp_path):
+    script = tmp_path / "noisy.py"
+    script.write_text(NOISY_SHUTDOWN.format(src=SRC))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "planted shutdown noise" not in done.stderr
+    assert "after shutdown, logging works again" in done.stderr
+
+
+def test_a_stage_on_a_local_cluster_ends_without_shutdown_tracebacks(tmp_path):
+    write_table(
+        pa.table({"id": ["a", "b"], "domain": ["x", "x"], "text": ["one two", "three"]}),
+        tmp_path / "d.parquet",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mixlab", "dedup", "d.parquet", "--out", "out"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": SRC},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "CommClosedError" not in done.stderr, done.stderr
+    assert "dedup: wrote" in done.stdout
+
+
+@pytest.fixture
+def external_cluster(tmp_path):
+    """A `dask scheduler` and a `dask worker` started elsewhere: the worker's working directory
+    is not the client's, as on a real cluster."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    scheduler_file = tmp_path / "scheduler.json"
+    elsewhere = tmp_path / "worker_cwd"
+    elsewhere.mkdir()
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0"]
+        + ["--dashboard-address", ":0", "--scheduler-file", str(scheduler_file)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while not scheduler_file.is_file() and time.time() < deadline:
+            time.sleep(0.1)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file)]
+            + ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+            cwd=elsewhere,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        address = json.loads(scheduler_file.read_text())["address"]
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def test_relative_paths_work_on_an_external_cluster_whose_workers_run_elsewhere(
+    external_cluster, cli, tmp_path, monkeypatch
+):
+    data = tmp_path / "client_cwd"
+    (data / "ing").mkdir(parents=True)
+    texts = [f"document {i} " + "word " * (i % 7) for i in range(40)] + ["document 0 "] * 3
+    ids = [f"d{i}" for i in range(len(texts))]
+    write_table(
+        pa.table({"id": ids, "domain": ["x"] * len(ids), "text": texts}), data / "ing" / "shard_00000.parquet"
+    )
+    monkeypatch.chdir(data)
+    result = cli("dedup", "ing", "--out", "dd", "--scheduler-address", external_cluster)
+    assert result.exit_code == 0, result.output
+    assert (data / "dd" / "documents").is_dir()
+    assert not list(data.glob(".*partial"))

@@ -14,15 +14,22 @@ from mixlab.config import (
     coerce,
     config_from_dict,
     config_to_dict,
+    expand_path,
     flag_name,
+    load_yaml,
     option,
     parse_mapping,
     resolve_config,
-    section_name,
 )
 from mixlab.errors import ConfigError, MixlabError
 from mixlab.ingest import IngestConfig
+from mixlab.mixtures.config import SampleConfig, SelectConfig
+from mixlab.pipelines.run import SHIPPED
+from mixlab.proxy_models.config import PretrainConfig, SwarmConfig
+from mixlab.stages import STAGES
 from mixlab.synth import SynthConfig
+
+QUICKSTART = SHIPPED / "quickstart.yaml"
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
@@ -61,21 +68,18 @@ def test_section_form_yaml_reads_the_stage_section_only(tmp_path):
         tmp_path,
         "synth:\n  seed: 11\n  domains: [prose, code]\ningest:\n  text_column: body\n",
     )
-    assert resolve_config(SynthConfig, path).seed == 11
-    assert resolve_config(SynthConfig, path).domains == ("prose", "code")
-    assert resolve_config(IngestConfig, path).text_column == "body"
-    assert section_name(SynthConfig) == "synth"
+    assert resolve_config(SynthConfig, path, section="synth").seed == 11
+    assert resolve_config(SynthConfig, path, section="synth").domains == ("prose", "code")
+    assert resolve_config(IngestConfig, path, section="ingest").text_column == "body"
 
 
-def test_section_attribute_names_the_yaml_section(tmp_path):
+def test_the_section_argument_names_the_yaml_section(tmp_path):
     @dataclasses.dataclass(frozen=True)
     class WeirdlyNamedConfig:
-        SECTION = "tokenizer"
         vocab_size: int = option(100, "vocabulary size")
 
-    assert section_name(WeirdlyNamedConfig) == "tokenizer"
     path = write_yaml(tmp_path, "tokenizer:\n  vocab_size: 512\n")
-    assert resolve_config(WeirdlyNamedConfig, path).vocab_size == 512
+    assert resolve_config(WeirdlyNamedConfig, path, section="tokenizer").vocab_size == 512
 
 
 def test_unknown_yaml_key_names_the_key_and_lists_the_valid_ones(tmp_path):
@@ -245,3 +249,69 @@ def test_mapping_flags_parse_name_value_pairs():
     with pytest.raises(ConfigError, match="not a number"):
         parse_mapping("code=half", "target")
     assert flag_name("num_perm") == "--num-perm"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_the_shipped_pipeline_serves_as_config_for_every_single_stage(name):
+    """`mixlab <stage> --config quickstart.yaml` reads the stage's own section and the global seed."""
+    stage = STAGES[name]
+    quickstart = load_yaml(QUICKSTART)
+    cfg = resolve_config(stage.config, QUICKSTART, {}, section=name, sections=STAGES)
+    expected = dict(quickstart.get(name) or {})
+    fields = {f.name for f in dataclasses.fields(stage.config)}
+    if "seed" in fields:
+        expected.setdefault("seed", quickstart["seed"])
+    assert cfg == config_from_dict(stage.config, expected)
+
+
+def test_quickstart_values_reach_the_stages_that_were_renamed():
+    sample = resolve_config(SampleConfig, QUICKSTART, section="mixtures_sample", sections=STAGES)
+    swarm = resolve_config(SwarmConfig, QUICKSTART, section="swarm_train", sections=STAGES)
+    assert (sample.candidates, swarm.steps) == (128, 60)
+
+
+def test_a_stage_sections_own_seed_beats_the_global_one(tmp_path):
+    path = write_yaml(tmp_path, "description: x\nseed: 5\nsynth: {seed: 2}\n")
+    assert resolve_config(SynthConfig, path, section="synth").seed == 2
+    assert resolve_config(IngestConfig, path, section="ingest") == IngestConfig()  # no seed: untouched
+    assert resolve_config(SampleConfig, path, section="mixtures_sample").seed == 5
+
+
+def test_flags_override_a_pipeline_files_section(tmp_path):
+    path = write_yaml(tmp_path, "description: x\nsynth: {docs_per_domain: 400, doc_words: 30}\n")
+    cfg = resolve_config(SynthConfig, path, {"doc_words": 50}, section="synth")
+    assert (cfg.docs_per_domain, cfg.doc_words) == (400, 50)
+
+
+def test_a_pipeline_file_needs_a_section_to_be_read_as_one_stage(tmp_path):
+    with pytest.raises(ConfigError, match="pipeline file"):
+        resolve_config(SynthConfig, QUICKSTART, sections=STAGES)
+
+
+def test_a_flat_file_with_a_misspelt_key_is_still_refused(tmp_path):
+    path = write_yaml(tmp_path, "docs_per_domian: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'docs_per_domian' for synth"):
+        resolve_config(SynthConfig, path, section="synth", sections=STAGES)
+
+
+def test_a_mapping_flag_error_names_the_flag_once():
+    with pytest.raises(ConfigError) as err:
+        resolve_config(SelectConfig, None, {"min_weight": "0.5"})
+    assert str(err.value).startswith("--min-weight: expected name=value pairs")
+    assert flag_name("--min-weight") == "--min-weight"
+
+
+def test_yaml_paths_expand_the_home_directory_and_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXLAB_SIZES", str(tmp_path))
+    path = write_yaml(tmp_path, "model: ${MIXLAB_SIZES}/size.yaml\n")
+    assert resolve_config(PretrainConfig, path).model == tmp_path / "size.yaml"
+    path = write_yaml(tmp_path, "model: ~/size.yaml\n")
+    assert resolve_config(PretrainConfig, path).model == Path.home() / "size.yaml"
+    assert expand_path("$MIXLAB_SIZES/a", "x") == tmp_path / "a"
+
+
+def test_an_unset_variable_in_a_yaml_path_is_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIXLAB_NOT_SET", raising=False)
+    path = write_yaml(tmp_path, "model: ${MIXLAB_NOT_SET}/size.yaml\n")
+    with pytest.raises(ConfigError, match=r"model: .*\$\{MIXLAB_NOT_SET\}, which is not set"):
+        resolve_config(PretrainConfig, path)

@@ -1,32 +1,31 @@
-"""The `mixlab` command line: one thin command per stage, no logic.
+"""The `mixlab` command line: one thin command per entry of the stage registry, no logic.
 
 Each command's flags are generated from its stage's config dataclass (field help becomes
 the flag's help), so the CLI and the Python API cannot drift apart. Precedence is
-defaults < ``--config file.yaml`` < flags the user gave.
+defaults < ``--config file.yaml`` < flags the user gave. A command parses, opens the Dask
+client (Dask stages), builds the config, calls the registry's run function with its inputs
+and prints the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mixlab import __version__
-from mixlab.config import _unwrap_optional, field_help, field_types, resolve_config
-from mixlab.dedup.config import DedupConfig
+from mixlab.cluster import dask_client
+from mixlab.config import field_help, field_types, resolve_config, unwrap_optional
 from mixlab.errors import MixlabError
-from mixlab.ingest import IngestConfig
-from mixlab.mixtures.config import FitConfig, SampleConfig, SelectConfig
-from mixlab.pipelines.report import ReportConfig
-from mixlab.proxy_models.config import DistillConfig, ExportConfig, PretrainConfig, SwarmConfig
-from mixlab.synth import SynthConfig
-from mixlab.tokenize.config import TokenizeConfig, TokenizerEvalConfig, TokenizerTrainConfig
+from mixlab.pipelines.run import describe, pipeline_path, plan_json, plan_pipeline, run_pipeline, stage_dir
+from mixlab.stage import Manifest
+from mixlab.stages import STAGES, Alert, Stage
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -38,6 +37,7 @@ SECTIONS = {
     "Training": ["pretrain", "distill", "export"],
     "End to end": ["pipeline", "report"],
 }
+SHORT_HELP = 400  # the whole first sentence of a command's help; the listing wraps it
 
 
 class StageGroup(click.Group):
@@ -45,15 +45,21 @@ class StageGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         if not any(n in self.commands for names in SECTIONS.values() for n in names):
-            return super().format_commands(ctx, formatter)  # a stage's own group: a plain list
+            rows = [(n, c.get_short_help_str(SHORT_HELP)) for n, c in sorted(self.commands.items())]
+            if rows:
+                with formatter.section("Commands"):
+                    formatter.write_dl(rows)
+            return
         listed: set[str] = set()
         for title, names in SECTIONS.items():
-            rows = [(n, self.commands[n].get_short_help_str(80)) for n in names if n in self.commands]
+            rows = [(n, self.commands[n].get_short_help_str(SHORT_HELP)) for n in names if n in self.commands]
             listed.update(names)
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
-        rest = [(n, c.get_short_help_str(80)) for n, c in sorted(self.commands.items()) if n not in listed]
+        rest = [
+            (n, c.get_short_help_str(SHORT_HELP)) for n, c in sorted(self.commands.items()) if n not in listed
+        ]
         if rest:
             with formatter.section("Other"):
                 formatter.write_dl(rest)
@@ -65,9 +71,12 @@ class StageGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+# --- flags from a config dataclass ---------------------------------------------------------------
+
+
 def _click_type(tp: Any) -> tuple[Any, bool]:
     """(click type, is_boolean_flag) for a config field's annotation."""
-    inner, _ = _unwrap_optional(tp)
+    inner, _ = unwrap_optional(tp)
     if inner is bool:
         return bool, True
     if inner is int:
@@ -79,46 +88,6 @@ def _click_type(tp: Any) -> tuple[Any, bool]:
     return str, False  # str, tuples ("a,b") and mappings ("a=0.5,b=0.5") are parsed by config.coerce
 
 
-def config_options(cls: type) -> Callable[[Callable], Callable]:
-    """Add a flag per config field plus `--config`; the command receives `cfg` built from them."""
-    types_ = field_types(cls)
-    fields = dataclasses.fields(cls)
-
-    def decorator(func: Callable) -> Callable:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            config_file = kwargs.pop("config_file", None)
-            overrides = {f.name: kwargs.pop(f.name) for f in fields}
-            cfg = resolve_config(cls, config_file, overrides)
-            return func(*args, cfg=cfg, **kwargs)
-
-        for f in reversed(fields):
-            click_type, is_flag = _click_type(types_[f.name])
-            name = f.name.replace("_", "-")
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            shown = _show_default(default)
-            help_text = f"{field_help(f)} [default: {shown}]"
-            choices = f.metadata.get("choices")
-            if choices:
-                click_type = click.Choice(choices)
-            if is_flag:
-                decl = [f"--{name}/--no-{name}"]
-                wrapper = click.option(*decl, f.name, default=None, help=help_text)(wrapper)
-            else:
-                wrapper = click.option(f"--{name}", f.name, type=click_type, default=None, help=help_text)(
-                    wrapper
-                )
-        wrapper = click.option(
-            "--config",
-            "config_file",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="YAML file with these options (flags given here override it)",
-        )(wrapper)
-        return wrapper
-
-    return decorator
-
-
 def _show_default(value: Any) -> str:
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
@@ -127,38 +96,140 @@ def _show_default(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def out_option(func: Callable) -> Callable:
-    func = click.option(
-        "--force",
-        is_flag=True,
-        help="recompute and replace an existing output (needed when its settings or inputs changed)",
-    )(func)
-    return click.option(
-        "--out",
-        "out_dir",
-        required=True,
-        type=click.Path(path_type=Path),
-        help="output directory (written atomically)",
-    )(func)
+def config_params(cls: type) -> list[click.Parameter]:
+    """`--config` and one flag per config field (None when not given, so YAML can fill it)."""
+    types_ = field_types(cls)
+    params: list[click.Parameter] = [
+        click.Option(
+            ["--config", "config_file"],
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="YAML file with these options, or a pipeline file (flags given here override it)",
+        )
+    ]
+    for f in dataclasses.fields(cls):
+        click_type, is_flag = _click_type(types_[f.name])
+        name = f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{field_help(f)} [default: {_show_default(default)}]"
+        if f.metadata.get("choices"):
+            click_type = click.Choice(f.metadata["choices"])
+        decl = [f"--{name}/--no-{name}" if is_flag else f"--{name}", f.name]
+        params.append(click.Option(decl, type=None if is_flag else click_type, default=None, help=help_text))
+    return params
 
 
-def scheduler_option(func: Callable) -> Callable:
-    return click.option(
-        "--scheduler-address",
+def out_params(default: str | None = None) -> list[click.Parameter]:
+    """`--out` (required unless the command says its `default`) and `--force`."""
+    return [
+        click.Option(
+            ["--out", "out_dir"],
+            required=default is None,
+            type=click.Path(path_type=Path),
+            help="output directory (written atomically)" + (f" [default: {default}]" if default else ""),
+        ),
+        click.Option(
+            ["--force"],
+            is_flag=True,
+            help="recompute and replace an existing output (needed when its settings or inputs changed)",
+        ),
+    ]
+
+
+def scheduler_param() -> click.Option:
+    return click.Option(
+        ["--scheduler-address"],
         default=None,
         envvar="DASK_SCHEDULER_ADDRESS",
         show_envvar=True,
-        help="Dask scheduler to run on (default: a LocalCluster sized to this machine)",
-    )(func)
+        help="Dask scheduler to run on (default: dask config's scheduler-address, else a LocalCluster)",
+    )
 
 
-def summary(manifest: Any, what: str) -> None:
-    """The one-screen end-of-stage summary: where, what came out, how long."""
+def documents_argument(name: str = "documents") -> click.Argument:
+    return click.Argument([name], nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+
+
+def path_option(decl: str, help_text: str, *, required: bool = True, file_okay: bool = False) -> click.Option:
+    return click.Option(
+        [decl],
+        required=required,
+        default=None,
+        type=click.Path(exists=True, file_okay=file_okay, path_type=Path),
+        help=help_text,
+    )
+
+
+# --- one command per registry entry ------------------------------------------------------------------
+
+
+def say(stage: Stage, manifest: Manifest) -> None:
+    """The one-screen end-of-stage summary: where, what came out, how long, then the stage's own lines."""
     if manifest.skipped:
-        click.echo(f"{what}: {manifest.path} already up to date")
-        return
-    counts = ", ".join(f"{k}={v}" for k, v in manifest.counts.items())
-    click.echo(f"{what}: wrote {manifest.path} ({counts}) in {manifest.wall_s:.1f}s")
+        click.echo(f"{stage.words}: {manifest.path} already up to date")
+    else:
+        counts = ", ".join(f"{k}={v}" for k, v in manifest.counts.items())
+        click.echo(f"{stage.words}: wrote {manifest.path} ({counts}) in {manifest.wall_s:.1f}s")
+    for line in stage.summary(manifest):
+        click.echo(line if "\n" in line else f"{stage.words}: {line}", err=isinstance(line, Alert))
+
+
+def _input_value(value: Any) -> Any:
+    """A parsed CLI value as a stage input: tuples become lists, an empty optional list None."""
+    if isinstance(value, tuple):
+        return list(value) or None
+    return value
+
+
+class LeadingList(click.Argument):
+    """A leading list argument (`TOKENIZERS... DOCUMENTS`). Given one value, click fills the
+    argument after the list and leaves the list empty: what is missing is that next argument."""
+
+    def __init__(self, name: str, then: click.Argument, **kwargs: Any) -> None:
+        super().__init__([name], nargs=-1, required=False, metavar=f"{name.upper()}...", **kwargs)
+        self.then = then
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        value = super().process_value(ctx, value)
+        if not value:
+            raise click.MissingParameter(ctx=ctx, param=self.then)
+        return value
+
+
+def stage_command(
+    stage: Stage,
+    help_text: str,
+    *input_params: click.Parameter,
+    out_default: tuple[str, Callable[[Mapping[str, Any]], Path]] | None = None,
+    hidden: Sequence[click.Parameter] = (),
+) -> click.Command:
+    """The command for `stage`: its input arguments and flags, its config's flags, --out / --force.
+
+    `out_default` is (what the help says, how to derive it from the inputs) when --out is optional.
+    """
+    fields = [f.name for f in dataclasses.fields(stage.config)]
+    clash = {p.name for p in input_params} & set(fields)
+    if clash:
+        raise TypeError(f"{stage.name}: input flag(s) {sorted(clash)} are also config fields")
+    params = [*input_params, *config_params(stage.config), *out_params(out_default and out_default[0])]
+    if stage.uses_dask:
+        params.append(scheduler_param())
+    params += hidden
+
+    def callback(config_file: Path | None, out_dir: Path | None, force: bool, **kwargs: Any) -> None:
+        overrides = {name: kwargs.pop(name) for name in fields}
+        cfg = resolve_config(stage.config, config_file, overrides, section=stage.name, sections=STAGES)
+        inputs = {name: _input_value(kwargs.pop(name)) for name in stage.inputs if name in kwargs}
+        out = out_dir if out_dir is not None else out_default[1](inputs)  # type: ignore[index]
+        address = kwargs.pop("scheduler_address", None)
+        with (
+            dask_client(scheduler_address=address) if stage.uses_dask else contextlib.nullcontext() as client
+        ):
+            manifest = stage.invoke(inputs, cfg, out, client, force=force)
+        say(stage, manifest)
+
+    return click.Command(
+        stage.command[-1], callback=callback, params=params, help=help_text, context_settings=CONTEXT
+    )
 
 
 @click.group(cls=StageGroup, context_settings=CONTEXT)
@@ -172,375 +243,154 @@ def main() -> None:
     """
 
 
-@main.command(context_settings=CONTEXT)
-@config_options(SynthConfig)
-@out_option
-def synth(cfg: SynthConfig, out_dir: Path, force: bool) -> None:
-    """Generate a seeded synthetic multi-domain corpus with planted duplicates."""
-    from mixlab.synth import run_synth
-
-    manifest = run_synth(cfg, out_dir, force=force)
-    summary(manifest, "synth")
+def group(name: str, help_text: str) -> click.Group:
+    made = StageGroup(name, help=help_text, context_settings=CONTEXT)
+    main.add_command(made)
+    return made
 
 
-@main.command(context_settings=CONTEXT)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@config_options(IngestConfig)
-@out_option
-def ingest(inputs: tuple[Path, ...], cfg: IngestConfig, out_dir: Path, force: bool) -> None:
-    """Read parquet, JSONL(.gz) or text folders into a documents table (id, domain, text)."""
-    from mixlab.ingest import run_ingest
-
-    manifest = run_ingest(list(inputs), cfg, out_dir, force=force)
-    summary(manifest, "ingest")
-    if manifest.stats.get("skipped"):
-        click.echo(f"ingest: skipped {json.dumps(manifest.stats['skipped'])}", err=True)
-
-
-# --- mixtures group (sample here; fit and select are added to it below) ---------------------
-
-
-@main.group(cls=StageGroup, context_settings=CONTEXT)
-def mixtures() -> None:
-    """Candidate mixtures, the regression from weights to loss, and the chosen mixture."""
-
-
-# --- mixtures sample ---------------------------------------------------------------------------
-
-
-@mixtures.command("sample", context_settings=CONTEXT)
-@click.argument("tokens", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@config_options(SampleConfig)
-@out_option
-def mixtures_sample(tokens: Path, cfg: SampleConfig, out_dir: Path, force: bool) -> None:
-    """Sample candidate mixtures around the token prior of TOKENS (RegMix style)."""
-    from mixlab.mixtures.sample import run_sample
-
-    manifest = run_sample({"tokens": tokens}, cfg, out_dir, force=force)
-    summary(manifest, "mixtures sample")
-
-
-# --- swarm train -------------------------------------------------------------------------------
-
-
-@main.group(cls=StageGroup, context_settings=CONTEXT)
-def swarm() -> None:
-    """Train swarms of small GPT proxies on candidate mixtures."""
-
-
-@swarm.command("train", context_settings=CONTEXT)
-@click.argument("candidates", type=click.Path(exists=True, path_type=Path))
-@click.argument("tokens", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@config_options(SwarmConfig)
-@out_option
-@scheduler_option
-def swarm_train(
-    candidates: Path,
-    tokens: Path,
-    cfg: SwarmConfig,
-    out_dir: Path,
-    force: bool,
-    scheduler_address: str | None,
-) -> None:
-    """Train one proxy per candidate (in packs, on Dask) and score it on every validation domain."""
-    from mixlab.proxy_models.swarm import run_swarm
-
-    if candidates.is_dir() and (candidates / "candidates.parquet").is_file():
-        candidates = candidates / "candidates.parquet"
-    manifest = run_swarm(
-        {"candidates": candidates, "tokens": tokens},
-        cfg,
-        out_dir,
-        force=force,
-        scheduler_address=scheduler_address,
-    )
-    summary(manifest, "swarm train")
-    floor = manifest.stats.get("noise_floor")
-    if floor:
-        click.echo(
-            "swarm train: noise floor (loss std across seeds) "
-            + ", ".join(f"{d}={v:.4f}" for d, v in floor.items())
-        )
-
-
-# --- mixtures fit / select ---------------------------------------------------------------------
-
-
-@mixtures.command("fit", context_settings=CONTEXT)
-@click.argument("runs", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--candidates",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="the `mixtures sample` output the runs came from (its prior and sampler are used by select)",
+GROUPS = {
+    "tokenizer": group(
+        "tokenizer", "Train tokenizers on a mixture-weighted sample and compare them per domain."
+    ),
+    "mixtures": group(
+        "mixtures", "Candidate mixtures, the regression from weights to loss, and the chosen mixture."
+    ),
+    "swarm": group("swarm", "Train swarms of small GPT proxies on candidate mixtures."),
+    "export": group("export", "Export trained models to other formats."),
+    "pipeline": group("pipeline", "Run the whole flow from one YAML file (shipped: quickstart)."),
+}
+RESUME = click.Option(
+    ["--resume"], is_flag=True, hidden=True, help="accepted and ignored: an interrupted run always resumes"
 )
-@config_options(FitConfig)
-@out_option
-def mixtures_fit(runs: Path, candidates: Path | None, cfg: FitConfig, out_dir: Path, force: bool) -> None:
+TOKENS = "tokenize output directory (token shards, token counts, tokenizer)"
+EVAL_DOCUMENTS = click.Argument(["documents"], type=click.Path(exists=True, path_type=Path))
+
+
+def add(stage: Stage, help_text: str, *params: click.Parameter, **kwargs: Any) -> None:
+    """Register `stage`'s command under its CLI words (`swarm train` -> the swarm group)."""
+    parent = GROUPS[stage.command[0]] if len(stage.command) > 1 else main
+    parent.add_command(stage_command(stage, help_text, *params, **kwargs))
+
+
+add(STAGES["synth"], "Generate a seeded synthetic multi-domain corpus with planted duplicates.")
+add(
+    STAGES["ingest"],
+    "Read SOURCES (parquet, JSONL(.gz) or text folders) into a documents table (id, domain, text).",
+    click.Argument(["sources"], nargs=-1, required=True, type=click.Path(path_type=Path)),
+)
+add(
+    STAGES["dedup"],
+    "Remove exact and near duplicates (MinHash LSH, verified by exact Jaccard) from DOCUMENTS.",
+    documents_argument(),
+)
+add(
+    STAGES["tokenizer_train"],
+    "Train a BPE / WordPiece / Unigram tokenizer on DOCUMENTS (tokenizer.json + transformers files).",
+    documents_argument(),
+)
+add(
+    STAGES["tokenizer_eval"],
+    "Compare TOKENIZERS (one or more directories) per domain on held-out DOCUMENTS.",
+    LeadingList("tokenizers", then=EVAL_DOCUMENTS, type=click.Path(exists=True, path_type=Path)),
+    EVAL_DOCUMENTS,
+)
+add(
+    STAGES["tokenize"],
+    "Tokenize DOCUMENTS into token shards per domain and train/valid split, on Dask.",
+    documents_argument(),
+    path_option(
+        "--tokenizer", "tokenizer directory (from `mixlab tokenizer train`, or any with tokenizer.json)"
+    ),
+    click.Option(
+        ["--targets"],
+        multiple=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="documents table of a target corpus, validation only and never mixed (repeatable)",
+    ),
+)
+add(
+    STAGES["mixtures_sample"],
+    "Sample candidate mixtures around the token prior of TOKENS (RegMix style).",
+    click.Argument(["tokens"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+)
+add(
+    STAGES["swarm_train"],
+    "Train one proxy per candidate (in packs, on Dask) and score it on every validation domain.",
+    click.Argument(["candidates"], type=click.Path(exists=True, path_type=Path)),
+    click.Argument(["tokens"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+)
+add(
+    STAGES["mixtures_fit"],
     """Fit weights -> target loss (LightGBM + baselines), cross-validated.
 
     RUNS is a swarm output or runs.parquet. Writes fit.json (held-out Spearman, Pearson and
     RMSE per model, the noise floor, the prior), the models and predicted-vs-actual plots.
-    """
-    from mixlab.mixtures.fit import run_fit
-
-    manifest = run_fit({"runs": runs, "candidates": candidates}, cfg, out_dir, force=force)
-    summary(manifest, "mixtures fit")
-    floor = manifest.stats.get("noise_floor_rmse")
-    for kind, s in manifest.stats["held_out"].items():
-        click.echo(
-            f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f}  pearson {s['pearson']:.3f}  "
-            f"rmse {s['rmse']:.4g}"
-            + (f" (noise floor {floor:.4g})" if floor else "")
-            + ("  <- chosen" if kind == manifest.stats["chosen"] else "")
-        )
-    for warning in manifest.stats.get("warnings", []):
-        click.echo(f"mixtures fit: warning: {warning}", err=True)
-
-
-@mixtures.command("select", context_settings=CONTEXT)
-@click.argument("fit", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--tokens",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="tokenize output (or its token_counts.parquet): each domain's tokens, for --token-budget / --verify",
+    """,
+    click.Argument(["runs"], type=click.Path(exists=True, path_type=Path)),
+    path_option(
+        "--candidates",
+        "the `mixtures sample` output the runs came from (its prior and sampler are used by select)",
+        required=False,
+    ),
 )
-@config_options(SelectConfig)
-@out_option
-def mixtures_select(fit: Path, tokens: Path | None, cfg: SelectConfig, out_dir: Path, force: bool) -> None:
+add(
+    STAGES["mixtures_select"],
     """Choose the mixture: simulate from FIT's prior, score, average the best.
 
     Writes mixture.json (weights, predicted target loss with its spread across the CV models,
     natural and uniform mixtures for comparison) and a plot of the weights against the prior.
-    """
-    from mixlab.mixtures.select import run_select
-
-    manifest = run_select({"fit": fit, "tokens": tokens}, cfg, out_dir, force=force)
-    summary(manifest, "mixtures select")
-    stats = manifest.stats
-    click.echo(
-        "mixtures select: "
-        + ", ".join(f"{d}={w:.3f}" for d, w in stats["weights"].items())
-        + f"; predicted {stats['predicted_target_loss']:.4g} (natural {stats['natural_predicted']:.4g}, "
-        f"uniform {stats['uniform_predicted']:.4g})"
-    )
-    check = stats.get("verification")
-    if check:
-        click.echo(
-            "mixtures select: at the larger proxy size, measured "
-            + ", ".join(f"{n}={v:.4g}" for n, v in check["measured"].items())
-            + ("; predicted order holds" if check["ordering_holds"] else "; predicted order does NOT hold")
-            + ("; chosen beats both beyond seed noise" if check["chosen_beats_baselines"] else "")
-        )
-    for warning in stats.get("warnings", []):
-        click.echo(f"mixtures select: warning: {warning}", err=True)
-
-
-# --- tokenizer train / eval, tokenize ----------------------------------------------------------
-
-
-@main.group(cls=StageGroup, context_settings=CONTEXT)
-def tokenizer() -> None:
-    """Train tokenizers on a mixture-weighted sample and compare them per domain."""
-
-
-@tokenizer.command("train", context_settings=CONTEXT)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@config_options(TokenizerTrainConfig)
-@out_option
-def tokenizer_train(inputs: tuple[Path, ...], cfg: TokenizerTrainConfig, out_dir: Path, force: bool) -> None:
-    """Train a BPE / WordPiece / Unigram tokenizer on documents INPUTS (tokenizer.json + transformers files)."""
-    from mixlab.tokenize.train import run_tokenizer_train
-
-    manifest = run_tokenizer_train(list(inputs), cfg, out_dir, force=force)
-    summary(manifest, "tokenizer train")
-
-
-@tokenizer.command("eval", context_settings=CONTEXT)
-@click.argument("tokenizers", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.argument("documents", type=click.Path(exists=True, path_type=Path))
-@config_options(TokenizerEvalConfig)
-@out_option
-def tokenizer_eval(
-    tokenizers: tuple[Path, ...], documents: Path, cfg: TokenizerEvalConfig, out_dir: Path, force: bool
-) -> None:
-    """Compare TOKENIZERS (one or more directories) per domain on held-out DOCUMENTS."""
-    from mixlab.tokenize.evaluate import format_table, read_eval, run_tokenizer_eval
-
-    manifest = run_tokenizer_eval(
-        {"tokenizers": list(tokenizers), "documents": documents}, cfg, out_dir, force=force
-    )
-    summary(manifest, "tokenizer eval")
-    click.echo(format_table(read_eval(out_dir)))
-
-
-@main.command("tokenize", context_settings=CONTEXT)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--tokenizer",
-    "tokenizer_dir",
-    required=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="tokenizer directory (from `mixlab tokenizer train`, or any with tokenizer.json)",
+    """,
+    click.Argument(["fit"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    path_option(
+        "--tokens",
+        "tokenize output (or its token_counts.parquet): each domain's tokens, for --token-budget / --verify",
+        required=False,
+        file_okay=True,
+    ),
 )
-@config_options(TokenizeConfig)
-@out_option
-@scheduler_option
-def tokenize_command(
-    inputs: tuple[Path, ...],
-    tokenizer_dir: Path,
-    cfg: TokenizeConfig,
-    out_dir: Path,
-    force: bool,
-    scheduler_address: str | None,
-) -> None:
-    """Tokenize documents INPUTS into token shards per domain and train/valid split, on Dask."""
-    from mixlab.tokenize.corpus import run_tokenize
-
-    manifest = run_tokenize(
-        {"documents": list(inputs), "tokenizer": tokenizer_dir},
-        cfg,
-        out_dir,
-        force=force,
-        scheduler_address=scheduler_address,
-    )
-    summary(manifest, "tokenize")
-
-
-# --- dedup -------------------------------------------------------------------------------------
-
-
-@main.command("dedup", context_settings=CONTEXT)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@config_options(DedupConfig)
-@out_option
-@scheduler_option
-def dedup_command(
-    inputs: tuple[Path, ...], cfg: DedupConfig, out_dir: Path, force: bool, scheduler_address: str | None
-) -> None:
-    """Remove exact and near duplicates (MinHash LSH, verified by exact Jaccard) from documents INPUTS."""
-    from mixlab.dedup import run_dedup
-
-    manifest = run_dedup(list(inputs), cfg, out_dir, force=force, scheduler_address=scheduler_address)
-    summary(manifest, "dedup")
-    if not manifest.skipped:
-        cand = manifest.stats["candidates"]
-        click.echo(
-            f"dedup: {cand['pairs']} candidate pairs checked, {cand['rejected']} rejected; "
-            f"kept documents in {Path(out_dir) / 'documents'}, removed ones in duplicates.parquet"
-        )
-
-
-# --- pretrain, distill, export hf ----------------------------------------------------------
-
-
-def _comparison_lines(out_dir: Path) -> None:
-    path = Path(out_dir) / "comparison.json"
-    if path.is_file():
-        for line in json.loads(path.read_text()).get("summary", []):
-            click.echo(f"  {line}")
-
-
-@main.command(context_settings=CONTEXT)
-@click.option(
-    "--tokens",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="tokenize output directory (token shards, token counts, tokenizer)",
+add(
+    STAGES["pretrain"],
+    "Pretrain the full model on the chosen mixture (and --baselines for comparison).",
+    path_option("--tokens", TOKENS),
+    click.Option(
+        ["--mixture"],
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
+    ),
+    hidden=[RESUME],
 )
-@click.option(
-    "--mixture",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
+add(
+    STAGES["distill"],
+    "Distill a teacher into a smaller student (--compare-scratch: and train it from scratch).",
+    path_option("--teacher", "teacher model directory (from `mixlab pretrain`, `distill` or `export hf`)"),
+    path_option("--tokens", "tokenize output directory made with the teacher's tokenizer"),
+    click.Option(
+        ["--mixture"],
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="mixture.json to train on [default: the teacher's training mixture]",
+    ),
+    hidden=[RESUME],
 )
-@config_options(PretrainConfig)
-@out_option
-@click.option(
-    "--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint"
+add(
+    STAGES["export_hf"],
+    "Write MODEL as a Hugging Face Llama checkpoint (config.json, model.safetensors, tokenizer).",
+    click.Argument(["model"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
 )
-def pretrain(
-    tokens: Path, mixture: Path, cfg: PretrainConfig, out_dir: Path, force: bool, resume: bool
-) -> None:
-    """Pretrain the full model on the chosen mixture (and --baselines for comparison)."""
-    from mixlab.proxy_models.pretrain import run_pretrain
-
-    manifest = run_pretrain({"tokens": tokens, "mixture": mixture}, cfg, out_dir, force=force, resume=resume)
-    summary(manifest, "pretrain")
-    click.echo(f"pretrain: target loss {manifest.stats['target_loss']:.4f}")
-    _comparison_lines(out_dir)
-
-
-@main.command(context_settings=CONTEXT)
-@click.option(
-    "--teacher",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="teacher model directory (from `mixlab pretrain`, `distill` or `export hf`)",
+add(
+    STAGES["report"],
+    "Write a one-page HTML + markdown report of a pipeline RUN directory.",
+    click.Argument(["run"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    out_default=("RUN/NN_report", lambda inputs: stage_dir(inputs["run"], "report")),
 )
-@click.option(
-    "--tokens",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="tokenize output directory made with the teacher's tokenizer",
-)
-@click.option(
-    "--mixture",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="mixture.json to train on [default: the teacher's training mixture]",
-)
-@config_options(DistillConfig)
-@out_option
-@click.option(
-    "--resume", is_flag=True, help="continue an interrupted run (same settings) from its last checkpoint"
-)
-def distill(
-    teacher: Path,
-    tokens: Path,
-    mixture: Path | None,
-    cfg: DistillConfig,
-    out_dir: Path,
-    force: bool,
-    resume: bool,
-) -> None:
-    """Distill a teacher into a smaller student (--compare-scratch: and train it from scratch)."""
-    from mixlab.proxy_models.distill import run_distill
-
-    manifest = run_distill(
-        {"teacher": teacher, "tokens": tokens, "mixture": mixture}, cfg, out_dir, force=force, resume=resume
-    )
-    summary(manifest, "distill")
-    _comparison_lines(out_dir)
 
 
-@main.group(cls=StageGroup, context_settings=CONTEXT)
-def export() -> None:
-    """Export trained models to other formats."""
+# --- pipeline run ------------------------------------------------------------------------------
 
 
-@export.command("hf", context_settings=CONTEXT)
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@config_options(ExportConfig)
-@out_option
-def export_hf(model_dir: Path, cfg: ExportConfig, out_dir: Path, force: bool) -> None:
-    """Write MODEL_DIR as a Hugging Face Llama checkpoint (config.json, model.safetensors, tokenizer)."""
-    from mixlab.proxy_models.export import run_export_hf
-
-    manifest = run_export_hf({"model": model_dir}, cfg, out_dir, force=force)
-    summary(manifest, "export hf")
-
-
-# --- pipeline run, report --------------------------------------------------------------------
-
-
-@main.group(cls=StageGroup, context_settings=CONTEXT)
-def pipeline() -> None:
-    """Run the whole flow from one YAML file (shipped: quickstart)."""
-
-
-@pipeline.command("run", context_settings=CONTEXT)
+@GROUPS["pipeline"].command("run", context_settings=CONTEXT)
 @click.argument("pipeline_file", metavar="PIPELINE")
 @click.option(
     "--out",
@@ -550,29 +400,39 @@ def pipeline() -> None:
     help="run root; each stage writes <out>/NN_<stage> [default: runs/<pipeline name>]",
 )
 @click.option(
-    "--from", "from_stage", default=None, help="start at this stage (earlier ones must be finished)"
+    "--from",
+    "from_stage",
+    default=None,
+    help="start at this stage, e.g. 'tokenizer train' (earlier ones must be finished)",
 )
 @click.option("--until", "until_stage", default=None, help="stop after this stage")
-@click.option("--dry-run", is_flag=True, help="print the plan and the resolved configs, run nothing")
+@click.option("--dry-run", is_flag=True, help="print the plan (stages, directories, status), run nothing")
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: the whole plan as JSON")
 @click.option("--force", is_flag=True, help="recompute every selected stage, replacing its output")
-@scheduler_option
+@click.option(
+    "--scheduler-address",
+    default=None,
+    envvar="DASK_SCHEDULER_ADDRESS",
+    show_envvar=True,
+    help="Dask scheduler for the Dask stages (default: the pipeline's scheduler_address, else a LocalCluster)",
+)
 def pipeline_run(
     pipeline_file: str,
     out_dir: Path | None,
     from_stage: str | None,
     until_stage: str | None,
     dry_run: bool,
+    as_json: bool,
     force: bool,
     scheduler_address: str | None,
 ) -> None:
     """Run PIPELINE (a YAML file or a shipped name) stage by stage; finished stages are skipped."""
-    from mixlab.pipelines.run import describe, pipeline_path, plan_pipeline, run_pipeline
-
+    if as_json and not dry_run:
+        raise click.UsageError("--json: only with --dry-run")
     root = out_dir or Path("runs") / pipeline_path(pipeline_file).stem
     if dry_run:
-        click.echo(
-            describe(plan_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage))
-        )
+        plan = plan_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage)
+        click.echo(json.dumps(plan_json(plan), indent=2) if as_json else describe(plan))
         return
     manifests = run_pipeline(
         pipeline_file,
@@ -584,29 +444,9 @@ def pipeline_run(
     )
     report = manifests.get("report")
     if report is not None:
-        click.echo(f"report: {report.path / 'report.html'}")
+        click.echo(f"report: {Path(report.path or root) / 'report.html'}")
     else:
         click.echo(f"pipeline: outputs under {root}")
-
-
-@main.command("report", context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@config_options(ReportConfig)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="where to write report.html / report.md [default: RUN_DIR/NN_report]",
-)
-@click.option("--force", is_flag=True, help="rebuild an existing report")
-def report_command(run_dir: Path, cfg: ReportConfig, out_dir: Path | None, force: bool) -> None:
-    """Write a one-page HTML + markdown report of a pipeline run directory."""
-    from mixlab.pipelines.report import default_report_dir, run_report
-
-    manifest = run_report(run_dir, cfg, out_dir or default_report_dir(run_dir), force=force)
-    summary(manifest, "report")
-    click.echo(f"report: {manifest.path / 'report.html'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,15 +5,18 @@ resolved config (``config_to_dict``) is what each stage's manifest records. Stag
 are declared with ``option(...)`` so the CLI can build its flags and help from them.
 This module is the mechanism only: each stage package declares its configs in its own
 torch-free module (``dedup/config.py``, ``tokenize/config.py``, ``mixtures/config.py``,
-``proxy_models/config.py``; synth and ingest beside their code).
+``proxy_models/config.py``; synth and ingest beside their code), and the stage registry
+(``mixlab.stages``) names the YAML section each config reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +25,11 @@ import yaml
 from mixlab.errors import ConfigError
 
 C = TypeVar("C")
+
+# Top-level settings of a pipeline YAML (beside one section per stage). A file holding any of
+# them other than `seed`, or any stage's section, is a pipeline file: a single stage given it
+# as `--config` reads its own section (and the global `seed`).
+PIPELINE_SETTINGS = ("description", "seed", "inputs", "targets", "scheduler_address")
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -56,10 +64,10 @@ def check_choices(cfg: Any) -> None:
 
 def flag_name(name: str) -> str:
     """The CLI spelling of a field (`num_perm` -> `--num-perm`), used in error messages."""
-    return "--" + name.replace("_", "-")
+    return name if name.startswith("-") else "--" + name.replace("_", "-")
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -70,21 +78,41 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 def parse_mapping(text: str, key: str) -> dict[str, float]:
     """`code=0.5,prose=0.5` -> {"code": 0.5, "prose": 0.5}; the CLI form of a weights flag."""
+    return _parse_mapping(text, flag_name(key))
+
+
+def _parse_mapping(text: str, where: str) -> dict[str, float]:
+    """parse_mapping with errors prefixed by `where` as given (a flag, or `file: key`)."""
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep:
-            raise ConfigError(f"{flag_name(key)}: expected name=value pairs like a=0.5,b=0.5, got {part!r}")
+            raise ConfigError(f"{where}: expected name=value pairs like a=0.5,b=0.5, got {part!r}")
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise ConfigError(f"{flag_name(key)}: {value!r} for {name!r} is not a number") from None
+            raise ConfigError(f"{where}: {value!r} for {name!r} is not a number") from None
     return out
+
+
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_path(text: str | Path, where: str) -> Path:
+    """A path from a YAML file with `~` and `${VAR}` / `$VAR` expanded; an unset variable is an error."""
+    raw = str(text)
+    if "://" in raw:
+        return Path(raw)  # a URL is passed through as written
+    for match in _VARIABLE.finditer(raw):
+        name = match.group(1).strip("{}")
+        if name not in os.environ:
+            raise ConfigError(f"{where}: {raw!r} uses ${{{name}}}, which is not set in the environment")
+    return Path(os.path.expandvars(raw)).expanduser()
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert a YAML or CLI value to the field's declared type, with an error naming the key."""
-    inner, optional = _unwrap_optional(tp)
+    inner, optional = unwrap_optional(tp)
     if value is None:
         if optional:
             return None
@@ -127,7 +155,7 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             return tuple(coerce(key, v, item_tp) for v in value)
         if origin is dict or inner is dict:
             if isinstance(value, str):
-                value = parse_mapping(value, key)
+                value = _parse_mapping(value, key)
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             _k_tp, v_tp = typing.get_args(inner) or (str, Any)
@@ -142,12 +170,7 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
 
 def config_from_dict(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C:
     """Build `cls` from a mapping, rejecting unknown keys (dashes and underscores both accepted)."""
-    return cls(**_coerce_values(cls, values, source))
-
-
-def section_name(cls: type) -> str:
-    """The YAML section a config reads in a pipeline file: `DedupConfig` -> `dedup`."""
-    return getattr(cls, "SECTION", cls.__name__.removesuffix("Config").lower())
+    return cls(**_coerce_values(cls, values, source, cls.__name__))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -164,46 +187,86 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def is_pipeline_file(data: Mapping[str, Any], sections: Iterable[str] = ()) -> bool:
+    """True when a YAML mapping is a pipeline (settings and stage sections), not one stage's keys.
+
+    `seed` alone does not count: it is also a key of most stages.
+    """
+    names = set(sections)
+    return any((k in PIPELINE_SETTINGS and k != "seed") or k in names for k in data)
+
+
+def section_values(cls: type, data: Mapping[str, Any], section: str, source: str) -> dict[str, Any]:
+    """The coerced values a pipeline file gives stage `section`: its own section, plus the
+    pipeline's global `seed` where the config has a `seed` and the section sets none."""
+    own = data.get(section)
+    if own is None:
+        own = {}
+    if not isinstance(own, Mapping):
+        raise ConfigError(f"{source}: section {section!r} must be a mapping of keys to values")
+    values = dict(own)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if data.get("seed") is not None and "seed" in fields and "seed" not in map(_key, values):
+        values["seed"] = data["seed"]
+    return _coerce_values(cls, values, f"{source} [{section}]", section)
+
+
 def resolve_config(
-    cls: type[C], config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+    cls: type[C],
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    section: str | None = None,
+    sections: Iterable[str] = (),
 ) -> C:
     """Defaults < YAML file < overrides (flags the user actually gave; None means not given).
 
-    The YAML file may hold the stage's keys at the top level, or a section named after the
-    stage (so one pipeline file can also serve as `--config` for a single stage).
+    The YAML file holds the stage's keys at the top level, or is a pipeline file (see
+    `is_pipeline_file`; `sections` names every stage section such a file may hold), from which
+    the stage reads its own `section` and the global seed. So the shipped pipeline also
+    serves as `--config` for any single stage. `section` is the stage's registry name.
     """
+    label = section or cls.__name__
     values: dict[str, Any] = {}
     if config_file is not None:
         data = load_yaml(Path(config_file))
-        section = section_name(cls)
-        if section in data and isinstance(data[section], dict):
-            data = data[section]
-        values = _coerce_values(cls, data, str(config_file))
+        if section is not None and is_pipeline_file(data, {section, *sections}):
+            values = section_values(cls, data, section, str(config_file))
+        elif is_pipeline_file(data, sections):
+            raise ConfigError(f"{config_file}: a pipeline file; pass section= to read one stage's section")
+        else:
+            values = _coerce_values(cls, data, str(config_file), label)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given:
         types_ = field_types(cls)
         unknown = [k for k in given if k not in types_]
         if unknown:
-            raise ConfigError(
-                f"unknown option(s) {unknown} for {section_name(cls)} (valid: {', '.join(types_)})"
-            )
+            raise ConfigError(f"unknown option(s) {unknown} for {label} (valid: {', '.join(types_)})")
         values.update({k: coerce(flag_name(k), v, types_[k]) for k, v in given.items()})
     # One construction from the merged values, so a flag can complete what the YAML started
     # (validation in __post_init__ sees the final combination, not the YAML alone).
     return cls(**values)
 
 
-def _coerce_values(cls: type, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _key(raw_key: Any) -> str:
+    return str(raw_key).replace("-", "_")
+
+
+def _coerce_values(cls: type, values: Mapping[str, Any], source: str, label: str) -> dict[str, Any]:
+    """YAML values coerced to the fields' types; paths get `~` and `${VAR}` expanded."""
     types_ = field_types(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     out: dict[str, Any] = {}
     for raw_key, value in values.items():
-        key = str(raw_key).replace("-", "_")
+        key = _key(raw_key)
         if key not in types_:
             raise ConfigError(
-                f"{source}: unknown key {raw_key!r} for {section_name(cls)} (valid keys: {', '.join(valid)})"
+                f"{source}: unknown key {raw_key!r} for {label} (valid keys: {', '.join(valid)})"
             )
-        out[key] = coerce(f"{source}: {raw_key}", value, types_[key])
+        where = f"{source}: {raw_key}"
+        if unwrap_optional(types_[key])[0] is Path and isinstance(value, str):
+            value = expand_path(value, where)
+        out[key] = coerce(where, value, types_[key])
     return out
 
 

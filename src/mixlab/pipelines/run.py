@@ -1,180 +1,72 @@
 """`mixlab pipeline run`: every stage in order, each into its own directory under one run root.
 
-A pipeline YAML has top-level settings (``seed``, ``inputs``, ``scheduler_address``) and
-one section per stage, using the same keys as that stage's flags. Stages whose manifests
-match are skipped (``run_stage`` sees the same config and inputs), a killed pipeline resumes
-from the stage it was in (that stage resumes from its own markers), and ``--from`` /
-``--until`` / ``--dry-run`` select and show the plan.
+A pipeline YAML has top-level settings (``description``, ``seed``, ``inputs``, ``targets``,
+``scheduler_address``) and one section per stage, named as in the stage registry and using
+the same keys as that stage's flags. Stage ``NN_<name>`` of the run root is stage NN of
+``PIPELINE``. A rerun skips finished stages and resumes the one a kill interrupted (from its
+own markers or checkpoint); ``--from`` / ``--until`` / ``--dry-run`` select and show the plan.
+What the pipeline fills in for a stage (select's token budget, sample's proxy tokens,
+tokenize's targets) is derived from the whole pipeline, never from the selected stages only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mixlab.config import config_from_dict, config_to_dict, load_yaml
+from mixlab.cluster import dask_client
+from mixlab.config import PIPELINE_SETTINGS, config_to_dict, expand_path, load_yaml, section_values
 from mixlab.console import log
 from mixlab.errors import ConfigError, MixlabError
-from mixlab.stage import Manifest
+from mixlab.stage import MANIFEST, Manifest, partial_dir
+from mixlab.stages import STAGES, Stage, stage_named
 
 SHIPPED = Path(__file__).parent  # shipped pipelines: mixlab/pipelines/<name>.yaml
-TOP_LEVEL_KEYS = ("seed", "inputs", "scheduler_address", "description")
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One step of the flow: its YAML section, config class, and how it is called."""
-
-    name: str
-    config: str  # "module:Class"
-    call: Callable[[Any, Mapping[str, Path], Path, Any, bool], Manifest]
-    uses_dask: bool = False
-
-    def config_class(self) -> type:
-        module, _, cls = self.config.partition(":")
-        return getattr(importlib.import_module(module), cls)
-
-
-def _import(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-# Each call receives (cfg, outputs so far by stage name, out_dir, client, force). This is the
-# one place that knows how one stage's output feeds the next.
-
-
-def _synth(cfg, done, out, client, force):
-    return _import("mixlab.synth:run_synth")(cfg, out, force=force)
-
-
-def _ingest(cfg, done, out, client, force):
-    inputs = done["inputs"] if "inputs" in done else [done["synth"] / "documents"]
-    return _import("mixlab.ingest:run_ingest")(inputs, cfg, out, force=force)
-
-
-def _dedup(cfg, done, out, client, force):
-    return _import("mixlab.dedup:run_dedup")(done["ingest"], cfg, out, client=client, force=force)
-
-
-def _tokenizer_train(cfg, done, out, client, force):
-    return _import("mixlab.tokenize.train:run_tokenizer_train")(
-        done["dedup"] / "documents", cfg, out, force=force
-    )
-
-
-def _tokenize(cfg, done, out, client, force):
-    documents = [done["dedup"] / "documents"]
-    target = _target_documents(done)
-    if target is not None:
-        documents.append(target)
-        if "target" not in cfg.valid_domains:  # the target set is validation only, never trained on
-            cfg = dataclasses.replace(cfg, valid_domains=(*cfg.valid_domains, "target"))
-    return _import("mixlab.tokenize.corpus:run_tokenize")(
-        {"documents": documents, "tokenizer": done["tokenizer_train"]}, cfg, out, client=client, force=force
-    )
-
-
-def _target_documents(done: Mapping[str, Path]) -> Path | None:
-    """The synthetic corpus's held-out target set, when the pipeline made one."""
-    synth = done.get("synth")
-    path = synth / "target" / "documents.parquet" if synth is not None else None
-    return path if path is not None and path.is_file() else None
-
-
-def _mixtures_sample(cfg, done, out, client, force):
-    return _import("mixlab.mixtures.sample:run_sample")(done["tokenize"], cfg, out, force=force)
-
-
-def _swarm_train(cfg, done, out, client, force):
-    return _import("mixlab.proxy_models.swarm:run_swarm")(
-        {"candidates": done["mixtures_sample"] / "candidates.parquet", "tokens": done["tokenize"]},
-        cfg,
-        out,
-        client=client,
-        force=force,
-    )
-
-
-def _mixtures_fit(cfg, done, out, client, force):
-    return _import("mixlab.mixtures.fit:run_fit")(
-        {"runs": done["swarm_train"] / "runs.parquet", "candidates": done["mixtures_sample"]},
-        cfg,
-        out,
-        force=force,
-    )
-
-
-def _mixtures_select(cfg, done, out, client, force):
-    pretrain = done["configs"].get("pretrain")
-    if cfg.token_budget == 0 and pretrain is not None and pretrain.seq_len:
-        # The full run's tokens bound how often any domain may repeat (--max-epochs).
-        budget = pretrain.steps * pretrain.tokens_per_step * pretrain.seq_len
-        cfg = dataclasses.replace(cfg, token_budget=budget)
-    tokens = done["tokenize"] if cfg.token_budget else None
-    return _import("mixlab.mixtures.select:run_select")(
-        {"fit": done["mixtures_fit"], "tokens": tokens}, cfg, out, force=force
-    )
-
-
-def _pretrain(cfg, done, out, client, force):
-    return _import("mixlab.proxy_models.pretrain:run_pretrain")(
-        {"tokens": done["tokenize"], "mixture": done["mixtures_select"] / "mixture.json"},
-        cfg,
-        out,
-        force=force,
-    )
-
-
-def _distill(cfg, done, out, client, force):
-    return _import("mixlab.proxy_models.distill:run_distill")(
-        {
-            "teacher": done["pretrain"],
-            "tokens": done["tokenize"],
-            "mixture": done["mixtures_select"] / "mixture.json",
-        },
-        cfg,
-        out,
-        force=force,
-    )
-
-
-def _report(cfg, done, out, client, force):
-    return _import("mixlab.pipelines.report:run_report")(dict(done), cfg, out, force=force)
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("synth", "mixlab.synth:SynthConfig", _synth),
-    Stage("ingest", "mixlab.ingest:IngestConfig", _ingest),
-    Stage("dedup", "mixlab.dedup.config:DedupConfig", _dedup, uses_dask=True),
-    Stage("tokenizer_train", "mixlab.tokenize.config:TokenizerTrainConfig", _tokenizer_train),
-    Stage("tokenize", "mixlab.tokenize.config:TokenizeConfig", _tokenize, uses_dask=True),
-    Stage("mixtures_sample", "mixlab.mixtures.config:SampleConfig", _mixtures_sample),
-    Stage("swarm_train", "mixlab.proxy_models.config:SwarmConfig", _swarm_train, uses_dask=True),
-    Stage("mixtures_fit", "mixlab.mixtures.config:FitConfig", _mixtures_fit),
-    Stage("mixtures_select", "mixlab.mixtures.config:SelectConfig", _mixtures_select),
-    Stage("pretrain", "mixlab.proxy_models.config:PretrainConfig", _pretrain),
-    Stage("distill", "mixlab.proxy_models.config:DistillConfig", _distill),
-    Stage("report", "mixlab.pipelines.report:ReportConfig", _report),
+# The stages of a pipeline run, in order; a stage's index is the NN of its directory.
+PIPELINE = (
+    "synth",
+    "ingest",
+    "dedup",
+    "tokenizer_train",
+    "tokenize",
+    "mixtures_sample",
+    "swarm_train",
+    "mixtures_fit",
+    "mixtures_select",
+    "pretrain",
+    "distill",
+    "report",
 )
-STAGE_NAMES = tuple(s.name for s in STAGES)
+STAGE_NAMES = PIPELINE
+TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SYNTH_TARGET = "target"  # the synthetic corpus's held-out target set, `target/documents.parquet`
+
+
+def stage_dir(root: Path | str, name: str) -> Path:
+    """Where stage `name` of a pipeline run writes: `<root>/NN_<name>`."""
+    return Path(root) / f"{PIPELINE.index(name):02d}_{name}"
+
+
+def target_dir(root: Path | str, target: str) -> Path:
+    """Where target corpus `target` is ingested: beside the ingest output, `<root>/NN_target_<name>`."""
+    return Path(root) / f"{PIPELINE.index('ingest'):02d}_target_{target}"
 
 
 def pipeline_path(name_or_path: str | Path) -> Path:
     """A YAML path, or the name of a shipped pipeline (`quickstart`)."""
-    path = Path(name_or_path)
+    path = expand_path(name_or_path, "PIPELINE")
     if path.is_file():
         return path
     shipped = SHIPPED / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    names = ", ".join(p.stem for p in sorted(SHIPPED.glob("*.yaml")))
+    names = ", ".join(p.stem for p in shipped_pipelines())
     raise ConfigError(f"{name_or_path}: no such pipeline file, and not a shipped pipeline ({names})")
 
 
@@ -182,76 +74,283 @@ def shipped_pipelines() -> list[Path]:
     return sorted(SHIPPED.glob("*.yaml"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One stage of a run: `name` is its registry name, or `target_<name>` for a target's ingest."""
+
+    name: str
+    stage: Stage
+    cfg: Any
+    out: Path
+    filled: dict[str, Any]  # what the pipeline set for this step beyond its YAML section
+
+
 @dataclasses.dataclass
 class Plan:
-    """The resolved pipeline: which stages run, with which configs, into which directories."""
+    """The resolved pipeline: every step with its config and directory, and which ones run."""
 
+    path: Path
     root: Path
-    stages: list[tuple[Stage, Any, Path]]
+    steps: list[Step]
     inputs: list[Path] | None
+    targets: dict[str, list[Path]]
     scheduler_address: str | None
-    first: int = 0  # index of the first stage to run (--from); earlier ones must be finished
+    description: str | None = None
+    first: int = 0  # index of the first step to run (--from); earlier ones must be finished
+    last: int = 0  # one past the last step to run (--until)
+
+    @property
+    def selected(self) -> list[Step]:
+        return self.steps[self.first : self.last]
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+
+def _paths(value: Any, base: Path, where: str) -> list[Path]:
+    """A YAML path or list of paths: `~` and `${VAR}` expanded, relative to the pipeline file."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
+        raise ConfigError(f"{where}: expected a path or a list of paths, got {value!r}")
+    paths = [expand_path(p, where) for p in items]
+    return [p if p.is_absolute() or "://" in str(p) else base / p for p in paths]
+
+
+def _targets(data: Mapping[str, Any], base: Path, where: str) -> dict[str, list[Path]]:
+    raw = data.get("targets") or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: targets: expected a mapping {{name: [paths]}}, got {raw!r}")
+    targets = {}
+    for name, paths in raw.items():
+        if not TARGET_NAME.match(str(name)):
+            raise ConfigError(
+                f"{where}: targets: {name!r} is not a usable domain name (letters, digits, _ . -)"
+            )
+        targets[str(name)] = _paths(paths, base, f"{where}: targets: {name}")
+    return targets
+
+
+def _configs(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """Every stage's config from its section (unknown keys and bad values fail here).
+
+    Sections of registry stages the pipeline does not run (`tokenizer_eval`, `export_hf`) are
+    allowed, for the file's use as `--config`, and checked too.
+    """
+    unknown = [k for k in data if k not in STAGES and k not in PIPELINE_SETTINGS]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section(s) {unknown} (stages: {', '.join(STAGES)}; "
+            f"settings: {', '.join(PIPELINE_SETTINGS)})"
+        )
+    names = [*PIPELINE, *(k for k in STAGES if k in data and k not in PIPELINE)]
+    return {
+        name: STAGES[name].config(**section_values(STAGES[name].config, data, name, str(path)))
+        for name in names
+    }
+
+
+def fill_in(configs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings the pipeline derives for a stage from other stages' configs.
+
+    From the whole pipeline, so a run `--until mixtures_select` and a full run give the same
+    configs. A value set in the stage's own section is kept.
+    """
+    swarm, pretrain, sample, select = (
+        configs[n] for n in ("swarm_train", "pretrain", "mixtures_sample", "mixtures_select")
+    )
+    filled: dict[str, dict[str, Any]] = {name: {} for name in configs}
+    if getattr(sample, "proxy_tokens", None) == 0:
+        # Each domain's repetition is capped against the tokens one proxy of this swarm sees.
+        filled["mixtures_sample"]["proxy_tokens"] = swarm.steps * swarm.batch_size * swarm.seq_len
+    if select.token_budget == 0 and pretrain.seq_len:
+        # The full run's tokens bound how often any domain may repeat (--max-epochs).
+        filled["mixtures_select"]["token_budget"] = (
+            pretrain.steps * pretrain.batch_size * pretrain.grad_accum * pretrain.seq_len
+        )
+    return filled
 
 
 def plan_pipeline(
     pipeline: str | Path, root: Path | str, *, from_stage: str | None = None, until_stage: str | None = None
 ) -> Plan:
-    """Resolve every section into its stage config (unknown keys and bad values fail here, before any work)."""
+    """Resolve every section into its stage config and directory, before any work is done."""
     path = pipeline_path(pipeline)
     data = load_yaml(path)
-    unknown = [k for k in data if k not in STAGE_NAMES and k not in TOP_LEVEL_KEYS]
-    if unknown:
+    configs = _configs(data, path)
+    filled = fill_in(configs)
+    inputs = (
+        _paths(data["inputs"], path.parent, f"{path}: inputs") if data.get("inputs") is not None else None
+    )
+    targets = _targets(data, path.parent, str(path))
+    if inputs is None and configs["synth"].target_blend and SYNTH_TARGET in targets:
         raise ConfigError(
-            f"{path}: unknown section(s) {unknown} (stages: {', '.join(STAGE_NAMES)}; "
-            f"settings: {', '.join(TOP_LEVEL_KEYS)})"
+            f"{path}: targets: {SYNTH_TARGET!r} is the synthetic corpus's own target; rename it"
         )
-    for bound, flag in ((from_stage, "--from"), (until_stage, "--until")):
-        if bound is not None and bound not in STAGE_NAMES:
-            raise ConfigError(f"{flag}: unknown stage {bound!r} (stages: {', '.join(STAGE_NAMES)})")
-    inputs = data.get("inputs")
-    if inputs is not None:
-        inputs = [
-            Path(p) if Path(p).is_absolute() else (path.parent / p)
-            for p in ([inputs] if isinstance(inputs, str) else inputs)
-        ]
-    seed = data.get("seed")
     root = Path(root)
-    stages = []
-    for index, stage in enumerate(STAGES):
-        if stage.name == "synth" and inputs is not None:
+    steps = []
+    for name in PIPELINE:
+        if name == "synth" and inputs is not None:
             continue  # real corpora given: nothing to synthesise
-        section = data.get(stage.name) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: section {stage.name!r} must be a mapping of keys to values")
-        cls = stage.config_class()
-        values = dict(section)
-        if seed is not None and "seed" in {f.name for f in dataclasses.fields(cls)}:
-            values.setdefault("seed", seed)
-        cfg = config_from_dict(cls, values, f"{path} [{stage.name}]")
-        stages.append((stage, cfg, root / f"{index:02d}_{stage.name}"))
-    names = [s.name for s, _, _ in stages]
-    lo = names.index(from_stage) if from_stage in names else 0
-    hi = names.index(until_stage) + 1 if until_stage in names else len(names)
+        cfg = dataclasses.replace(configs[name], **filled[name])
+        steps.append(Step(name, STAGES[name], cfg, stage_dir(root, name), filled[name]))
+        if name == "ingest":
+            for target in targets:  # each target corpus is its own domain, ingested apart
+                step_cfg = dataclasses.replace(cfg, domain_from="flag", domain=target)
+                fills = {"domain_from": "flag", "domain": target}
+                steps.append(
+                    Step(f"target_{target}", STAGES["ingest"], step_cfg, target_dir(root, target), fills)
+                )
+    names = [s.name for s in steps]
+    first, last = 0, len(steps)
+    if from_stage is not None:
+        first = names.index(_selected(from_stage, names, "--from"))
+    if until_stage is not None:
+        last = names.index(_selected(until_stage, names, "--until")) + 1
     return Plan(
+        path=path,
         root=root,
-        stages=stages[:hi],
+        steps=steps,
         inputs=inputs,
+        targets=targets,
         scheduler_address=data.get("scheduler_address"),
-        first=lo,
+        description=data.get("description"),
+        first=first,
+        last=last,
     )
 
 
+def _selected(text: str, names: list[str], flag: str) -> str:
+    name = stage_named(text, flag).name
+    if name not in names:
+        raise ConfigError(f"{flag}: stage {name!r} is not part of this pipeline (stages: {', '.join(names)})")
+    return name
+
+
+# The one place that says how earlier outputs feed each stage: (plan, step) -> its inputs.
+WIRING: dict[str, Callable[[Plan, Step], dict[str, Any]]] = {
+    "synth": lambda plan, step: {},
+    "ingest": lambda plan, step: {"sources": plan.inputs or [plan.step("synth").out / "documents"]},
+    "dedup": lambda plan, step: {"documents": [plan.step("ingest").out]},
+    "tokenizer_train": lambda plan, step: {
+        "documents": [plan.step("dedup").out / "documents"],
+        "mixture": None,
+    },
+    "tokenize": lambda plan, step: {
+        "documents": [plan.step("dedup").out / "documents"],
+        "tokenizer": plan.step("tokenizer_train").out,
+        "targets": target_tables(plan) or None,
+    },
+    "mixtures_sample": lambda plan, step: {"tokens": plan.step("tokenize").out},
+    "swarm_train": lambda plan, step: {
+        "candidates": plan.step("mixtures_sample").out / "candidates.parquet",
+        "tokens": plan.step("tokenize").out,
+    },
+    "mixtures_fit": lambda plan, step: {
+        "runs": plan.step("swarm_train").out / "runs.parquet",
+        "candidates": plan.step("mixtures_sample").out,
+    },
+    "mixtures_select": lambda plan, step: {
+        "fit": plan.step("mixtures_fit").out,
+        # per-domain tokens: for the repetition cap of --token-budget, and what --verify trains on
+        "tokens": plan.step("tokenize").out if step.cfg.token_budget or step.cfg.verify else None,
+    },
+    "pretrain": lambda plan, step: {
+        "tokens": plan.step("tokenize").out,
+        "mixture": plan.step("mixtures_select").out / "mixture.json",
+    },
+    "distill": lambda plan, step: {
+        "teacher": plan.step("pretrain").out,
+        "tokens": plan.step("tokenize").out,
+        "mixture": plan.step("mixtures_select").out / "mixture.json",
+    },
+    "report": lambda plan, step: {"run": plan.root},
+}
+
+
+def step_inputs(plan: Plan, step: Step) -> dict[str, Any]:
+    """The inputs mapping of `step`, from the directories of the steps before it."""
+    if step.name.startswith("target_"):
+        return {"sources": plan.targets[step.name.removeprefix("target_")]}
+    return WIRING[step.name](plan, step)
+
+
+def target_tables(plan: Plan) -> list[Path]:
+    """The documents tables tokenize takes as validation-only targets: the synthetic corpus's
+    target set (domain `target`) and each ingested target corpus."""
+    tables = []
+    if plan.inputs is None and plan.step("synth").cfg.target_blend:
+        tables.append(plan.step("synth").out / SYNTH_TARGET / "documents.parquet")
+    return tables + [target_dir(plan.root, name) for name in plan.targets]
+
+
+def status(plan: Plan, index: int) -> str:
+    """What a run would do with step `index`: done, resume, run, or why it is left alone."""
+    step = plan.steps[index]
+    if index >= plan.last:
+        return "after --until: not run"
+    manifest = step.out / MANIFEST
+    if manifest.is_file():
+        try:
+            recorded = json.loads(manifest.read_text()).get("config", {})
+        except (OSError, ValueError):
+            return "unreadable manifest"
+        wanted = json.loads(json.dumps(config_to_dict(step.cfg)))
+        changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+        if changed:
+            return f"done with other settings ({', '.join(changed)}): needs --force"
+        return "done" if index >= plan.first else "done (before --from)"
+    if index < plan.first:
+        return "missing (before --from): run it first"
+    return "resumes a partial run" if partial_dir(step.out).exists() else "to run"
+
+
 def describe(plan: Plan) -> str:
-    """The plan as text: each stage, its directory, and its resolved config."""
-    lines = [f"run root: {plan.root}"]
+    """The plan as text: each step, its directory, its status and what the pipeline filled in."""
+    lines = [f"pipeline: {plan.path}" + (f" ({plan.description})" if plan.description else "")]
+    lines.append(f"run root: {plan.root}")
     if plan.inputs:
-        lines.append(f"inputs: {', '.join(map(str, plan.inputs))}")
-    first = plan.first
-    for i, (stage, cfg, out) in enumerate(plan.stages):
-        state = "skip (--from)" if i < first else ("done" if (out / "manifest.json").is_file() else "to run")
-        lines.append(f"\n[{stage.name}] -> {out}  ({state})")
-        lines.append(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
+        lines.append(f"inputs:   {', '.join(map(str, plan.inputs))}")
+    for name, paths in plan.targets.items():
+        lines.append(f"target:   {name} <- {', '.join(map(str, paths))}")
+    width = max(len(s.name) for s in plan.steps)
+    for i, step in enumerate(plan.steps):
+        lines.append(f"  {step.name:{width}s}  {step.out.name:24s} {status(plan, i)}")
+        fills = dict(step.filled)
+        if step.name == "tokenize":
+            fills["targets"] = [str(p) for p in target_tables(plan)] or None
+        for key, value in fills.items():
+            if value is not None:
+                lines.append(f"  {'':{width}s}    {key} = {value}")
+    lines.append("(--dry-run --json: every resolved config)")
     return "\n".join(lines)
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The whole plan as JSON: every step's resolved config, inputs and status."""
+
+    def plain(value: Any) -> Any:
+        return json.loads(json.dumps(value, default=str))
+
+    return {
+        "pipeline": str(plan.path),
+        "description": plan.description,
+        "root": str(plan.root),
+        "inputs": plain(plan.inputs),
+        "targets": plain(plan.targets),
+        "stages": [
+            {
+                "name": step.name,
+                "stage": step.stage.name,
+                "dir": str(step.out),
+                "status": status(plan, i),
+                "selected": plan.first <= i < plan.last,
+                "filled": plain(step.filled),
+                "inputs": plain(step_inputs(plan, step)),
+                "config": config_to_dict(step.cfg),
+            }
+            for i, step in enumerate(plan.steps)
+        ],
+    }
 
 
 def run_pipeline(
@@ -264,35 +363,41 @@ def run_pipeline(
     scheduler_address: str | None = None,
     client: Any = None,
 ) -> dict[str, Manifest]:
-    """Run the planned stages in order; returns each stage's manifest by name."""
-    from mixlab.cluster import dask_client
+    """Run the planned steps in order; returns each step's manifest by name.
 
+    The Dask client: `client`, else `scheduler_address`, DASK_SCHEDULER_ADDRESS, the
+    pipeline's `scheduler_address:`, dask config, else a LocalCluster (see mixlab.cluster).
+    """
     plan = plan_pipeline(pipeline, root, from_stage=from_stage, until_stage=until_stage)
-    first = plan.first
-    done: dict[str, Any] = {"configs": {stage.name: cfg for stage, cfg, _ in plan.stages}}
-    if plan.inputs is not None:
-        done["inputs"] = plan.inputs
+    for step in plan.steps[: plan.first]:
+        if not (step.out / MANIFEST).is_file():
+            raise MixlabError(
+                f"--from {plan.steps[plan.first].name}: earlier stage {step.name} has no finished "
+                f"output in {step.out}; run it first"
+            )
+    needs_dask = any(step.stage.uses_dask for step in plan.selected)
+    dask = (
+        dask_client(client, scheduler_address, pipeline_address=plan.scheduler_address)
+        if needs_dask
+        else contextlib.nullcontext()
+    )
     manifests: dict[str, Manifest] = {}
-    needs_dask = any(s.uses_dask for s, _, _ in plan.stages[first:])
-    address = scheduler_address or plan.scheduler_address
     started = time.perf_counter()
-    with dask_client(client, address) if needs_dask else contextlib.nullcontext() as dask:
-        for i, (stage, cfg, out) in enumerate(plan.stages):
-            if i < first:
-                if not (out / "manifest.json").is_file():
-                    raise MixlabError(
-                        f"--from {plan.stages[first][0].name}: earlier stage {stage.name} has no finished "
-                        f"output in {out}; run it first"
-                    )
-                done[stage.name] = out
-                continue
-            log(f"\n== {stage.name} -> {out}")
-            t0 = time.perf_counter()
-            manifest = stage.call(cfg, done, out, dask, force)
-            manifests[stage.name] = manifest
-            done[stage.name] = out
-            state = "up to date" if manifest.skipped else f"done in {time.perf_counter() - t0:.1f}s"
-            counts = ", ".join(f"{k}={v}" for k, v in list(manifest.counts.items())[:6])
-            log(f"== {stage.name}: {state} ({counts})")
+    with dask as dask_handle:
+        for k, step in enumerate(plan.selected, 1):
+            manifests[step.name] = _run_step(plan, step, dask_handle, force, f"{k}/{len(plan.selected)}")
     log(f"\npipeline finished in {time.perf_counter() - started:.1f}s; run root {plan.root}")
     return manifests
+
+
+def _run_step(plan: Plan, step: Step, client: Any, force: bool, position: str) -> Manifest:
+    log(f"\n== [{position}] {step.name} -> {step.out}")
+    t0 = time.perf_counter()
+    manifest = step.stage.invoke(step_inputs(plan, step), step.cfg, step.out, client, force=force)
+    state = "up to date" if manifest.skipped else f"done in {time.perf_counter() - t0:.1f}s"
+    counts = ", ".join(f"{k}={v}" for k, v in list(manifest.counts.items())[:6])
+    log(f"== {step.name}: {state} ({counts})")
+    for line in step.stage.summary(manifest):
+        if "\n" not in line:
+            log(f"   {line}")
+    return manifest
