@@ -55,7 +55,7 @@ def datasketch_loop(
 
 def mixlab_signatures(texts: pa.Array, cfg: DedupConfig) -> float:
     start = time.perf_counter()
-    perms = permutations(cfg.num_perm, cfg.seed)
+    perms = permutations(cfg.num_perm, cfg.perm_seed)
     for lo in range(0, len(texts), BATCH_DOCS):
         batch = shingle_batch(texts.slice(lo, BATCH_DOCS), cfg)
         signatures(batch.hashes, batch.offsets, perms)
@@ -80,6 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
         run_synth(
+            {},
             SynthConfig(
                 domains=domains,
                 docs_per_domain=per_domain,
@@ -116,7 +117,7 @@ def main() -> None:
             # Workers import their libraries before the clock starts: that is start-up, not throughput.
             client.run(lambda: __import__("mixlab.dedup.stage") and __import__("pandas"))
             start = time.perf_counter()
-            manifest = run_dedup(corpus / "documents", cfg, out, client)
+            manifest = run_dedup({"documents": corpus / "documents"}, cfg, out, client)
         c_s = time.perf_counter() - start
         seconds = manifest.stats["seconds"]
 
