@@ -45,7 +45,9 @@ def main() -> None:
     from mixlab.tokenize.train import run_tokenizer_train
 
     work = Path(tempfile.mkdtemp(prefix="mixlab-bench-tok-"))
-    run_synth(SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words), work / "corpus")
+    run_synth(
+        {}, SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words), work / "corpus"
+    )
     docs = work / "corpus" / "documents"
     texts = [
         t
@@ -64,7 +66,7 @@ def main() -> None:
     )
     raw_s = time.perf_counter() - start
     start = time.perf_counter()
-    run_tokenizer_train(docs, cfg, work / "tokenizer")
+    run_tokenizer_train({"documents": docs}, cfg, work / "tokenizer")
     mixlab_s = time.perf_counter() - start
     same = Tokenizer.from_file(str(work / "tokenizer" / "tokenizer.json")).get_vocab() == tok.get_vocab()
     print(
@@ -82,7 +84,9 @@ def main() -> None:
     # Another seed's corpus: the same kinds of text, none of the same words (synth vocabularies
     # are drawn per seed), to put the workers in their steady state without teaching them words.
     run_synth(
-        SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words, seed=1), work / "other"
+        {},
+        SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words, seed=1),
+        work / "other",
     )
     runs = {}  # label -> (wall s, CPU s)
     with (

@@ -147,7 +147,10 @@ def check_documents(path: Path | str | Sequence[Path | str], *, check_unique: bo
         return files
     import polars as pl
 
-    scan = pl.scan_parquet([str(f) for f in files], include_file_paths="_file")
+    # One scan per file: inputs may carry different extra columns.
+    scan = pl.concat(
+        [pl.scan_parquet(str(f)).select("id", "domain", pl.lit(str(f)).alias("_file")) for f in files]
+    )
     try:
         stats = (
             scan.select(

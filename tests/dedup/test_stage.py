@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -362,3 +363,16 @@ def test_choose_kept_removes_only_true_near_duplicates_of_the_kept_document():
     assert removals.r.tolist() == [1, 3] and removals.kept_of_r.tolist() == [0, 0]
     assert removals.is_exact.tolist() == [False, True] and removals.jaccard.tolist() == [0.9, 1.0]
     assert not removals.removed[2] and not removals.removed[4]  # 2 survives: not similar to its keeper
+
+
+def test_relative_inputs_reach_the_workers_as_absolute_paths(corpus, dask_client, tmp_path, monkeypatch):
+    from mixlab.dedup import stage
+
+    shutil.copytree(corpus / "documents", tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    planned = []  # the partitions every task is given
+    real = stage.plan_partitions
+    monkeypatch.setattr(stage, "plan_partitions", lambda *a, **k: planned.extend(real(*a, **k)) or planned)
+    m = run_dedup({"documents": "docs"}, CFG, "out", dask_client)
+    assert planned and all(Path(part.file).is_absolute() for part in planned)
+    assert m.path == tmp_path / "out" and _removed(tmp_path / "out")
