@@ -1,8 +1,9 @@
 """Raw corpora (parquet, JSONL / JSONL.gz, folders of text files) into the documents contract.
 
-Writes ``shard_00000.parquet`` ... with ``id``, ``domain``, ``text``, ``source``. Null,
-empty and non-UTF-8 documents are counted per source and reported, never fatal; a broken
-JSONL line or an unreadable parquet file is an error naming the file and line.
+Reads the paths of ``inputs["sources"]``; writes ``shard_00000.parquet`` ... with ``id``,
+``domain``, ``text``, ``source``. Null, empty and non-UTF-8 documents are counted per source
+and reported, never fatal; a broken JSONL line or an unreadable parquet file is an error
+naming the file and line, and so is an id given to more than one document.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mixlab.errors import InputError
 from mixlab.stage import Manifest
@@ -143,7 +142,7 @@ def _stream_cached(path: str, mtime_ns: int) -> np.ndarray:
         return np.load(stream, mmap_mode="r")
     parts = []
     for file in parquet_files(directory):
-        column = pq.read_table(file, columns=["tokens"]).column("tokens")
+        column = read_table(file, ["tokens"], allow_empty=True).column("tokens")
         for chunk in column.chunks:
             parts.append(chunk.flatten().to_numpy(zero_copy_only=False))
     if not parts:
