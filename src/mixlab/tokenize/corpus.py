@@ -54,12 +54,6 @@ def _part_name(index: int) -> str:
     return f"part_{index:06d}"
 
 
-def shard_schema(dtype: np.dtype) -> pa.Schema:
-    return pa.schema(
-        [("id", pa.string()), ("domain", pa.string()), ("tokens", pa.list_(pa.from_numpy_dtype(dtype)))]
-    )
-
-
 def encode_part(
     part: Partition,
     tokenizer_dir: str,
@@ -114,7 +108,7 @@ def encode_part(
                 # scratch read back once by assemble_split: speed over size
                 write_table(
                     out.take(rows),
-                    Path(work) / "parts" / domain / split / f"part_{index:06d}.parquet",
+                    Path(work) / "parts" / domain / split / f"{_part_name(index)}.parquet",
                     compression="lz4",
                 )
                 nbytes[f"{domain}/{split}"] = int(text_bytes[rows].sum())
@@ -133,23 +127,23 @@ def encode_part(
 def assemble_split(
     domain: str, split: str, work: str, out: str, cfg: TokenizeConfig, dtype_name: str
 ) -> dict[str, Any]:
-    """Dask task: merge a domain/split's parts in id order into shards (and _stream.npy)."""
+    """Dask task: merge a domain/split's parts in id order into shards (and _stream.npy).
+
+    Only a split with documents is merged (`merge_splits`), so it has parts and no shard is empty.
+    """
     cpu = time.process_time()
     dtype = np.dtype(dtype_name)
     parts = sorted((Path(work) / "parts" / domain / split).glob("part_*.parquet"))
-    table = (
-        pa.concat_tables([pq.read_table(p) for p in parts]) if parts else shard_schema(dtype).empty_table()
-    )
-    table = table.sort_by("id")
+    table = pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("id")
     lengths = pc.list_value_length(table["tokens"]).to_numpy(zero_copy_only=False).astype(np.int64)
     starts = np.cumsum(lengths) - lengths
     # A document goes to the shard its first token falls in; renumber so shards are contiguous.
     _, shard_of = np.unique(starts // cfg.shard_tokens, return_inverse=True)
     directory = Path(out) / domain / split
     bounds = np.flatnonzero(np.diff(shard_of)) + 1
-    pieces = np.split(np.arange(table.num_rows), bounds) if table.num_rows else [np.arange(0)]
+    pieces = np.split(np.arange(table.num_rows), bounds)
     for i, rows in enumerate(pieces):
-        write_table(table.slice(int(rows[0]), len(rows)) if len(rows) else table, directory / shard_name(i))
+        write_table(table.slice(int(rows[0]), len(rows)), directory / shard_name(i))
     if cfg.write_stream:
         flat = pc.list_flatten(table["tokens"]).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         tmp = directory / f".{STREAM}.tmp"
@@ -178,29 +172,36 @@ def _check_domain_names(names: Sequence[str]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Corpus:
-    """The tables tokenize reads: each input path with its parquet files, documents first."""
+class Input:
+    """One input path of tokenize, its parquet files, and whether it is a target (validation only)."""
 
-    inputs: tuple[tuple[Path, tuple[Path, ...], bool], ...]  # (path, its files, is a target)
+    path: Path
+    files: tuple[Path, ...]
+    target: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """The tables tokenize reads: the documents inputs, then the targets."""
+
+    inputs: tuple[Input, ...]
 
     @classmethod
     def of(cls, documents: Sequence[Path], targets: Sequence[Path]) -> Corpus:
         check_documents([*documents, *targets])  # the contract, and ids unique across all of them
-        return cls(
-            tuple((p, tuple(parquet_files(p)), False) for p in documents)
-            + tuple((p, tuple(parquet_files(p)), True) for p in targets)
-        )
+        given = [(p, False) for p in documents] + [(p, True) for p in targets]
+        return cls(tuple(Input(p, tuple(parquet_files(p)), target) for p, target in given))
 
     @property
     def files(self) -> list[Path]:
-        return [f for _path, files, _target in self.inputs for f in files]
+        return [f for i in self.inputs for f in i.files]
 
-    def file_groups(self) -> np.ndarray:
+    def input_of_file(self) -> np.ndarray:
         """(files,) index into `inputs` of every file."""
-        return np.array([i for i, (_p, files, _t) in enumerate(self.inputs) for _f in files], dtype=np.int64)
+        return np.array([k for k, i in enumerate(self.inputs) for _ in i.files], dtype=np.int64)
 
     def documents_where(self) -> str:
-        return ", ".join(str(p) for p, _files, target in self.inputs if not target)
+        return ", ".join(str(i.path) for i in self.inputs if not i.target)
 
 
 def plan_domains(corpus: Corpus, table: pa.Table, cfg: TokenizeConfig) -> tuple[list[str], frozenset[str]]:
@@ -214,18 +215,18 @@ def plan_domains(corpus: Corpus, table: pa.Table, cfg: TokenizeConfig) -> tuple[
     missing = sorted(set(cfg.valid_domains) - set(names))
     if missing:
         raise InputError(f"--valid-domains: {missing} not in the documents (found: {', '.join(names)})")
-    group = corpus.file_groups()[table["file"].to_numpy()]
-    is_target = np.array([t for _p, _f, t in corpus.inputs], dtype=bool)[group]
+    source = corpus.input_of_file()[table["file"].to_numpy()]  # (rows,) input of every document
+    in_target = np.array([i.target for i in corpus.inputs], dtype=bool)[source]
     domains = table["domain"].to_numpy(zero_copy_only=False)
-    target_domains = set(domains[is_target].tolist())
-    clash = sorted(target_domains & set(domains[~is_target].tolist()))
+    target_domains = set(domains[in_target].tolist())
+    clash = sorted(target_domains & set(domains[~in_target].tolist()))
     if clash:
         d = clash[0]
-        target = corpus.inputs[group[np.flatnonzero(is_target & (domains == d))[0]]][0]
-        source = corpus.inputs[group[np.flatnonzero(~is_target & (domains == d))[0]]][0]
+        target = corpus.inputs[source[np.flatnonzero(in_target & (domains == d))[0]]].path
+        documents = corpus.inputs[source[np.flatnonzero(~in_target & (domains == d))[0]]].path
         raise InputError(
-            f"target {target} and documents {source} both have domain {d!r}: a target is validation only "
-            "and never mixed, so give it a domain of its own (`mixlab ingest --domain NAME`)"
+            f"target {target} and documents {documents} both have domain {d!r}: a target is validation "
+            "only and never mixed, so give it a domain of its own (`mixlab ingest --domain NAME`)"
         )
     return names, frozenset(cfg.valid_domains) | frozenset(target_domains)
 
@@ -235,13 +236,12 @@ def refuse_empty(corpus: Corpus, documents_per_file: np.ndarray, what: str) -> N
 
     `documents_per_file`: rows (before encoding) or encoded documents (after: nulls skipped).
     """
-    per_input = np.bincount(corpus.file_groups(), weights=documents_per_file, minlength=len(corpus.inputs))
-    corpus_docs = sum(n for n, (_p, _f, target) in zip(per_input, corpus.inputs) if not target)
-    if corpus_docs == 0:
+    per_input = np.bincount(corpus.input_of_file(), weights=documents_per_file, minlength=len(corpus.inputs))
+    if sum(n for n, i in zip(per_input, corpus.inputs) if not i.target) == 0:
         raise InputError(f"{corpus.documents_where()}: {what}; tokenize needs documents with text")
-    for n, (path, _files, target) in zip(per_input, corpus.inputs):
-        if target and n == 0:
-            raise InputError(f"target {path}: {what}; a target needs documents with text")
+    for n, i in zip(per_input, corpus.inputs):
+        if i.target and n == 0:
+            raise InputError(f"target {i.path}: {what}; a target needs documents with text")
 
 
 def encode_parts(
