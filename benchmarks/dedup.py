@@ -16,6 +16,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -55,11 +56,83 @@ def datasketch_loop(
 
 def mixlab_signatures(texts: pa.Array, cfg: DedupConfig) -> float:
     start = time.perf_counter()
-    perms = permutations(cfg.num_perm, cfg.seed)
+    perms = permutations(cfg.num_perm, cfg.perm_seed)
     for lo in range(0, len(texts), BATCH_DOCS):
         batch = shingle_batch(texts.slice(lo, BATCH_DOCS), cfg)
         signatures(batch.hashes, batch.offsets, perms)
     return time.perf_counter() - start
+
+
+def make_corpus(root: Path, docs: int, doc_words: int) -> Path:
+    domains = ("prose", "code", "tabular", "legal")
+    per_domain = max(1, docs // len(domains))
+    corpus = root / "corpus"
+    cfg = SynthConfig(
+        domains=domains,
+        docs_per_domain=per_domain,
+        doc_words=doc_words,
+        near_dup_clusters=max(1, per_domain // 50),
+        exact_dups=max(1, per_domain // 250),
+    )
+    run_synth({}, cfg, corpus)
+    return corpus
+
+
+def mixlab_end_to_end(corpus: Path, cfg: DedupConfig, out: Path, workers: int) -> tuple[Any, float]:
+    """(c): `run_dedup` on a LocalCluster of `workers` processes; (manifest, seconds)."""
+    with dask_client(n_workers=workers, quiet=True) as client:
+        # Workers import their libraries before the clock starts: that is start-up, not throughput.
+        client.run(lambda: __import__("mixlab.dedup.stage") and __import__("pandas"))
+        start = time.perf_counter()
+        manifest = run_dedup({"documents": corpus / "documents"}, cfg, out, client)
+    return manifest, time.perf_counter() - start
+
+
+def quality(
+    pairs_a: set, out: Path, positives: set, text_of: dict[str, str], threshold: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(recall, precision) of (a)'s flagged pairs and of mixlab's removals, against exact Jaccard."""
+    a_recall = len(pairs_a & positives) / max(1, len(positives))
+    a_true = sum(jaccard(text_of[a], text_of[b]) >= threshold for a, b in pairs_a)
+    dup = pl.read_parquet(out / "duplicates.parquet")
+    removed = set(dup["id"])
+    m_recall = sum(a in removed or b in removed for a, b in positives) / max(1, len(positives))
+    m_true = sum(jaccard(text_of[i], text_of[k]) >= threshold for i, k in zip(dup["id"], dup["kept_id"]))
+    return (a_recall, a_true / max(1, len(pairs_a))), (m_recall, m_true / max(1, dup.height))
+
+
+def report(
+    n: int, times: dict[str, float], workers: int, manifest: Any, a_quality: tuple, m_quality: tuple
+) -> None:
+    def rate(seconds_: float, cores: int = 1) -> str:
+        return f"{n / max(seconds_, 1e-9) / cores:>12,.0f}"
+
+    seconds = manifest.stats["seconds"]
+    print()
+    print(f"{'phase':<44}{'seconds':>9}{'docs/s/core':>14}")
+    print(f"{'(a) datasketch MinHash.update per shingle':<44}{times['a_sig']:>9.2f}{rate(times['a_sig'])}")
+    print(f"{'(a) datasketch MinHashLSH insert + query':<44}{times['a_lsh']:>9.2f}{rate(times['a_lsh'])}")
+    print(f"{'(b) mixlab signatures (1 core, normalised)':<44}{times['b']:>9.2f}{rate(times['b'])}")
+    print(f"{f'(c) mixlab end to end ({workers} workers)':<44}{times['c']:>9.2f}{rate(times['c'], workers)}")
+    for phase in ("signatures", "exact", "candidates", "verify", "cluster", "write"):
+        cores = workers if phase in ("signatures", "candidates", "verify", "write") else 1
+        print(f"{'    ' + phase:<44}{seconds[phase]:>9.2f}{rate(seconds[phase], cores)}")
+    grouping = seconds["exact"] + seconds["candidates"] + seconds["verify"] + seconds["cluster"]
+    print()
+    print(f"signature speed-up (b)/(a): {times['a_sig'] / times['b']:.1f}x")
+    print(f"candidates + verification + clustering: {n / grouping:,.0f} docs/s (all workers)")
+    print()
+    print(f"{'quality vs exact Jaccard':<44}{'recall':>9}{'precision':>11}")
+    print(f"{'(a) datasketch LSH query pairs':<44}{a_quality[0]:>9.4f}{a_quality[1]:>11.4f}")
+    print(f"{'mixlab removals (verified)':<44}{m_quality[0]:>9.4f}{m_quality[1]:>11.4f}")
+    print("  recall: planted pairs at >= threshold flagged (a) / with a member removed (mixlab);")
+    print("  precision: flagged pairs (a) / removed documents vs their kept_id (mixlab) truly >= threshold")
+    stats = manifest.stats
+    print(
+        f"mixlab: banding {stats['banding']['bands']}x{stats['banding']['rows']}, "
+        f"{stats['candidates']['checked']} candidates checked, {stats['candidates']['rejected']} rejected; "
+        f"removed {manifest.counts['removed_exact']} exact, {manifest.counts['removed_near']} near"
+    )
 
 
 def main() -> None:
@@ -75,20 +148,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    domains = ("prose", "code", "tabular", "legal")
-    per_domain = max(1, args.docs // len(domains))
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus"
-        run_synth(
-            SynthConfig(
-                domains=domains,
-                docs_per_domain=per_domain,
-                doc_words=args.doc_words,
-                near_dup_clusters=max(1, per_domain // 50),
-                exact_dups=max(1, per_domain // 250),
-            ),
-            corpus,
-        )
+        corpus = make_corpus(Path(tmp), args.docs, args.doc_words)
         docs = pl.concat([pl.read_parquet(f) for f in sorted((corpus / "documents").glob("*.parquet"))])
         ids, texts = docs["id"].to_list(), docs["text"].to_list()
         text_of = dict(zip(ids, texts))
@@ -106,64 +167,15 @@ def main() -> None:
         )
 
         cfg = DedupConfig(threshold=args.threshold, num_perm=args.num_perm)
-        # (b) first: it is quick, and warms nothing (a) reuses.
-        b_s = mixlab_signatures(docs["text"].to_arrow(), cfg)
-        pairs_a, a_sig_s, a_lsh_s = datasketch_loop(ids, texts, args.threshold, args.num_perm)
-
+        times = {
+            "b": mixlab_signatures(docs["text"].to_arrow(), cfg)
+        }  # (b) first: quick, warms nothing (a) uses
+        pairs_a, times["a_sig"], times["a_lsh"] = datasketch_loop(ids, texts, args.threshold, args.num_perm)
         workers = args.workers or local_cluster_size()[0]
         out = Path(tmp) / "out"
-        with dask_client(n_workers=workers, quiet=True) as client:
-            # Workers import their libraries before the clock starts: that is start-up, not throughput.
-            client.run(lambda: __import__("mixlab.dedup.stage") and __import__("pandas"))
-            start = time.perf_counter()
-            manifest = run_dedup(corpus / "documents", cfg, out, client)
-        c_s = time.perf_counter() - start
-        seconds = manifest.stats["seconds"]
-
-        def quality_pairs(pairs: set) -> tuple[float, float]:
-            recall = len(pairs & positives) / max(1, len(positives))
-            true = sum(jaccard(text_of[a], text_of[b]) >= args.threshold for a, b in pairs)
-            return recall, true / max(1, len(pairs))
-
-        dup = pl.read_parquet(out / "duplicates.parquet")
-        removed = set(dup["id"])
-        m_recall = sum(a in removed or b in removed for a, b in positives) / max(1, len(positives))
-        m_true = sum(
-            jaccard(text_of[i], text_of[k]) >= args.threshold for i, k in zip(dup["id"], dup["kept_id"])
-        )
-        m_precision = m_true / max(1, dup.height)
-        a_recall, a_precision = quality_pairs(pairs_a)
-
-        def rate(seconds_: float, cores: int = 1) -> str:
-            return f"{n / max(seconds_, 1e-9) / cores:>12,.0f}"
-
-        print()
-        print(f"{'phase':<44}{'seconds':>9}{'docs/s/core':>14}")
-        print(f"{'(a) datasketch MinHash.update per shingle':<44}{a_sig_s:>9.2f}{rate(a_sig_s)}")
-        print(f"{'(a) datasketch MinHashLSH insert + query':<44}{a_lsh_s:>9.2f}{rate(a_lsh_s)}")
-        print(f"{'(b) mixlab signatures (1 core, normalised)':<44}{b_s:>9.2f}{rate(b_s)}")
-        print(f"{f'(c) mixlab end to end ({workers} workers)':<44}{c_s:>9.2f}{rate(c_s, workers)}")
-        for phase in ("signatures", "exact", "candidates", "verify", "cluster", "write"):
-            cores = workers if phase in ("signatures", "candidates", "verify", "write") else 1
-            print(f"{'    ' + phase:<44}{seconds[phase]:>9.2f}{rate(seconds[phase], cores)}")
-        grouping = seconds["exact"] + seconds["candidates"] + seconds["verify"] + seconds["cluster"]
-        print()
-        print(f"signature speed-up (b)/(a): {a_sig_s / b_s:.1f}x")
-        print(f"candidates + verification + clustering: {n / grouping:,.0f} docs/s (all workers)")
-        print()
-        print(f"{'quality vs exact Jaccard':<44}{'recall':>9}{'precision':>11}")
-        print(f"{'(a) datasketch LSH query pairs':<44}{a_recall:>9.4f}{a_precision:>11.4f}")
-        print(f"{'mixlab removals (verified)':<44}{m_recall:>9.4f}{m_precision:>11.4f}")
-        print("  recall: planted pairs at >= threshold flagged (a) / with a member removed (mixlab);")
-        print(
-            "  precision: flagged pairs (a) / removed documents vs their kept_id (mixlab) truly >= threshold"
-        )
-        stats = manifest.stats
-        print(
-            f"mixlab: banding {stats['banding']['bands']}x{stats['banding']['rows']}, "
-            f"{stats['candidates']['checked']} candidates checked, {stats['candidates']['rejected']} rejected; "
-            f"removed {manifest.counts['removed_exact']} exact, {manifest.counts['removed_near']} near"
-        )
+        manifest, times["c"] = mixlab_end_to_end(corpus, cfg, out, workers)
+        a_quality, m_quality = quality(pairs_a, out, positives, text_of, args.threshold)
+        report(n, times, workers, manifest, a_quality, m_quality)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -28,35 +29,15 @@ def _forget_pieces() -> None:
     encode._MEMORIES.clear()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs-per-domain", type=int, default=1500)
-    parser.add_argument("--doc-words", type=int, default=300)
-    parser.add_argument("--vocab-size", type=int, default=8000)
-    args = parser.parse_args()
-
-    from distributed import Client, LocalCluster
+def bench_train(docs: Path, texts: list[str], vocab_size: int, work: Path) -> None:
+    """(a) training: same text (no held-out split, budget above the corpus), same tokenizer setup."""
     from tokenizers import Tokenizer
 
-    from mixlab.synth import SynthConfig, run_synth
-    from mixlab.tokenize.config import TokenizeConfig, TokenizerTrainConfig
-    from mixlab.tokenize.corpus import run_tokenize
+    from mixlab.tokenize.config import TokenizerTrainConfig
     from mixlab.tokenize.tokenizer import build_tokenizer
     from mixlab.tokenize.train import run_tokenizer_train
 
-    work = Path(tempfile.mkdtemp(prefix="mixlab-bench-tok-"))
-    run_synth(SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words), work / "corpus")
-    docs = work / "corpus" / "documents"
-    texts = [
-        t
-        for f in sorted(docs.glob("*.parquet"))
-        for t in pq.read_table(f, columns=["text"])["text"].to_pylist()
-    ]
-    mb = sum(len(t.encode()) for t in texts) / 1e6
-    print(f"corpus: {len(texts)} documents, {mb:.1f} MB")
-
-    # (a) training: same text (no held-out split, budget above the corpus), same tokenizer setup.
-    cfg = TokenizerTrainConfig(vocab_size=args.vocab_size, sample_bytes=10**12, valid_fraction=0.0)
+    cfg = TokenizerTrainConfig(vocab_size=vocab_size, sample_bytes=10**12, valid_fraction=0.0)
     tok, trainer = build_tokenizer(cfg)
     start = time.perf_counter()
     tok.train_from_iterator(
@@ -64,7 +45,7 @@ def main() -> None:
     )
     raw_s = time.perf_counter() - start
     start = time.perf_counter()
-    run_tokenizer_train(docs, cfg, work / "tokenizer")
+    run_tokenizer_train({"documents": docs}, cfg, work / "tokenizer")
     mixlab_s = time.perf_counter() - start
     same = Tokenizer.from_file(str(work / "tokenizer" / "tokenizer.json")).get_vocab() == tok.get_vocab()
     print(
@@ -72,19 +53,27 @@ def main() -> None:
         f"overhead {mixlab_s / raw_s:.2f}x (target <= 1.2x); same vocabulary: {same}"
     )
 
-    # (b) tokenizing: a per-document encode loop (one core) vs the tokenize stage on all cores.
+
+def encode_loop(texts: list[str], tokenizer_dir: Path) -> tuple[int, float, float]:
+    """(b)'s baseline: a per-document encode loop in one process; (tokens, wall s, CPU s)."""
+    from tokenizers import Tokenizer
+
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    tok = Tokenizer.from_file(str(work / "tokenizer" / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     start, cpu = time.perf_counter(), time.process_time()
     n_tokens = sum(len(tok.encode(t).ids) + 1 for t in texts)
-    loop_s, loop_cpu = time.perf_counter() - start, time.process_time() - cpu
-    workers = len(os.sched_getaffinity(0))
-    # Another seed's corpus: the same kinds of text, none of the same words (synth vocabularies
-    # are drawn per seed), to put the workers in their steady state without teaching them words.
-    run_synth(
-        SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words, seed=1), work / "other"
-    )
-    runs = {}  # label -> (wall s, CPU s)
+    return n_tokens, time.perf_counter() - start, time.process_time() - cpu
+
+
+def tokenize_runs(docs: Path, work: Path, workers: int, n_tokens: int) -> tuple[dict, Any]:
+    """(b): the tokenize stage on fresh, steady and remembering workers; {label: (wall s, CPU s)}."""
+    from distributed import Client, LocalCluster
+
+    from mixlab.tokenize.config import TokenizeConfig
+    from mixlab.tokenize.corpus import run_tokenize
+    from mixlab.tokenize.encode import worker_tokenizer
+
+    runs = {}
     with (
         LocalCluster(
             n_workers=workers,
@@ -96,8 +85,6 @@ def main() -> None:
         Client(cluster) as client,
     ):
         # Workers up, imports done and the tokenizer loaded before timing, as the loop's was.
-        from mixlab.tokenize.encode import worker_tokenizer
-
         client.run(worker_tokenizer, str(work / "tokenizer"))
         for label, name in (
             ("fresh workers", "tokens"),
@@ -123,6 +110,40 @@ def main() -> None:
                 time.process_time() - cpu + manifest.stats["worker_cpu_seconds"],
             )
             assert manifest.counts["tokens"] == n_tokens, (manifest.counts["tokens"], n_tokens)
+    return runs, manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs-per-domain", type=int, default=1500)
+    parser.add_argument("--doc-words", type=int, default=300)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    args = parser.parse_args()
+
+    from mixlab.synth import SynthConfig, run_synth
+
+    work = Path(tempfile.mkdtemp(prefix="mixlab-bench-tok-"))
+    run_synth(
+        {}, SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words), work / "corpus"
+    )
+    docs = work / "corpus" / "documents"
+    texts = [
+        t
+        for f in sorted(docs.glob("*.parquet"))
+        for t in pq.read_table(f, columns=["text"])["text"].to_pylist()
+    ]
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    print(f"corpus: {len(texts)} documents, {mb:.1f} MB")
+    bench_train(docs, texts, args.vocab_size, work)
+
+    # (b) tokenizing: a per-document encode loop (one core) vs the tokenize stage on all cores.
+    n_tokens, loop_s, loop_cpu = encode_loop(texts, work / "tokenizer")
+    workers = len(os.sched_getaffinity(0))
+    # Another seed's corpus: the same kinds of text, none of the same words (synth vocabularies
+    # are drawn per seed), to put the workers in their steady state without teaching them words.
+    other = SynthConfig(docs_per_domain=args.docs_per_domain, doc_words=args.doc_words, seed=1)
+    run_synth({}, other, work / "other")
+    runs, manifest = tokenize_runs(docs, work, workers, n_tokens)
     loop_rate = mb / loop_s
     print(
         f"(b) encode per-document loop: {loop_rate:6.2f} MB/s/core ({loop_s:.1f} s, 1 core, {mb / loop_cpu:.2f} MB per CPU-second)"

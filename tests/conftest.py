@@ -24,7 +24,7 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mixlab.synth import run_synth
 
     out = tmp_path_factory.mktemp("synth") / "corpus"
-    run_synth(TINY_SYNTH, out)
+    run_synth({}, TINY_SYNTH, out)
     return out
 
 

@@ -36,7 +36,7 @@ def test_parquet_with_id_and_domain_columns_keeps_them(tmp_path):
         {"id": ["d1", "d2"], "domain": ["web", "code"], "text": ["hello world", "x = 1"], "url": ["u1", "u2"]}
     )
     pq.write_table(table, tmp_path / "raw.parquet")
-    manifest = run_ingest([tmp_path / "raw.parquet"], IngestConfig(), tmp_path / "out")
+    manifest = run_ingest({"sources": [tmp_path / "raw.parquet"]}, IngestConfig(), tmp_path / "out")
     docs = read_docs(tmp_path / "out")
     assert docs.select("id", "domain", "text").rows() == [
         ("d1", "web", "hello world"),
@@ -50,8 +50,8 @@ def test_parquet_with_id_and_domain_columns_keeps_them(tmp_path):
 def test_parquet_without_id_or_domain_gets_stable_ids_and_the_file_name_as_domain(tmp_path):
     pq.write_table(pa.table({"body": ["same text", "same text", "other"]}), tmp_path / "legal.parquet")
     cfg = IngestConfig(text_column="body")
-    run_ingest([tmp_path / "legal.parquet"], cfg, tmp_path / "a")
-    run_ingest([tmp_path / "legal.parquet"], cfg, tmp_path / "b")
+    run_ingest({"sources": [tmp_path / "legal.parquet"]}, cfg, tmp_path / "a")
+    run_ingest({"sources": [tmp_path / "legal.parquet"]}, cfg, tmp_path / "b")
     a, b = read_docs(tmp_path / "a"), read_docs(tmp_path / "b")
     assert a["domain"].to_list() == ["legal"] * 3
     assert a["id"].n_unique() == 3  # repeated texts still get distinct ids
@@ -63,8 +63,8 @@ def test_jsonl_and_gzipped_jsonl_give_the_same_documents(tmp_path):
     (tmp_path / "zipped").mkdir()
     write_jsonl(tmp_path / "plain" / "news.jsonl", RECORDS)
     write_jsonl(tmp_path / "zipped" / "news.jsonl.gz", RECORDS, gz=True)
-    run_ingest([tmp_path / "plain" / "news.jsonl"], IngestConfig(), tmp_path / "out1")
-    run_ingest([tmp_path / "zipped" / "news.jsonl.gz"], IngestConfig(), tmp_path / "out2")
+    run_ingest({"sources": [tmp_path / "plain" / "news.jsonl"]}, IngestConfig(), tmp_path / "out1")
+    run_ingest({"sources": [tmp_path / "zipped" / "news.jsonl.gz"]}, IngestConfig(), tmp_path / "out2")
     one, two = read_docs(tmp_path / "out1"), read_docs(tmp_path / "out2")
     assert sorted(one["text"].to_list()) == sorted(r["text"] for r in RECORDS)
     assert one["domain"].unique().to_list() == ["news"] == two["domain"].unique().to_list()
@@ -78,7 +78,7 @@ def test_jsonl_keys_for_id_domain_and_text_are_configurable(tmp_path):
     ]
     write_jsonl(tmp_path / "x.jsonl", records)
     cfg = IngestConfig(text_column="content", id_column="doc", domain_column="kind")
-    run_ingest([tmp_path / "x.jsonl"], cfg, tmp_path / "out")
+    run_ingest({"sources": [tmp_path / "x.jsonl"]}, cfg, tmp_path / "out")
     assert read_docs(tmp_path / "out").select("id", "domain", "text").rows() == [
         ("d1", "code", "print(1)"),
         ("d2", "web", "hi"),
@@ -97,7 +97,7 @@ def test_a_folder_of_text_files_takes_the_domain_from_the_folder(tmp_path):
         (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
         (corpus / rel).write_text(text)
     (corpus / "notes.csv").write_text("ignored,file\n")
-    manifest = run_ingest([corpus], IngestConfig(), tmp_path / "out")
+    manifest = run_ingest({"sources": [corpus]}, IngestConfig(), tmp_path / "out")
     docs = read_docs(tmp_path / "out")
     assert dict(zip(docs["source"], docs["domain"])) == {
         "legal/a.txt": "legal",
@@ -123,7 +123,7 @@ def test_domain_flags_choose_where_the_domain_comes_from(tmp_path, options, expe
     records = [{"text": "one", "domain": "web"}, {"text": "two", "domain": None}, {"text": "three"}]
     (tmp_path / "in").mkdir()
     write_jsonl(tmp_path / "in" / "mixed.jsonl", records)
-    run_ingest([tmp_path / "in" / "mixed.jsonl"], cfg, tmp_path / "out")
+    run_ingest({"sources": [tmp_path / "in" / "mixed.jsonl"]}, cfg, tmp_path / "out")
     docs = pl.read_parquet(tmp_path / "out" / "*.parquet")
     assert dict(zip(docs["text"], docs["domain"])) == dict(zip(["one", "two", "three"], expected))
 
@@ -131,7 +131,9 @@ def test_domain_flags_choose_where_the_domain_comes_from(tmp_path, options, expe
 def test_domain_from_column_skips_and_counts_documents_without_one(tmp_path):
     records = [{"text": "one", "domain": "web"}, {"text": "two"}]
     write_jsonl(tmp_path / "x.jsonl", records)
-    manifest = run_ingest([tmp_path / "x.jsonl"], IngestConfig(domain_from="column"), tmp_path / "out")
+    manifest = run_ingest(
+        {"sources": [tmp_path / "x.jsonl"]}, IngestConfig(domain_from="column"), tmp_path / "out"
+    )
     assert manifest.counts["documents"] == 1
     assert manifest.stats["skipped"] == {"no_domain": 1}
 
@@ -150,7 +152,7 @@ def test_null_empty_and_non_utf8_documents_are_counted_not_fatal(tmp_path):
         b'{"text": 17}\n\n{"text": ""}\n'
     )
     inputs = [tmp_path / "p.parquet", tmp_path / "t", tmp_path / "j.jsonl"]
-    manifest = run_ingest(inputs, IngestConfig(), tmp_path / "out")
+    manifest = run_ingest({"sources": inputs}, IngestConfig(), tmp_path / "out")
     assert sorted(read_docs(tmp_path / "out")["text"].to_list()) == ["fine", "good text", "json ok"]
     assert manifest.stats["skipped"] == {"null_text": 2, "empty": 4, "invalid_utf8": 4, "not_text": 1}
     assert manifest.counts["skipped"] == 11
@@ -162,7 +164,7 @@ def test_invalid_utf8_can_be_replaced_instead_of_skipped(tmp_path):
     (tmp_path / "t" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "j.jsonl").write_bytes(b'{"text": "raw \xff byte"}\n{"text": "\\ud800 lone"}\n')
     cfg = IngestConfig(on_invalid_utf8="replace")
-    manifest = run_ingest([tmp_path / "t", tmp_path / "j.jsonl"], cfg, tmp_path / "out")
+    manifest = run_ingest({"sources": [tmp_path / "t", tmp_path / "j.jsonl"]}, cfg, tmp_path / "out")
     assert sorted(read_docs(tmp_path / "out")["text"].to_list()) == ["? lone", "caf\ufffd", "raw \ufffd byte"]
     assert manifest.counts["documents"] == 3 and manifest.counts["skipped"] == 0
     assert manifest.stats["skipped"] == {"utf8_replaced": 3}
@@ -170,7 +172,9 @@ def test_invalid_utf8_can_be_replaced_instead_of_skipped(tmp_path):
 
 def test_outputs_are_split_into_shards_of_rows_per_file(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"text": f"doc {i}"} for i in range(7)])
-    manifest = run_ingest([tmp_path / "x.jsonl"], IngestConfig(rows_per_file=3), tmp_path / "out")
+    manifest = run_ingest(
+        {"sources": [tmp_path / "x.jsonl"]}, IngestConfig(rows_per_file=3), tmp_path / "out"
+    )
     files = check_documents(tmp_path / "out")
     assert [f.name for f in files] == ["shard_00000.parquet", "shard_00001.parquet", "shard_00002.parquet"]
     assert [pq.read_metadata(f).num_rows for f in files] == [3, 3, 1]
@@ -181,12 +185,31 @@ def test_given_ids_repeated_across_inputs_are_refused(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "one"}])
     write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "two"}])
     with pytest.raises(InputError, match="ids are not unique"):
-        run_ingest([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], IngestConfig(), tmp_path / "out")
+        run_ingest(
+            {"sources": [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]}, IngestConfig(), tmp_path / "out"
+        )
+    assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()
+
+
+def test_a_repeated_id_names_the_input_files_and_advises_only_flags_given(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "one"}, {"key": "k1", "text": "uno"}])
+    write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "two"}, {"key": "k1", "text": "dos"}])
+    inputs = {"sources": [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]}
+    with pytest.raises(InputError) as err:
+        run_ingest(inputs, IngestConfig(), tmp_path / "out")
+    message = str(err.value)
+    assert f"{tmp_path / 'a.jsonl'}, {tmp_path / 'b.jsonl'}: ids are not unique" in message
+    assert ".partial" not in message and "--id-column" not in message and "'x'" in message
+    with pytest.raises(InputError) as err:
+        run_ingest(inputs, IngestConfig(id_column="key"), tmp_path / "out")
+    message = str(err.value)
+    assert "a.jsonl" in message and "b.jsonl" in message and ".partial" not in message
+    assert "drop --id-column key so ids are derived" in message and "'k1'" in message
     assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()
 
 
 def test_ingest_of_a_synth_corpus_keeps_every_document(tiny_corpus, tmp_path):
-    manifest = run_ingest([tiny_corpus / "documents"], IngestConfig(), tmp_path / "out")
+    manifest = run_ingest({"sources": [tiny_corpus / "documents"]}, IngestConfig(), tmp_path / "out")
     synth = pl.read_parquet(tiny_corpus / "documents" / "*.parquet")
     docs = read_docs(tmp_path / "out")
     assert manifest.counts["documents"] == synth.height
@@ -293,5 +316,5 @@ def test_skipped_documents_are_reported_on_stderr(tmp_path, cli):
 
 def test_bad_bytes_in_a_jsonl_id_or_domain_do_not_crash(tmp_path):
     (tmp_path / "j.jsonl").write_bytes(b'{"id": "a\xff", "domain": "w\xfeb", "text": "fine"}\n')
-    run_ingest([tmp_path / "j.jsonl"], IngestConfig(), tmp_path / "out")
+    run_ingest({"sources": [tmp_path / "j.jsonl"]}, IngestConfig(), tmp_path / "out")
     assert read_docs(tmp_path / "out").select("id", "domain").rows() == [("a\ufffd", "w\ufffdb")]

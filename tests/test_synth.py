@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mixlab.stage import Manifest
-from mixlab.synth import DOMAIN_GENERATORS, SynthConfig, _rng, _Vocab, near_duplicate, run_synth
+from mixlab.stage import Manifest, derive_rng
+from mixlab.synth import DOMAIN_GENERATORS, SynthConfig, _Vocab, near_duplicate, run_synth
 from mixlab.tables import check_documents
 
 SMALL = SynthConfig(docs_per_domain=30, doc_words=60, near_dup_clusters=3, exact_dups=3)
@@ -42,9 +42,9 @@ def corpus_files(out: Path) -> dict[str, bytes]:
 
 def test_the_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     cfg = dataclasses.replace(SMALL, target_blend={"prose": 1.0}, target_docs=10)
-    run_synth(cfg, tmp_path / "a")
-    run_synth(cfg, tmp_path / "b")
-    run_synth(dataclasses.replace(cfg, seed=1), tmp_path / "c")
+    run_synth({}, cfg, tmp_path / "a")
+    run_synth({}, cfg, tmp_path / "b")
+    run_synth({}, dataclasses.replace(cfg, seed=1), tmp_path / "c")
     a, b, c = (corpus_files(tmp_path / x) for x in "abc")
     assert a == b
     assert set(a) == set(c)
@@ -52,8 +52,8 @@ def test_the_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path)
 
 
 def test_a_domain_is_the_same_whichever_other_domains_are_generated(tmp_path):
-    run_synth(dataclasses.replace(SMALL, domains=("legal",)), tmp_path / "one")
-    run_synth(dataclasses.replace(SMALL, domains=("prose", "code", "legal")), tmp_path / "three")
+    run_synth({}, dataclasses.replace(SMALL, domains=("legal",)), tmp_path / "one")
+    run_synth({}, dataclasses.replace(SMALL, domains=("prose", "code", "legal")), tmp_path / "three")
     one = (tmp_path / "one" / "documents" / "legal.parquet").read_bytes()
     assert one == (tmp_path / "three" / "documents" / "legal.parquet").read_bytes()
 
@@ -99,7 +99,7 @@ def test_every_domain_has_exact_and_near_planted_pairs(tiny_corpus, tiny_config)
 def test_near_duplicates_land_close_to_the_requested_levels():
     vocab = _Vocab(0)
     for domain in DOMAIN_GENERATORS:
-        texts = DOMAIN_GENERATORS[domain](_rng(0, "docs", domain), vocab, 20, 300)
+        texts = DOMAIN_GENERATORS[domain](derive_rng(0, "docs", domain), vocab, 20, 300)
         rng = np.random.default_rng(7)
         for level in (0.95, 0.9, 0.85, 0.7, 0.5):
             got = [
@@ -111,7 +111,7 @@ def test_near_duplicates_land_close_to_the_requested_levels():
 
 def test_near_duplicates_keep_the_layout_of_the_text():
     vocab = _Vocab(0)
-    code = DOMAIN_GENERATORS["code"](_rng(0, "docs", "code"), vocab, 1, 200)[0]
+    code = DOMAIN_GENERATORS["code"](derive_rng(0, "docs", "code"), vocab, 1, 200)[0]
     copy = near_duplicate(np.random.default_rng(0), code, 0.7, ["REPLACED"])
     assert copy != code
     assert [len(line) - len(line.lstrip()) for line in copy.splitlines()] == [
@@ -156,7 +156,7 @@ def test_domains_have_clearly_different_vocabularies(tiny_corpus, tiny_config):
 
 def test_the_target_set_is_drawn_from_the_recorded_blend(tmp_path):
     cfg = dataclasses.replace(SMALL, target_blend={"prose": 0.7, "code": 0.3}, target_docs=50)
-    manifest = run_synth(cfg, tmp_path / "out")
+    manifest = run_synth({}, cfg, tmp_path / "out")
     target = pl.read_parquet(tmp_path / "out" / "target" / "documents.parquet")
     assert target.height == 50
     assert dict(target.group_by("source_domain").len().iter_rows()) == {"prose": 35, "code": 15}
@@ -176,7 +176,7 @@ def test_without_a_blend_there_is_no_target_set(tiny_corpus):
 def test_every_domain_generator_produces_the_requested_number_of_nonempty_documents():
     vocab = _Vocab(3)
     for domain, generate in DOMAIN_GENERATORS.items():
-        texts = generate(_rng(3, "docs", domain), vocab, 25, 40)
+        texts = generate(derive_rng(3, "docs", domain), vocab, 25, 40)
         assert len(texts) == 25 and all(t.strip() for t in texts), domain
 
 
@@ -219,11 +219,11 @@ def test_target_documents_come_from_the_same_process_as_the_corpus_domain(domain
     """A blend target is only answerable if its prose *is* the corpus's prose language: fresh
     samples of the same Markov chain share its word pairs; another seed's chain does not."""
     vocab = _Vocab(0)
-    corpus = word_bigrams(DOMAIN_GENERATORS[domain](_rng(0, "docs", domain), vocab, 300, 200))
-    target = word_bigrams(DOMAIN_GENERATORS[domain](_rng(0, "target", domain), vocab, 30, 200))
+    corpus = word_bigrams(DOMAIN_GENERATORS[domain](derive_rng(0, "docs", domain), vocab, 300, 200))
+    target = word_bigrams(DOMAIN_GENERATORS[domain](derive_rng(0, "target", domain), vocab, 30, 200))
     vocab.seed = 1  # same words, another process: chains are drawn from the seed
     vocab._chains.clear()
-    other = word_bigrams(DOMAIN_GENERATORS[domain](_rng(0, "target", domain), vocab, 30, 200))
+    other = word_bigrams(DOMAIN_GENERATORS[domain](derive_rng(0, "target", domain), vocab, 30, 200))
     seen = len(target & corpus) / len(target)
     assert seen > 0.6  # (about 0.7 for prose, 0.8 for legal; another chain's: 0.002, 0.2)
     assert len(other & corpus) / len(other) < seen / 3

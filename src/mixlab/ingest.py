@@ -1,8 +1,9 @@
 """Raw corpora (parquet, JSONL / JSONL.gz, folders of text files) into the documents contract.
 
-Writes ``shard_00000.parquet`` ... with ``id``, ``domain``, ``text``, ``source``. Null,
-empty and non-UTF-8 documents are counted per source and reported, never fatal; a broken
-JSONL line or an unreadable parquet file is an error naming the file and line.
+Reads the paths of ``inputs["sources"]``; writes ``shard_00000.parquet`` ... with ``id``,
+``domain``, ``text``, ``source``. Null, empty and non-UTF-8 documents are counted per source
+and reported, never fatal; a broken JSONL line or an unreadable parquet file is an error
+naming the file and line, and so is an id given to more than one document.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import dataclasses
 import gzip
 import json
 import zlib
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
@@ -23,8 +25,8 @@ import xxhash
 from mixlab.config import check_choices, option
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.stage import Manifest, StageDir, run_stage
-from mixlab.tables import DOCUMENT_ROW_GROUP, shard_name, write_table
+from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.tables import DOCUMENT_ROW_GROUP, read_schema, shard_name, write_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +115,9 @@ def discover(inputs: Sequence[Path]) -> list[tuple[Path, str, Path]]:
 
 
 def _read_parquet(path: Path, cfg: IngestConfig) -> Iterator[list[Record]]:
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: not a readable parquet file ({exc})") from None
-    names = pf.schema_arrow.names
+    # Streamed in batches (a raw file may not fit in memory), so not through `read_table`; the
+    # schema is read by the one worded reader of parquet schemas.
+    names = read_schema(path).names
     if cfg.text_column not in names:
         raise InputError(
             f"{path}: column {cfg.text_column!r} missing (found: {', '.join(names)}); "
@@ -130,7 +130,7 @@ def _read_parquet(path: Path, cfg: IngestConfig) -> Iterator[list[Record]]:
         )
     columns = [c for c in (cfg.id_column, cfg.domain_column, cfg.text_column) if c in names]
     try:
-        for batch in pf.iter_batches(batch_size=BATCH, columns=columns):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=columns):
             n = batch.num_rows
             col = {name: batch.column(name).to_pylist() for name in columns}
             yield list(
@@ -228,101 +228,159 @@ def document_id(source: str, row: int, text: str) -> str:
     return xxhash.xxh3_128_hexdigest(f"{source}\0{row}\0".encode() + text.encode())[:24]
 
 
+def clean_text(text: Any, cfg: IngestConfig) -> tuple[str | None, str | None]:
+    """(the document's text, or None when it is skipped; what was counted: a skip reason or
+    ``utf8_replaced``, else None)."""
+    counted = None
+    if text is None:
+        return None, "null_text"
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            if cfg.on_invalid_utf8 == "skip":
+                return None, "invalid_utf8"
+            text, counted = text.decode("utf-8", errors="replace"), "utf8_replaced"
+    elif isinstance(text, str):
+        if not _utf8_ok(text):  # lone surrogates: from bad bytes or \ud800-style escapes
+            if cfg.on_invalid_utf8 == "skip":
+                return None, "invalid_utf8"
+            text, counted = _repair_utf8(text), "utf8_replaced"
+    else:
+        return None, "not_text"
+    if not text.strip():
+        return None, "empty"
+    return text, counted
+
+
+@dataclasses.dataclass
+class _Shards:
+    """Documents collected into ``shard_NNNNN.parquet`` files of at most `rows` rows."""
+
+    out: Path
+    rows: int
+    count: int = 0
+    pending: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
+
+    def add(self, doc_id: str, domain: str, text: str, source: str) -> None:
+        self.pending.append((doc_id, domain, text, source))
+        if len(self.pending) >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        columns = zip(("id", "domain", "text", "source"), zip(*self.pending))
+        table = pa.table({name: pa.array(list(values), pa.string()) for name, values in columns})
+        write_table(table, self.out / shard_name(self.count), row_group_size=DOCUMENT_ROW_GROUP)
+        self.count += 1
+        self.pending = []
+
+
+def _ingest_file(
+    file: Path, kind: str, root: Path, cfg: IngestConfig, shards: _Shards, per_domain: Counter
+) -> tuple[str, Counter]:
+    """Every usable record of one input file into `shards`; returns (its source name, what was skipped)."""
+    source = file.relative_to(root).as_posix() if file != root else file.name
+    skipped: Counter = Counter()
+    row = 0
+    for batch in READERS[kind](file, cfg):
+        for given_id, domain_value, raw in batch:  # per-record checks decide skip vs keep
+            row += 1
+            text, counted = clean_text(raw, cfg)
+            if counted is not None:
+                skipped[counted] += 1
+            if text is None:
+                continue
+            domain = _domain_for(cfg, domain_value, file, root)
+            if not domain:
+                skipped["no_domain"] += 1
+                continue
+            doc_id = str(given_id) if given_id is not None else document_id(source, row, text)
+            if not (_utf8_ok(doc_id) and _utf8_ok(domain)):  # bad bytes in a JSONL id or domain
+                doc_id, domain = _repair_utf8(doc_id), _repair_utf8(domain)
+            shards.add(doc_id, domain, text, source)
+            per_domain[domain] += 1
+    return source, skipped
+
+
+def check_unique_ids(out: Path, files_by_source: Mapping[str, Sequence[Path]], cfg: IngestConfig) -> None:
+    """Refuse ids given more than once, naming the input files they came from (not the output)."""
+    repeated = (
+        pl.scan_parquet(str(out / "*.parquet"))
+        .group_by("id")
+        .agg(pl.len(), pl.col("source").unique().sort())
+        .filter(pl.col("len") > 1)
+        .sort("id")
+        .collect()
+    )
+    if repeated.height == 0:
+        return
+    first = repeated.row(0, named=True)
+    files = [str(f) for s in first["source"] for f in files_by_source[s]]
+    if cfg.id_column != IngestConfig().id_column:
+        advice = f"drop --id-column {cfg.id_column} so ids are derived, or make that column's values unique"
+    else:
+        advice = (
+            f"make the inputs' {cfg.id_column!r} values unique (ingest derives ids only where there are none)"
+        )
+    raise InputError(
+        f"{', '.join(files)}: ids are not unique ({repeated.height} repeated, e.g. "
+        f"{repeated['id'].head(5).to_list()}); {first['id']!r} is given to {first['len']} documents; {advice}"
+    )
+
+
 def run_ingest(
-    inputs: Sequence[Path | str], cfg: IngestConfig, out_dir: Path | str, *, force: bool = False
+    inputs: Mapping[str, Any],
+    cfg: IngestConfig,
+    out_dir: Path | str,
+    client: Any = None,
+    *,
+    force: bool = False,
 ) -> Manifest:
-    """Read every input into the documents contract in ``out_dir``; see the module docstring."""
-    paths = [Path(p) for p in inputs]
+    """Read every input of `inputs["sources"]` into the documents contract in ``out_dir``.
+
+    See the module docstring. Runs in this process; `client` is accepted for the stage
+    contract and unused.
+    """
+    inputs = absolute_inputs(inputs)
+    sources = inputs.get("sources")
+    paths = [sources] if isinstance(sources, (str, Path)) else list(sources or [])
     if not paths:
         raise InputError("ingest: no inputs given")
     files = discover(paths)
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        skipped: dict[str, Counter] = defaultdict(Counter)
+        shards = _Shards(stage.out, cfg.rows_per_file)
         per_domain: Counter = Counter()
-        shard, pending, written = 0, [], 0
-
-        def flush() -> None:
-            nonlocal shard, pending
-            if pending:
-                cols = list(zip(*pending))
-                table = pa.table(
-                    {
-                        name: pa.array(list(values), pa.string())
-                        for name, values in zip(("id", "domain", "text", "source"), cols)
-                    }
-                )
-                write_table(table, stage.out / shard_name(shard), row_group_size=DOCUMENT_ROW_GROUP)
-                shard += 1
-                pending = []
-
+        skipped: dict[str, Counter] = {}
+        files_by_source: dict[str, list[Path]] = {}  # two roots may hold the same relative name
         for file, kind, root in files:
-            source = file.relative_to(root).as_posix() if file != root else file.name
-            row = 0
-            for batch in READERS[kind](file, cfg):
-                for given_id, domain_value, text in batch:  # per-record checks decide skip vs keep
-                    row += 1
-                    if text is None:
-                        skipped[source]["null_text"] += 1
-                        continue
-                    if isinstance(text, bytes):
-                        try:
-                            text = text.decode("utf-8")
-                        except UnicodeDecodeError:
-                            if cfg.on_invalid_utf8 == "skip":
-                                skipped[source]["invalid_utf8"] += 1
-                                continue
-                            text = text.decode("utf-8", errors="replace")
-                            skipped[source]["utf8_replaced"] += 1
-                    elif isinstance(text, str):
-                        if not _utf8_ok(text):  # lone surrogates: from bad bytes or \ud800-style escapes
-                            if cfg.on_invalid_utf8 == "skip":
-                                skipped[source]["invalid_utf8"] += 1
-                                continue
-                            text = _repair_utf8(text)
-                            skipped[source]["utf8_replaced"] += 1
-                    else:
-                        skipped[source]["not_text"] += 1
-                        continue
-                    if not text.strip():
-                        skipped[source]["empty"] += 1
-                        continue
-                    domain = _domain_for(cfg, domain_value, file, root)
-                    if not domain:
-                        skipped[source]["no_domain"] += 1
-                        continue
-                    doc_id = str(given_id) if given_id is not None else document_id(source, row, text)
-                    if not (_utf8_ok(doc_id) and _utf8_ok(domain)):  # bad bytes in a JSONL id or domain
-                        doc_id, domain = _repair_utf8(doc_id), _repair_utf8(domain)
-                    pending.append((doc_id, domain, text, source))
-                    per_domain[domain] += 1
-                    written += 1
-                    if len(pending) >= cfg.rows_per_file:
-                        flush()
-        flush()
+            source, skipped_here = _ingest_file(file, kind, root, cfg, shards, per_domain)
+            files_by_source.setdefault(source, []).append(file)
+            if skipped_here:
+                skipped.setdefault(source, Counter()).update(skipped_here)
+        shards.flush()
+        totals = dict(sum(skipped.values(), Counter()))
+        written = sum(per_domain.values())
         if written == 0:
             raise InputError(
-                f"ingest: no usable documents in {', '.join(map(str, paths))} "
-                f"(skipped: {dict(sum(skipped.values(), Counter()))})"
+                f"ingest: no usable documents in {', '.join(map(str, paths))} (skipped: {totals})"
             )
-        from mixlab.tables import check_documents
-
-        check_documents(stage.out)  # ids given by the user must be unique across all inputs
-        totals = dict(sum(skipped.values(), Counter()))
+        check_unique_ids(stage.out, files_by_source, cfg)
         for source, c in skipped.items():
             log(f"ingest: {source}: skipped {dict(c)}")
-        return (
-            {
-                "documents": written,
-                "skipped": sum(v for k, v in totals.items() if k != "utf8_replaced"),
-                "files": len(files),
-                "shards": shard,
-            },
-            {
-                "per_domain": dict(per_domain),
-                "skipped": totals,
-                "skipped_per_source": {s: dict(c) for s, c in skipped.items()},
-            },
-        )
+        counts = {
+            "documents": written,
+            "skipped": sum(v for k, v in totals.items() if k != "utf8_replaced"),
+            "files": len(files),
+            "shards": shards.count,
+        }
+        stats = {
+            "per_domain": dict(per_domain),
+            "skipped": totals,
+            "skipped_per_source": {s: dict(c) for s, c in skipped.items()},
+        }
+        return counts, stats
 
-    return run_stage("ingest", cfg, {"inputs": paths}, out_dir, body, force=force)
+    return run_stage("ingest", cfg, {"sources": paths}, out_dir, body, force=force)

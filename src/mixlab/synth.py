@@ -12,19 +12,18 @@ import dataclasses
 import itertools
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from mixlab.config import check_weights, option
 from mixlab.console import log
 from mixlab.errors import ConfigError
-from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.stage import Manifest, StageDir, absolute_inputs, derive_rng, run_stage, write_json
 from mixlab.tables import DOCUMENT_ROW_GROUP, write_table
 
 
@@ -101,12 +100,6 @@ _VOWELS = {
 }
 
 
-def _rng(seed: int, *names: object) -> np.random.Generator:
-    """A generator derived from the global seed and a name path, independent of call order."""
-    key = xxhash.xxh3_64_intdigest(("/".join(map(str, names))).encode(), seed=seed)
-    return np.random.default_rng(key)
-
-
 def _make_words(rng: np.random.Generator, style: str, n: int, taken: set[str]) -> list[str]:
     """`n` new pronounceable words in a domain's letter style (so domains differ in characters too).
 
@@ -150,9 +143,11 @@ class _Vocab:
     def __init__(self, seed: int):
         taken: set[str] = set()
         self.seed = seed
-        self.common = _make_words(_rng(seed, "vocab", "common"), "prose", 300, taken)
+        self.common = _make_words(derive_rng(seed, "vocab", "common"), "prose", 300, taken)
         self.own = {
-            style: _make_words(_rng(seed, "vocab", style), style, 2500 if style != "tabular" else 300, taken)
+            style: _make_words(
+                derive_rng(seed, "vocab", style), style, 2500 if style != "tabular" else 300, taken
+            )
             for style in _CONSONANTS
         }
         self._chains: dict[str, np.ndarray] = {}
@@ -160,7 +155,9 @@ class _Vocab:
     def chain(self, name: str, size: int, successors: int) -> np.ndarray:
         """(size, successors) successor table of the Markov process `name`, the same on every call."""
         if name not in self._chains:
-            self._chains[name] = _rng(self.seed, "chain", name).integers(0, size, size=(size, successors))
+            self._chains[name] = derive_rng(self.seed, "chain", name).integers(
+                0, size, size=(size, successors)
+            )
         return self._chains[name]
 
 
@@ -343,7 +340,7 @@ def _legal(rng: np.random.Generator, vocab: _Vocab, n: int, mean_words: int) -> 
     # Boilerplate: few clauses, reused. The clause book belongs to the domain (drawn from the
     # seed, not from this call's stream), so every sample of legal text quotes the same clauses.
     clauses = _markov_docs(
-        _rng(vocab.seed, "clauses", "legal"), words, vocab.chain("legal", len(words), 6), 200, 18
+        derive_rng(vocab.seed, "clauses", "legal"), words, vocab.chain("legal", len(words), 6), 200, 18
     )
     parties = [
         w.capitalize() + " " + s
@@ -434,10 +431,10 @@ def near_duplicate(rng: np.random.Generator, text: str, level: float, fill: Sequ
 
 
 def _domain_documents(cfg: SynthConfig, domain: str, vocab: _Vocab) -> tuple[pa.Table, list[dict[str, Any]]]:
-    rng = _rng(cfg.seed, "docs", domain)
+    rng = derive_rng(cfg.seed, "docs", domain)
     texts = DOMAIN_GENERATORS[domain](rng, vocab, cfg.docs_per_domain, cfg.doc_words)
     fill = vocab.own[domain][:500]
-    dup_rng = _rng(cfg.seed, "dups", domain)
+    dup_rng = derive_rng(cfg.seed, "dups", domain)
     origin = list(range(len(texts)))  # index of the document each text was derived from
     # Near-duplicate clusters: one source, one to three variants at the configured levels.
     sources = dup_rng.choice(len(texts), size=cfg.near_dup_clusters, replace=False)
@@ -488,8 +485,20 @@ def _domain_documents(cfg: SynthConfig, domain: str, vocab: _Vocab) -> tuple[pa.
     return table, pairs
 
 
-def run_synth(cfg: SynthConfig, out_dir: Path | str, *, force: bool = False) -> Manifest:
-    """Generate the corpus into `out_dir` (atomically); see the module docstring for the layout."""
+def run_synth(
+    inputs: Mapping[str, Any],
+    cfg: SynthConfig,
+    out_dir: Path | str,
+    client: Any = None,
+    *,
+    force: bool = False,
+) -> Manifest:
+    """Generate the corpus into `out_dir` (atomically); see the module docstring for the layout.
+
+    `inputs` is empty (``{}``): everything derives from `cfg.seed`. Runs in this process;
+    `client` is accepted for the stage contract and unused.
+    """
+    inputs = absolute_inputs(inputs)
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         vocab = _Vocab(cfg.seed)
@@ -527,7 +536,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path | str, *, force: bool = False) -> 
             stats["target"] = _write_target(cfg, vocab, stage.out / "target")
         return counts, stats
 
-    return run_stage("synth", cfg, {}, out_dir, body, force=force)
+    return run_stage("synth", cfg, inputs, out_dir, body, force=force)
 
 
 def _write_target(cfg: SynthConfig, vocab: _Vocab, out: Path) -> dict[str, Any]:
@@ -539,7 +548,7 @@ def _write_target(cfg: SynthConfig, vocab: _Vocab, out: Path) -> dict[str, Any]:
     for domain, k in zip(domains, counts):
         if k == 0:
             continue
-        docs = DOMAIN_GENERATORS[domain](_rng(cfg.seed, "target", domain), vocab, int(k), cfg.doc_words)
+        docs = DOMAIN_GENERATORS[domain](derive_rng(cfg.seed, "target", domain), vocab, int(k), cfg.doc_words)
         ids += [f"target-{domain}-{i:06d}" for i in range(len(docs))]
         texts += docs
         source += [domain] * len(docs)

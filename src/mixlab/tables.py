@@ -108,65 +108,83 @@ def read_table(
     return table
 
 
-def check_documents(path: Path | str, *, check_unique: bool = True) -> list[Path]:
+def check_documents(path: Path | str | Sequence[Path | str], *, check_unique: bool = True) -> list[Path]:
     """Validate the documents contract (id, domain, text as strings; ids unique and non-null).
 
-    Returns the parquet files. Errors name the file, the problem and the fix.
+    `path` is one documents input or several; ids must be unique across all of them together.
+    Returns the parquet files. Errors name the file, the problem and the fix. A table with no
+    rows passes: whether that is acceptable is the stage's decision.
     """
-    files = parquet_files(path)
-    for file in files:
-        schema = read_schema(file)
-        names = schema.names
-        for column, flag in (("text", "--text-column"), ("id", "--id-column"), ("domain", "--domain-column")):
-            if column not in names:
-                others = ", ".join(n for n in names if n not in ("id", "domain", "text")) or "none"
-                raise InputError(
-                    f"{file}: column {column!r} missing (found: {', '.join(names) or 'none'}); "
-                    f"run `mixlab ingest {path} --out DIR {flag} <one of: {others}>` to build a documents table"
-                )
-            if schema.field(column).type not in _STRING_TYPES:
-                raise InputError(
-                    f"{file}: column {column!r} has type {schema.field(column).type}, expected string; "
-                    "run `mixlab ingest` to convert it"
-                )
-    if check_unique:
-        import polars as pl
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        raise InputError("no documents given; pass a documents table (a parquet file or a folder of them)")
+    where = ", ".join(map(str, paths))
+    files = []
+    for given in paths:
+        for file in parquet_files(given):
+            schema = read_schema(file)
+            names = schema.names
+            for column, flag in (
+                ("text", "--text-column"),
+                ("id", "--id-column"),
+                ("domain", "--domain-column"),
+            ):
+                if column not in names:
+                    others = ", ".join(n for n in names if n not in ("id", "domain", "text")) or "none"
+                    raise InputError(
+                        f"{file}: column {column!r} missing (found: {', '.join(names) or 'none'}); "
+                        f"run `mixlab ingest {given} --out DIR {flag} <one of: {others}>` to build a documents table"
+                    )
+                if schema.field(column).type not in _STRING_TYPES:
+                    raise InputError(
+                        f"{file}: column {column!r} has type {schema.field(column).type}, expected string; "
+                        "run `mixlab ingest` to convert it"
+                    )
+            files.append(file)
+    if not check_unique:
+        return files
+    import polars as pl
 
-        try:
-            stats = (
-                pl.scan_parquet([str(f) for f in files])
-                .select(
-                    pl.len().alias("rows"),
-                    pl.col("id").null_count().alias("null_ids"),
-                    pl.col("id").n_unique().alias("unique_ids"),
-                    pl.col("domain").null_count().alias("null_domains"),
-                )
-                .collect()
-                .row(0, named=True)
+    # One scan per file: inputs may carry different extra columns.
+    scan = pl.concat(
+        [pl.scan_parquet(str(f)).select("id", "domain", pl.lit(str(f)).alias("_file")) for f in files]
+    )
+    try:
+        stats = (
+            scan.select(
+                pl.len().alias("rows"),
+                pl.col("id").null_count().alias("null_ids"),
+                pl.col("id").n_unique().alias("unique_ids"),
+                pl.col("domain").null_count().alias("null_domains"),
             )
-        except pl.exceptions.PolarsError as exc:
-            raise InputError(f"{path}: could not read documents ({exc})") from None
-        if stats["null_ids"]:
-            raise InputError(f"{path}: {stats['null_ids']} documents have a null id; ids must be set")
-        if stats["null_domains"]:
-            raise InputError(
-                f"{path}: {stats['null_domains']} documents have a null domain; "
-                "run `mixlab ingest` with --domain NAME or --domain-from file/folder to set one"
-            )
+            .collect()
+            .row(0, named=True)
+        )
         if stats["unique_ids"] != stats["rows"]:
             dupes = (
-                pl.scan_parquet([str(f) for f in files])
-                .group_by("id")
-                .len()
+                scan.group_by("id")
+                .agg(pl.len(), pl.col("_file").unique().sort())
                 .filter(pl.col("len") > 1)
+                .sort("id")
                 .head(5)
-                .collect()["id"]
-                .to_list()
+                .collect()
             )
-            raise InputError(
-                f"{path}: ids are not unique ({stats['rows'] - stats['unique_ids']} repeated, e.g. {dupes}); "
-                "run `mixlab ingest` without --id-column to derive unique ids"
-            )
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{where}: could not read documents ({exc})") from None
+    if stats["null_ids"]:
+        raise InputError(f"{where}: {stats['null_ids']} documents have a null id; ids must be set")
+    if stats["null_domains"]:
+        raise InputError(
+            f"{where}: {stats['null_domains']} documents have a null domain; "
+            "run `mixlab ingest` with --domain NAME or --domain-from file/folder to set one"
+        )
+    if stats["unique_ids"] != stats["rows"]:
+        first, in_files = dupes["id"][0], dupes["_file"][0].to_list()
+        raise InputError(
+            f"{where}: ids are not unique ({stats['rows'] - stats['unique_ids']} repeated, e.g. "
+            f"{dupes['id'].to_list()}); {first!r} is in {' and '.join(in_files)}; ids must be unique: fix "
+            "them at the source, or drop the id column and run `mixlab ingest`, which derives ids"
+        )
     return files
 
 

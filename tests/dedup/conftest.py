@@ -23,5 +23,5 @@ def dask_client():
 def corpus(tmp_path_factory) -> Path:
     """A small synthetic corpus with planted near-duplicate clusters and exact copies."""
     out = tmp_path_factory.mktemp("dedup") / "corpus"
-    run_synth(SynthConfig(docs_per_domain=100, doc_words=60, near_dup_clusters=10, exact_dups=3), out)
+    run_synth({}, SynthConfig(docs_per_domain=100, doc_words=60, near_dup_clusters=10, exact_dups=3), out)
     return out

@@ -38,7 +38,7 @@ def bpe_dir(tiny_corpus: Path, hard_documents: Path, tmp_path_factory: pytest.Te
     from mixlab.tokenize.train import run_tokenizer_train
 
     out = tmp_path_factory.mktemp("tok") / "bpe"
-    run_tokenizer_train([tiny_corpus / "documents", hard_documents], SMALL_BPE, out)
+    run_tokenizer_train({"documents": [tiny_corpus / "documents", hard_documents]}, SMALL_BPE, out)
     return out
 
 

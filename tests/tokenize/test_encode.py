@@ -118,10 +118,12 @@ def test_a_tokenizer_retrained_in_place_is_not_served_from_a_workers_cache(
     from .conftest import SMALL_BPE
 
     out = tmp_path / "tok"
-    run_tokenizer_train(tiny_corpus / "documents", dataclasses.replace(SMALL_BPE, vocab_size=300), out)
+    run_tokenizer_train(
+        {"documents": tiny_corpus / "documents"}, dataclasses.replace(SMALL_BPE, vocab_size=300), out
+    )
     first, _ = worker_tokenizer(str(out))
     worker_memory(first)["hello"] = (1, 2, 3)
-    run_tokenizer_train(tiny_corpus / "documents", SMALL_BPE, out, force=True)
+    run_tokenizer_train({"documents": tiny_corpus / "documents"}, SMALL_BPE, out, force=True)
     second, _ = worker_tokenizer(str(out))
     assert (first.get_vocab_size(), second.get_vocab_size()) == (300, 400)
     assert "hello" not in worker_memory(second)

@@ -21,7 +21,7 @@ def test_eval_compares_tokenizers_per_domain_on_held_out_documents(
     tiny_corpus: Path, hard_documents: Path, bpe_dir: Path, tmp_path: Path
 ) -> None:
     wp = run_tokenizer_train(
-        tiny_corpus / "documents",
+        {"documents": tiny_corpus / "documents"},
         TokenizerTrainConfig(model="wordpiece", vocab_size=300, limit_alphabet=60, sample_bytes=50_000),
         tmp_path / "wp",
     ).path

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from mixlab.errors import InputError
+from mixlab.stage import partial_dir
 from mixlab.tables import write_table
 from mixlab.tokenize.config import TokenizeConfig
 from mixlab.tokenize.corpus import run_tokenize
@@ -27,6 +29,7 @@ def target_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("synth-target") / "corpus"
     run_synth(
+        {},
         SynthConfig(
             docs_per_domain=40,
             doc_words=40,
@@ -158,7 +161,7 @@ def test_a_killed_run_resumes_from_finished_parts(
         m.setattr(corpus, "assemble_split", killed)
         with pytest.raises(RuntimeError):
             run_tokenize(inputs, cfg, out, dask_threads)
-    markers = list((partial_dir(out) / "_work" / "markers").glob("part_*.json"))
+    markers = list((partial_dir(out) / "_work" / "markers" / "encode").glob("part_*.json"))
     assert len(markers) == 3 and not out.exists()
     encoded = []
     real = corpus.encode_part
@@ -191,3 +194,109 @@ def test_tokenize_on_a_local_cluster_of_processes_matches_in_process_workers(
         assert pq.read_table(tokens / domain / "train").equals(
             pq.read_table(tmp_path / "procs" / domain / "train")
         )
+
+
+# --- targets: validation-only domains, given as their own input ---------------------------------
+
+
+def test_a_target_input_is_validation_only_and_matches_valid_domains(
+    target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path
+) -> None:
+    docs, target = target_corpus / "documents", target_corpus / "target" / "documents.parquet"
+    as_target = run_tokenize(
+        {"documents": [docs], "tokenizer": bpe_dir, "targets": [target]}, CFG, tmp_path / "a", dask_threads
+    )
+    run_tokenize(
+        {"documents": [docs, target], "tokenizer": bpe_dir},
+        dataclasses.replace(CFG, valid_domains=("target",)),
+        tmp_path / "b",
+        dask_threads,
+    )
+    counts = {
+        (r["domain"], r["split"]): r["documents"] for r in read_token_counts(tmp_path / "a").to_pylist()
+    }
+    assert counts[("target", "train")] == 0 and counts[("target", "valid")] == 30
+    assert not (tmp_path / "a" / "target" / "train").exists()  # no 0-row shard (HF datasets refuses them)
+    assert len(domain_stream(tmp_path / "a", "target", "train")) == 0
+    assert as_target.stats["valid_only_domains"] == ["target"]
+    assert read_token_counts(tmp_path / "a").equals(read_token_counts(tmp_path / "b"))
+    for shard in sorted((tmp_path / "b").glob("*/*/shard_*.parquet")):
+        rel = shard.relative_to(tmp_path / "b")
+        assert pq.read_table(tmp_path / "a" / rel).equals(pq.read_table(shard))
+        stream = rel.parent / "_stream.npy"
+        assert (tmp_path / "a" / stream).read_bytes() == (tmp_path / "b" / stream).read_bytes()
+    assert not (tmp_path / "b" / "target" / "train").exists()
+
+
+def test_a_target_domain_that_is_also_a_corpus_domain_is_refused_naming_both(
+    target_corpus: Path, bpe_dir: Path, tmp_path: Path
+) -> None:
+    write_table(
+        pa.table({"id": ["t1"], "domain": ["prose"], "text": ["a target text"]}), tmp_path / "t.parquet"
+    )
+    docs = target_corpus / "documents"
+    with pytest.raises(InputError) as err:
+        run_tokenize(
+            {"documents": [docs], "tokenizer": bpe_dir, "targets": [tmp_path / "t.parquet"]},
+            CFG,
+            tmp_path / "o",
+        )
+    message = str(err.value)
+    assert str(tmp_path / "t.parquet") in message and str(docs) in message and "'prose'" in message
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("texts", "what"), [([], "has no rows"), ([None, None], "every document has null text")]
+)
+def test_an_empty_or_all_null_table_is_refused_naming_it(
+    bpe_dir: Path, dask_threads, tmp_path: Path, texts: list, what: str
+) -> None:
+    ids = [f"d{i}" for i in range(len(texts))]
+    table = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "domain": pa.array(["d"] * len(ids), pa.string()),
+            "text": pa.array(texts, pa.string()),
+        }
+    )
+    write_table(table, tmp_path / "docs.parquet")
+    with pytest.raises(InputError, match=what) as err:
+        run_tokenize(
+            {"documents": tmp_path / "docs.parquet", "tokenizer": bpe_dir}, CFG, tmp_path / "t", dask_threads
+        )
+    assert str(err.value).startswith(f"{tmp_path / 'docs.parquet'}: ") and "\n" not in str(err.value)
+    assert not (tmp_path / "t").exists() and not partial_dir(tmp_path / "t").exists()
+
+
+def test_an_all_null_target_is_refused_naming_it(
+    target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path
+) -> None:
+    table = pa.table({"id": ["t1"], "domain": ["target"], "text": pa.array([None], pa.string())})
+    write_table(table, tmp_path / "t.parquet")
+    inputs = {
+        "documents": [target_corpus / "documents"],
+        "tokenizer": bpe_dir,
+        "targets": [tmp_path / "t.parquet"],
+    }
+    with pytest.raises(InputError, match=f"target {tmp_path / 't.parquet'}: every document has null text"):
+        run_tokenize(inputs, CFG, tmp_path / "o", dask_threads)
+
+
+def test_relative_inputs_reach_the_workers_as_absolute_paths(
+    target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mixlab.tokenize import corpus
+
+    shutil.copytree(target_corpus / "target", tmp_path / "docs")
+    shutil.copytree(bpe_dir, tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)
+    planned = []  # what the tasks are given: Partition.file (and the tokenizer dir, in the stats)
+    real = corpus.plan_partitions
+    monkeypatch.setattr(corpus, "plan_partitions", lambda *a, **k: planned.extend(real(*a, **k)) or planned)
+    m = run_tokenize({"documents": "docs", "tokenizer": "tok"}, CFG, "out", dask_threads)
+    assert planned and all(Path(part.file).is_absolute() for part in planned)
+    assert (
+        m.stats["tokenizer"] == str(tmp_path / "tok")
+        and (tmp_path / "out" / "token_counts.parquet").is_file()
+    )

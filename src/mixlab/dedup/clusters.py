@@ -98,6 +98,8 @@ def preference(
 
 def keep_per_group(group: np.ndarray, pref: np.ndarray) -> np.ndarray:
     """For each node, the node its group keeps (the group member with the lowest preference rank)."""
+    if len(group) == 0:  # no eligible documents (an empty table, or only null / blank texts)
+        return np.zeros(0, dtype=np.int64)
     order = np.lexsort((pref, group))
     g = group[order]
     first = np.r_[True, g[1:] != g[:-1]]

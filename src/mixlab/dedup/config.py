@@ -37,7 +37,11 @@ class DedupConfig:
     domain_priority: tuple[str, ...] = option(
         (), "with --keep domain-priority: domains in order of preference, e.g. legal,prose"
     )
-    seed: int = option(1, "permutation seed (the `seed` of datasketch's MinHash)")
+    perm_seed: int = option(
+        1,
+        "MinHash permutation seed: datasketch's `seed` (MinHash(num_perm, seed=...)); "
+        "not the pipeline's global seed",
+    )
     partition_docs: int = option(20_000, "documents per signature partition (bounds worker memory)")
     max_bucket: int = option(
         50_000, "LSH bucket members linked at most (the rest of a giant bucket is logged and skipped)"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mixlab.dedup.shingles import FOLD, fmix
+
 SCHEME = "affine32"  # the datasketch permutation scheme these signatures follow
 EMPTY_VALUE = np.uint32(0xFFFFFFFF)  # a signature value no shingle reached (datasketch's initial value)
 CHUNK_SHINGLES = 1 << 20  # shingles hashed per permutation pass (4 MiB of uint32)
@@ -21,14 +23,6 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
     b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
     return a, b
-
-
-def fmix32(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
 
 
 def signatures(hashes: np.ndarray, offsets: np.ndarray, perms: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -45,7 +39,7 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, perms: tuple[np.ndarray,
     total = len(hashes)
     if total == 0:
         return np.ascontiguousarray(sig_t.T)
-    mixed = fmix32(hashes.astype(np.uint32, copy=False))
+    mixed = fmix(hashes.astype(np.uint32, copy=False))
     doc_of = np.repeat(np.arange(n_docs), np.diff(offsets))
     buf = np.empty(min(total, CHUNK_SHINGLES), dtype=np.uint32)
     for lo in range(0, total, CHUNK_SHINGLES):
@@ -94,14 +88,12 @@ def knee(bands: int, rows: int) -> float:
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n_docs, bands) uint64 bucket keys: each band's `rows` values folded and mixed into 64 bits."""
-    from mixlab.dedup.shingles import FOLD, _fmix64
-
     n_docs = sig.shape[0]
     keys = np.zeros((n_docs, bands), dtype=np.uint64)
     view = sig[:, : bands * rows].reshape(n_docs, bands, rows).astype(np.uint64)
     for r in range(rows):
         keys = keys * FOLD + view[:, :, r]
-    return _fmix64(keys)
+    return fmix(keys)
 
 
 def jaccard_sets(left: tuple[np.ndarray, np.ndarray], right: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

@@ -29,13 +29,21 @@ OK, SHORT, EMPTY, NULL = 0, 1, 2, 3
 STATUS_NAMES = {OK: "ok", SHORT: "short", EMPTY: "empty", NULL: "null_text"}
 
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser (an avalanching bijection), element-wise with wraparound."""
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
+# MurmurHash3's finalisers, fmix32 and fmix64: one avalanching bijection at two widths.
+_FMIX_CONSTANTS = {
+    np.dtype(np.uint32): (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16),
+    np.dtype(np.uint64): (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33),
+}
+
+
+def fmix(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's finaliser at the width of `h` (uint32 or uint64), element-wise with wraparound."""
+    s1, m1, s2, m2, s3 = (h.dtype.type(c) for c in _FMIX_CONSTANTS[h.dtype])
+    h = h ^ (h >> s1)
+    h = h * m1
+    h = h ^ (h >> s2)
+    h = h * m2
+    return h ^ (h >> s3)
 
 
 def _fmix64_int(h: int) -> int:
@@ -140,20 +148,18 @@ def _flatten(lists: pa.Array, n_docs: int) -> tuple[pa.Array, np.ndarray]:
     return flat.filter(nonempty), counts
 
 
-def shingle_batch(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> ShingledBatch:
-    """Normalise, tokenise and hash every shingle of a batch of texts without a per-shingle Python call."""
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    texts = texts.cast(pa.large_string())
+def _normalised_tokens(
+    texts: pa.LargeStringArray, cfg: DedupConfig
+) -> tuple[pa.Array, np.ndarray, pa.Array, np.ndarray]:
+    """(normalised texts, null mask, flat tokens, tokens per document) of a batch."""
     n_docs = len(texts)
     expr = normalise_expr(cfg)
     if expr is not None:
         texts = pl.from_arrow(pa.table({"text": texts})).select(expr).to_arrow().column(0).combine_chunks()
         texts = texts.cast(pa.large_string())
     null = texts.is_null().to_numpy(zero_copy_only=False)
-
     words = _split_words(texts) if (cfg.shingle == "words" or cfg.collapse_whitespace) else None
-    normalised, flat, lengths = texts, None, None
+    normalised = texts
     if cfg.collapse_whitespace:
         assert words is not None
         # Leading/trailing runs split into '' tokens; dropping them before the join trims the ends.
@@ -164,34 +170,35 @@ def shingle_batch(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> Shingl
             pa.LargeListArray.from_arrays(pa.array(offs_w), flat_w), pa.scalar(" ", pa.large_string())
         )
         if cfg.shingle == "words":
-            flat, lengths = flat_w, counts_w
+            return normalised, null, flat_w, counts_w
+    if cfg.shingle == "words":
+        assert words is not None
+        return (normalised, null, *_flatten(words, n_docs))
+    chars = pl.from_arrow(normalised).str.split("").to_arrow()
+    if isinstance(chars, pa.ChunkedArray):
+        chars = chars.combine_chunks()
+    return (normalised, null, *_flatten(chars, n_docs))
 
-    # Exact-duplicate key: one hash call per document over its normalised text.
+
+def _text_hashes(normalised: pa.Array, null: np.ndarray) -> np.ndarray:
+    """Exact-duplicate key: one hash call per document over its normalised text (0 for null)."""
     text_hash = np.fromiter(
         (
             0 if t is None else xxhash.xxh3_64_intdigest(t)
             for t in normalised.cast(pa.large_binary()).to_pylist()
         ),
         np.uint64,
-        count=n_docs,
+        count=len(null),
     )
     text_hash[null] = 0
+    return text_hash
 
-    if flat is not None and lengths is not None:
-        pass
-    elif cfg.shingle == "words":
-        assert words is not None
-        flat, lengths = _flatten(words, n_docs)
-    else:
-        chars = pl.from_arrow(normalised).str.split("").to_arrow()
-        if isinstance(chars, pa.ChunkedArray):
-            chars = chars.combine_chunks()
-        flat, lengths = _flatten(chars, n_docs)
-    tok_hash = _hash_each(flat)
+
+def _shingle_hashes(tok_hash: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(32-bit hash of every shingle, its document): token hashes folded n at a time in numpy."""
+    n_docs = len(lengths)
     tok_offsets = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(lengths, out=tok_offsets[1:])
-
-    n = cfg.ngram
     n_sh = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
     width = np.minimum(lengths, n)
     total = int(n_sh.sum())
@@ -207,19 +214,34 @@ def shingle_batch(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> Shingl
         else:
             live = k < w
             h[live] = h[live] * FOLD + tok_hash[first_tok[live] + k]
-    sh = (_fmix64(h) >> np.uint64(32)).astype(np.uint32)
+    return (fmix(h) >> np.uint64(32)).astype(np.uint32), doc_of
 
-    # Sorted, de-duplicated shingle set per document: sort on (document, hash) packed in 64 bits.
+
+def _sorted_sets(sh: np.ndarray, doc_of: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets): each document's shingle hashes sorted and de-duplicated, by sorting
+    (document, hash) packed in 64 bits."""
     key = np.sort((doc_of.astype(np.uint64) << np.uint64(32)) | sh.astype(np.uint64))
     if len(key):
         key = key[np.r_[True, key[1:] != key[:-1]]]
     hashes = (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     counts = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=n_docs)
-    out_offsets = np.zeros(n_docs + 1, dtype=np.int64)
-    np.cumsum(counts, out=out_offsets[1:])
+    offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return hashes, offsets
 
+
+def shingle_batch(texts: pa.Array | pa.ChunkedArray, cfg: DedupConfig) -> ShingledBatch:
+    """Normalise, tokenise and hash every shingle of a batch of texts without a per-shingle Python call."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    texts = texts.cast(pa.large_string())
+    n_docs = len(texts)
+    normalised, null, flat, lengths = _normalised_tokens(texts, cfg)
+    text_hash = _text_hashes(normalised, null)
+    sh, doc_of = _shingle_hashes(_hash_each(flat), lengths, cfg.ngram)
+    hashes, offsets = _sorted_sets(sh, doc_of, n_docs)
     status = np.full(n_docs, OK, dtype=np.int8)
-    status[(lengths > 0) & (lengths < n)] = SHORT
+    status[(lengths > 0) & (lengths < cfg.ngram)] = SHORT
     status[lengths == 0] = EMPTY
     status[null] = NULL
-    return ShingledBatch(hashes=hashes, offsets=out_offsets, status=status, text_hash=text_hash)
+    return ShingledBatch(hashes=hashes, offsets=offsets, status=status, text_hash=text_hash)

@@ -21,11 +21,15 @@ def _check_split(valid_fraction: float, seed: int) -> None:
         raise ConfigError("--seed: must not be negative")
 
 
+def _at_least_one(cfg: object, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizerTrainConfig:
     """`mixlab tokenizer train`: a tokenizer trained on a mixture-weighted sample of the documents."""
-
-    SECTION = "tokenizer_train"
 
     model: str = option(
         "bpe",
@@ -56,16 +60,9 @@ class TokenizerTrainConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         _check_split(self.valid_fraction, self.seed)
-        if self.min_frequency < 1:
-            raise ConfigError("--min-frequency: must be at least 1")
-        if self.sample_bytes < 1:
-            raise ConfigError("--sample-bytes: must be at least 1")
-        if self.batch_size < 1:
-            raise ConfigError("--batch-size: must be at least 1")
+        _at_least_one(self, "min_frequency", "sample_bytes", "batch_size", "limit_alphabet")
         if not self.eos_token:
             raise ConfigError("--eos-token: must not be empty")
-        if self.limit_alphabet < 1:
-            raise ConfigError("--limit-alphabet: must be at least 1")
         from mixlab.tokenize.tokenizer import special_tokens
 
         specials = len(special_tokens(self))
@@ -94,7 +91,9 @@ class TokenizeConfig:
     )
     seed: int = option(0, "seed of the train/valid split")
     valid_domains: tuple[str, ...] = option(
-        (), "domains put wholly in the valid split, e.g. target (a held-out target set)"
+        (),
+        "domains of the documents put wholly in the valid split, e.g. target (a held-out target set "
+        "given as documents; a target table given as a target input is validation-only already)",
     )
     rows_per_task: int = option(20_000, "documents encoded per Dask task")
     batch_size: int = option(1000, "documents per encode_batch call")
@@ -109,16 +108,12 @@ class TokenizeConfig:
 
     def __post_init__(self) -> None:
         _check_split(self.valid_fraction, self.seed)
-        for name in ("rows_per_task", "batch_size", "max_chunk_chars", "shard_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
+        _at_least_one(self, "rows_per_task", "batch_size", "max_chunk_chars", "shard_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerEvalConfig:
     """`mixlab tokenizer eval`: compression and vocabulary statistics per domain, side by side."""
-
-    SECTION = "tokenizer_eval"
 
     split: str = option(
         "valid",
@@ -136,9 +131,6 @@ class TokenizerEvalConfig:
         _check_split(self.valid_fraction, self.seed)
         if self.split == "valid" and self.valid_fraction == 0:
             raise ConfigError("--valid-fraction: 0 leaves no held-out documents; pass --split all")
-        if self.max_bytes_per_domain < 1:
-            raise ConfigError("--max-bytes-per-domain: must be at least 1")
+        _at_least_one(self, "max_bytes_per_domain", "batch_size")
         if self.renyi_alpha <= 0 or self.renyi_alpha == 1:
             raise ConfigError("--renyi-alpha: must be positive and not 1")
-        if self.batch_size < 1:
-            raise ConfigError("--batch-size: must be at least 1")

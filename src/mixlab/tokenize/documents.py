@@ -8,40 +8,34 @@ held-out documents of `tokenizer eval` are the `valid` shards of `tokenize`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import xxhash
 
 from mixlab.errors import InputError
-from mixlab.tables import check_documents
+from mixlab.stage import derive_seed
+from mixlab.tables import check_documents, read_table
 
 _U64 = float(2**64)
 
 
 def document_files(inputs: Path | str | Sequence[Path | str]) -> list[Path]:
-    """The parquet files of one or more documents inputs, validated against the contract."""
+    """The parquet files of one or more documents inputs, validated against the contract
+    (ids unique across all of them)."""
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not paths:
         raise InputError("no documents given; pass a documents directory or parquet file")
-    files: list[Path] = []
-    for path in paths:
-        files.extend(check_documents(path))
-    return files
+    return check_documents(paths)
 
 
-def id_hash(ids: Iterable[str | None], seed: int, salt: bytes = b"") -> np.ndarray:
-    """A uniform value in [0, 1) per id from a seeded hash (a Python loop: xxhash has no array API)."""
-    return (
-        np.fromiter(
-            (xxhash.xxh3_64_intdigest(salt + (i or "").encode(), seed=seed) for i in ids), dtype=np.float64
-        )
-        / _U64
-    )
+def id_hash(ids: Iterable[str | None], seed: int, salt: str = "") -> np.ndarray:
+    """A uniform value in [0, 1) per id from `derive_seed(seed, salt + id)` (a Python loop:
+    xxhash has no array API)."""
+    return np.fromiter((derive_seed(seed, salt + (i or "")) for i in ids), dtype=np.float64) / _U64
 
 
 def valid_mask(
@@ -59,11 +53,23 @@ def scan(files: Sequence[Path], columns: Sequence[str] = ("id", "domain")) -> pa
     """Columns of every file plus `file` (index into files) and `row` (row within the file)."""
     parts = []
     for index, file in enumerate(files):
-        table = pq.read_table(file, columns=list(columns))
+        table = read_table(file, list(columns), allow_empty=True)
         n = table.num_rows
         table = table.append_column("file", pa.array(np.full(n, index, dtype=np.int32)))
         parts.append(table.append_column("row", pa.array(np.arange(n, dtype=np.int64))))
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def text_batches(file: Path, batch_size: int) -> Iterator[pa.Array]:
+    """The text column of a documents file in batches, streamed (a corpus need not fit in memory);
+    a file that turns out unreadable past its footer is an InputError naming it."""
+    try:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=["text"]):
+            yield batch.column(0)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(
+            f"{file}: not a readable parquet file ({str(exc).splitlines()[0]}); write it again"
+        ) from None
 
 
 def _lowest_hash_per_domain(u: np.ndarray, domains: pa.ChunkedArray, fraction: float) -> np.ndarray:
@@ -97,10 +103,15 @@ def split_table(files: Sequence[Path], seed: int, fraction: float) -> tuple[pa.T
     return table.append_column("valid", pa.array(valid)), forced
 
 
-def text_bytes(file: Path, batch_size: int = 10_000) -> np.ndarray:
-    """UTF-8 byte length of every document's text in a file, -1 where the text is null (streamed)."""
-    parts = []
-    for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=["text"]):
-        lengths = pc.binary_length(batch.column(0))
-        parts.append(pc.fill_null(lengths, -1).to_numpy(zero_copy_only=False).astype(np.int64))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+def text_bytes(file: Path, batch_size: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 byte length of every document's text, -1 where null; whether it has any
+    non-whitespace character), streamed."""
+    lengths, content = [], []
+    for text in text_batches(file, batch_size):
+        nbytes = pc.fill_null(pc.binary_length(text), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        blank = pc.fill_null(pc.utf8_is_space(text), True).to_numpy(zero_copy_only=False)
+        lengths.append(nbytes)
+        content.append(~blank & (nbytes > 0))
+    if not lengths:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    return np.concatenate(lengths), np.concatenate(content)

@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mixlab.console import log
 from mixlab.errors import InputError
-from mixlab.stage import Manifest, StageDir, run_stage
-from mixlab.tables import write_table
+from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.tables import read_table, write_table
 from mixlab.tokenize.config import TokenizerEvalConfig
 from mixlab.tokenize.documents import document_files, id_hash, split_table
 from mixlab.tokenize.encode import encode_texts
@@ -70,11 +69,11 @@ def eval_texts(files: Sequence[Path], cfg: TokenizerEvalConfig) -> dict[str, pa.
     for index, file in enumerate(files):
         rows = table.filter(pc.equal(table["file"], index))
         if rows.num_rows:
-            text = pq.read_table(file, columns=["text"])["text"].take(rows["row"])
+            text = read_table(file, ["text"], allow_empty=True)["text"].take(rows["row"])
             texts.append(pa.table({"id": rows["id"], "domain": rows["domain"], "text": text}))
     docs = pa.concat_tables(texts)
     docs = docs.filter(pc.is_valid(docs["text"]))
-    order = np.argsort(id_hash(docs["id"].to_pylist(), cfg.seed, b"eval\0"), kind="stable")
+    order = np.argsort(id_hash(docs["id"].to_pylist(), cfg.seed, "eval\0"), kind="stable")
     docs = docs.take(order)
     out: dict[str, pa.Array] = {}
     for domain in sorted(set(docs["domain"].to_pylist())):
@@ -164,7 +163,8 @@ def run_tokenizer_eval(
     Runs in this process (encoding is parallel inside `tokenizers`); `client` is accepted for
     the stage contract and unused.
     """
-    if "documents" not in inputs or "tokenizers" not in inputs:
+    inputs = absolute_inputs(inputs)
+    if not inputs.get("documents") or not inputs.get("tokenizers"):
         raise InputError(
             "tokenizer eval: inputs need 'tokenizers' (directories) and 'documents' (path or paths)"
         )
@@ -214,4 +214,4 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def read_eval(out_dir: Path | str) -> pa.Table:
-    return pq.read_table(Path(out_dir) / EVAL_FILE)
+    return read_table(Path(out_dir) / EVAL_FILE, allow_empty=True)

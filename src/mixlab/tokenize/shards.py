@@ -9,6 +9,10 @@ A tokenize output directory looks like::
     <domain>/<split>/_stream.npy  the split's tokens concatenated in shard order, for memory-mapping
                                   (underscored so parquet dataset readers of the folder skip it)
 
+A split without documents (the train split of a validation-only domain such as a target) has
+no folder, since HF ``datasets`` refuses 0-row shards; token_counts.parquet still lists it with
+zeros, and `domain_stream` reads it as an empty stream.
+
 Training reads a domain's split as one flat token stream (documents back to back, each
 ending in EOS): memory-mapped from ``_stream.npy`` when present, else read once from the
 shards, never re-parsed per batch.
@@ -23,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mixlab.errors import InputError
 from mixlab.stage import Manifest
@@ -139,7 +142,7 @@ def _stream_cached(path: str, mtime_ns: int) -> np.ndarray:
         return np.load(stream, mmap_mode="r")
     parts = []
     for file in parquet_files(directory):
-        column = pq.read_table(file, columns=["tokens"]).column("tokens")
+        column = read_table(file, ["tokens"], allow_empty=True).column("tokens")
         for chunk in column.chunks:
             parts.append(chunk.flatten().to_numpy(zero_copy_only=False))
     if not parts:
@@ -153,6 +156,11 @@ def domain_stream(tokens_dir: Path | str, domain: str, split: str) -> np.ndarray
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     directory = split_dir(tokens_dir, domain, split)
     if not directory.is_dir():
+        if (domain, split, 0) in {
+            (r["domain"], r["split"], r["documents"]) for r in read_token_counts(tokens_dir).to_pylist()
+        }:
+            # A split without documents (a validation-only domain's train split) has no folder.
+            return np.zeros(0, dtype=np.dtype(tokens_info(tokens_dir).get("token_dtype") or np.uint32))
         raise InputError(
             f"{tokens_dir}: no shards for domain {domain!r} split {split!r} (domains: {', '.join(domains(tokens_dir))})"
         )

@@ -52,6 +52,56 @@ def special_tokens(cfg: Any) -> dict[str, str]:
     return roles
 
 
+def _pre_tokenizer(first: Any, split_digits: bool) -> pre_tokenizers.Sequence:
+    """`first`, then (with --split-digits) every digit its own pre-token."""
+    steps = [first, pre_tokenizers.Digits(individual_digits=True)] if split_digits else [first]
+    return pre_tokenizers.Sequence(steps)
+
+
+def _bpe(cfg: Any, specials: list[str]) -> tuple[Tokenizer, Any]:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(gpt4_pattern(cfg.split_digits)), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    return tok, trainer
+
+
+def _wordpiece(cfg: Any, specials: list[str], unk: str) -> tuple[Tokenizer, Any]:
+    tok = Tokenizer(models.WordPiece(unk_token=unk))
+    tok.pre_tokenizer = _pre_tokenizer(pre_tokenizers.BertPreTokenizer(), cfg.split_digits)
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=specials,
+        limit_alphabet=cfg.limit_alphabet,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    return tok, trainer
+
+
+def _unigram(cfg: Any, specials: list[str], unk: str) -> tuple[Tokenizer, Any]:
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = _pre_tokenizer(pre_tokenizers.Metaspace(prepend_scheme="first"), cfg.split_digits)
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=cfg.vocab_size, special_tokens=specials, unk_token=unk, show_progress=False
+    )
+    return tok, trainer
+
+
 def build_tokenizer(cfg: Any) -> tuple[Tokenizer, Any]:
     """An untrained tokenizer and its trainer for a `TokenizerTrainConfig`."""
     roles = special_tokens(cfg)
@@ -60,56 +110,17 @@ def build_tokenizer(cfg: Any) -> tuple[Tokenizer, Any]:
         cfg.normalization if cfg.normalization != "auto" else ("none" if cfg.model == "bpe" else "nfkc")
     )
     steps = [normalizers.NFKC()] if normalize == "nfkc" else []
-
     if cfg.model == "bpe":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(gpt4_pattern(cfg.split_digits)), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=cfg.vocab_size,
-            min_frequency=cfg.min_frequency,
-            special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
+        tok, trainer = _bpe(cfg, specials)
     elif cfg.model == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token=roles["unk"]))
+        tok, trainer = _wordpiece(cfg, specials, roles["unk"])
         steps.append(
             normalizers.BertNormalizer(
                 clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=cfg.lowercase
             )
         )
-        pre = [pre_tokenizers.BertPreTokenizer()]
-        if cfg.split_digits:
-            pre.append(pre_tokenizers.Digits(individual_digits=True))
-        tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
-        tok.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=cfg.vocab_size,
-            min_frequency=cfg.min_frequency,
-            special_tokens=specials,
-            limit_alphabet=cfg.limit_alphabet,
-            continuing_subword_prefix="##",
-            show_progress=False,
-        )
     else:
-        tok = Tokenizer(models.Unigram())
-        pre = [pre_tokenizers.Metaspace(prepend_scheme="first")]
-        if cfg.split_digits:
-            pre.append(pre_tokenizers.Digits(individual_digits=True))
-        tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
-        tok.decoder = decoders.Metaspace(prepend_scheme="first")
-        trainer = trainers.UnigramTrainer(
-            vocab_size=cfg.vocab_size,
-            special_tokens=specials,
-            unk_token=roles["unk"],
-            show_progress=False,
-        )
+        tok, trainer = _unigram(cfg, specials, roles["unk"])
     if steps:
         tok.normalizer = normalizers.Sequence(steps) if len(steps) > 1 else steps[0]
     return tok, trainer

@@ -11,7 +11,7 @@ when its share exceeds what it has. It is streamed from parquet in batches throu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,12 @@ from tokenizers import Tokenizer
 from mixlab.config import check_weights
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.stage import Manifest, StageDir, run_stage
+from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
 from mixlab.tokenize.config import TokenizerTrainConfig
-from mixlab.tokenize.documents import document_files, id_hash, split_table, text_bytes
+from mixlab.tokenize.documents import document_files, id_hash, split_table, text_batches, text_bytes
 from mixlab.tokenize.tokenizer import build_tokenizer, save_tokenizer, special_tokens
 
-_SAMPLE_SALT = b"tokenizer-sample\0"
+_SAMPLE_SALT = "tokenizer-sample\0"
 
 
 def read_mixture(path: Path | str, domains: Sequence[str]) -> dict[str, float]:
@@ -77,23 +77,29 @@ def mixture_weights(mixture: str, available: dict[str, int]) -> dict[str, float]
 
 
 def sample_plan(
-    files: Sequence[Path], cfg: TokenizerTrainConfig
+    files: Sequence[Path], cfg: TokenizerTrainConfig, where: str = "documents", mixture: str | None = None
 ) -> tuple[list[np.ndarray], dict[str, Any], int]:
-    """How many times each document enters the sample, per file, plus per-domain statistics and nulls."""
+    """How many times each document enters the sample, per file, plus per-domain statistics and nulls.
+
+    `mixture` (default: ``--mixture``) is natural, uniform or a mixture.json path. Refuses
+    (naming `where`) when no document outside the held-out split has any text.
+    """
     table, _forced = split_table(files, cfg.seed, cfg.valid_fraction)
-    nbytes = np.concatenate([text_bytes(f) for f in files])
+    nbytes, content = (np.concatenate(parts) for parts in zip(*(text_bytes(f) for f in files)))
     valid = table["valid"].to_numpy()
     eligible = (~valid) & (nbytes >= 0)
+    if not (eligible & content).any():
+        raise InputError(
+            f"{where}: no training text: "
+            "every document that is not held out is null, empty or whitespace only; "
+            "pass documents with text (or lower --valid-fraction)"
+        )
     codes = pc.dictionary_encode(table["domain"].combine_chunks())
     dom = codes.indices.to_numpy(zero_copy_only=False)
     names = codes.dictionary.to_pylist()
     available = {names[k]: int(nbytes[eligible & (dom == k)].sum()) for k in range(len(names))}
     available = {d: b for d, b in available.items() if b > 0}
-    if not available:
-        raise InputError(
-            "no training text: every document is null, empty or held out; lower --valid-fraction"
-        )
-    weights = mixture_weights(cfg.mixture, available)
+    weights = mixture_weights(mixture or cfg.mixture, available)
     budget = min(cfg.sample_bytes, sum(available.values()))
     order_key = id_hash(table["id"].to_pylist(), cfg.seed, _SAMPLE_SALT)
     multiplicity = np.zeros(table.num_rows, dtype=np.int64)
@@ -130,15 +136,15 @@ def sample_batches(
         if not mult.any():
             continue
         offset = 0
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=["text"]):
-            m = mult[offset : offset + batch.num_rows]
-            offset += batch.num_rows
+        for text in text_batches(file, batch_size):
+            m = mult[offset : offset + len(text)]
+            offset += len(text)
             rows = np.flatnonzero(m)
             if rows.size == 0:
                 continue
             picked = np.repeat(rows, m[rows])
             for start in range(0, picked.size, batch_size):
-                yield batch.column(0).take(picked[start : start + batch_size]).to_pylist()
+                yield text.take(picked[start : start + batch_size]).to_pylist()
 
 
 def _demote_unigram_specials(tok: Tokenizer, specials: Sequence[str]) -> Tokenizer:
@@ -153,27 +159,74 @@ def _demote_unigram_specials(tok: Tokenizer, specials: Sequence[str]) -> Tokeniz
     return Tokenizer.from_str(json.dumps(data))
 
 
+def mixture_input(inputs: Mapping[str, Any], cfg: TokenizerTrainConfig) -> tuple[str, Path | None]:
+    """(the sample's weighting: natural, uniform or a mixture.json path; that file, if any).
+
+    The file comes from `inputs["mixture"]`, or from ``--mixture PATH``; both at once must agree.
+    """
+    given = inputs.get("mixture")
+    from_flag = None if cfg.mixture in ("natural", "uniform") else Path(cfg.mixture).absolute()
+    if given is not None and cfg.mixture != "natural" and Path(given) != from_flag:
+        raise ConfigError(
+            f"--mixture {cfg.mixture}: a mixture file ({given}) is given as well; pass only one of them"
+        )
+    path = Path(given) if given is not None else from_flag
+    return (str(path) if path is not None else cfg.mixture), path
+
+
+def train_on_sample(
+    tok: Tokenizer, trainer: Any, batches: Iterator[list[str]], documents: int, cfg: Any
+) -> int:
+    """Train in ONE `train_from_iterator` call (a second would start over); the vocabulary size.
+
+    A vocabulary smaller than ``--vocab-size`` (a small corpus has fewer merges to learn) is a
+    warning; one larger (an alphabet that does not fit) is an error.
+    """
+    try:
+        tok.train_from_iterator(batches, trainer, length=documents)
+    except Exception as exc:  # tokenizers raises bare Exceptions, e.g. for a too small unigram vocabulary
+        if "not large enough" in str(exc):
+            raise InputError(
+                f"--vocab-size: {cfg.vocab_size} is smaller than the sample's alphabet ({exc}); raise --vocab-size"
+            ) from None
+        raise
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if size > cfg.vocab_size:
+        raise InputError(
+            f"--vocab-size: the trained vocabulary has {size} tokens, more than {cfg.vocab_size}, because the "
+            "alphabet alone is larger; raise --vocab-size or lower --limit-alphabet"
+        )
+    if size < cfg.vocab_size:
+        log(
+            f"tokenizer train: warning: the vocabulary has {size} tokens, fewer than --vocab-size "
+            f"{cfg.vocab_size}: the sample has no more to learn (give more text, raise --sample-bytes, "
+            "or lower --vocab-size)"
+        )
+    return size
+
+
 def run_tokenizer_train(
-    inputs: Path | str | Sequence[Path | str],
+    inputs: Mapping[str, Any],
     cfg: TokenizerTrainConfig,
     out_dir: Path | str,
     client: Any = None,
     *,
     force: bool = False,
 ) -> Manifest:
-    """Train a tokenizer on the documents in `inputs` into `out_dir`; see the module docstring.
+    """Train a tokenizer on `inputs["documents"]` into `out_dir`, the sample weighted by
+    `inputs["mixture"]` (a mixture.json) or ``--mixture``; see the module docstring.
 
     Training runs in this process (`tokenizers` parallelises it over the cores itself);
     `client` is accepted for the stage contract and unused.
     """
-    files = document_files(inputs)
-    paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
-    stage_inputs: dict[str, Any] = {"documents": paths}
-    if cfg.mixture not in ("natural", "uniform"):
-        stage_inputs["mixture"] = Path(cfg.mixture)
+    inputs = absolute_inputs(inputs)
+    documents = inputs.get("documents")
+    paths = [documents] if isinstance(documents, (str, Path)) else list(documents or [])
+    files = document_files(paths)
+    weighting, mixture_file = mixture_input(inputs, cfg)
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        multiplicity, per_domain, nulls = sample_plan(files, cfg)
+        multiplicity, per_domain, nulls = sample_plan(files, cfg, ", ".join(map(str, paths)), weighting)
         for name, d in per_domain.items():
             log(
                 f"tokenizer train: {name}: weight {d['weight']:.3f}, {d['sample_bytes'] / 1e6:.2f} MB "
@@ -181,23 +234,10 @@ def run_tokenizer_train(
             )
         roles = special_tokens(cfg)
         tok, trainer = build_tokenizer(cfg)
-        documents = int(sum(d["sample_documents"] for d in per_domain.values()))
-        try:
-            tok.train_from_iterator(
-                sample_batches(files, multiplicity, cfg.batch_size), trainer, length=documents
-            )
-        except Exception as exc:  # tokenizers raises bare Exceptions, e.g. for a too small unigram vocabulary
-            if "not large enough" in str(exc):
-                raise InputError(
-                    f"--vocab-size: {cfg.vocab_size} is smaller than the sample's alphabet ({exc}); raise --vocab-size"
-                ) from None
-            raise
-        size = tok.get_vocab_size(with_added_tokens=True)
-        if size > cfg.vocab_size:
-            raise InputError(
-                f"--vocab-size: the trained vocabulary has {size} tokens, more than {cfg.vocab_size}, because the "
-                "alphabet alone is larger; raise --vocab-size or lower --limit-alphabet"
-            )
+        sampled = int(sum(d["sample_documents"] for d in per_domain.values()))
+        size = train_on_sample(
+            tok, trainer, sample_batches(files, multiplicity, cfg.batch_size), sampled, cfg
+        )
         if cfg.model == "unigram":
             tok = _demote_unigram_specials(tok, list(roles.values()))
         save_tokenizer(tok, stage.out, roles)
@@ -205,6 +245,7 @@ def run_tokenizer_train(
         stats = {
             "model": cfg.model,
             "vocab_size": size,
+            "vocab_size_requested": cfg.vocab_size,
             "eos_token": cfg.eos_token,
             "eos_id": tok.token_to_id(cfg.eos_token),
             "special_tokens": roles,
@@ -212,8 +253,12 @@ def run_tokenizer_train(
             "sample": per_domain,
             "skipped_null_text": nulls,
         }
+        if size < cfg.vocab_size:
+            stats["warnings"] = [f"vocabulary of {size} tokens, fewer than the {cfg.vocab_size} requested"]
         if nulls:
             log(f"tokenizer train: skipped {nulls} documents with null text")
-        return {"documents": documents, "bytes": sample_bytes, "vocab_size": size}, stats
+        return {"documents": sampled, "bytes": sample_bytes, "vocab_size": size}, stats
 
-    return run_stage("tokenizer_train", cfg, stage_inputs, out_dir, body, force=force)
+    return run_stage(
+        "tokenizer_train", cfg, {"documents": paths, "mixture": mixture_file}, out_dir, body, force=force
+    )
