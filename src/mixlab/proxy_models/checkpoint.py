@@ -105,14 +105,14 @@ def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
         state = json.loads((path / STATE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(
-            f"{path}: damaged training state ({exc}); rerun with --force to start over"
+            f"{path}: damaged training state ({exc}); it is discarded: rerun to start over"
         ) from None
     weights = read_weights(path / WEIGHTS)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise InputError(
-            f"{path}: saved weights do not fit this model ({exc}); rerun with --force to start over"
+            f"{path}: saved weights do not fit this model ({exc}); it is discarded: rerun to start over"
         ) from None
     moments = read_weights(path / OPTIMIZER)
     params = dict(model.named_parameters())
@@ -122,7 +122,7 @@ def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
         name, _, field = key.partition("::")
         if name not in params:
             raise InputError(
-                f"{path / OPTIMIZER}: unknown parameter {name!r}; rerun with --force to start over"
+                f"{path / OPTIMIZER}: unknown parameter {name!r}; it is discarded: rerun to start over"
             )
         per_param.setdefault(index[id(params[name])], {})[field] = value
     sd = optimizer.state_dict()

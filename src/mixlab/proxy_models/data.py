@@ -3,8 +3,8 @@
 Reads a tokenize output directory (``<domain>/<split>/`` shards via
 ``mixlab.tokenize.shards.domain_stream``). Each run draws its own sequences from the train
 split, domain chosen per sequence by the run's mixture weights; everything random derives
-from the run's seed and run id, so a run's batches do not depend on the pack, slot or worker
-it lands in. Validation windows are fixed positions of the valid split, the same for all runs.
+from the run's seed and run id (`mixlab.stage.derive_rng`), so a run's batches do not depend
+on the pack, slot or worker it lands in. Validation windows are fixed positions of the valid split, the same for all runs.
 """
 
 from __future__ import annotations
