@@ -18,8 +18,9 @@ import sys
 CHILD = r"""
 import json, resource, sys, time
 import torch
-from mixlab.proxy_models.distill import distill_loss
-from mixlab.proxy_models.model import GPT, GPTConfig
+from mixlab.proxy_models.config import GPTConfig
+from mixlab.proxy_models.model import GPT
+from mixlab.proxy_models.train import distill_loss
 
 V, B, T, chunk = (int(x) for x in sys.argv[1:5])
 torch.manual_seed(0)

@@ -1,7 +1,9 @@
 """Training M proxies: a Python loop over M single models vs one swarm of M, same config and tokens.
 
-Prints tokens/s of each, their ratio and, on CUDA, the model FLOP utilisation. Needs only
-torch, numpy and mixlab's model file (no polars / Dask), so it runs on a bare GPU box:
+Prints tokens/s of each, their ratio and, on CUDA, the model FLOP utilisation. Both train
+with the stages' own step (`mixlab.proxy_models.train`: same device set-up, bf16 autocast,
+per-model clipping). Needs torch, numpy, pyarrow and mixlab's sources (no polars / Dask), so
+it runs on a bare GPU box:
 
     python benchmarks/swarm.py                    # M in {8, 32}, sizes picked for the device
     python benchmarks/swarm.py --m 8,32,128 --steps 30 --n-embd 128 --n-layer 5
@@ -17,7 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
-from mixlab.proxy_models.model import GPT, GPTConfig, count_params, flops_per_token  # noqa: E402
+from mixlab.proxy_models import train  # noqa: E402
+from mixlab.proxy_models.config import GPTConfig, count_params, flops_per_token  # noqa: E402
+from mixlab.proxy_models.model import GPT  # noqa: E402
 
 # Dense bf16 peak FLOP/s, for MFU; pass --peak-tflops for other devices.
 PEAK_TFLOPS = {
@@ -33,19 +37,17 @@ PEAK_TFLOPS = {
 
 def train_steps(models: list[GPT], optimizers: list, batches: torch.Tensor, device: str) -> float:
     """Run every step for every model (a loop when len(models) > 1); returns seconds."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    steps = [train.lm_step(model, device) for model in models]
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for step_batch in batches:  # (M, B, T+1)
         offset = 0
-        for model, opt in zip(models, optimizers):
+        for model, opt, step in zip(models, optimizers, steps):
             batch = step_batch[offset : offset + model.M]  # the same tokens each way
             offset += model.M
-            with autocast:
-                _, loss = model(batch[..., :-1], batch[..., 1:])
             opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
+            step(batch, 1.0)
             model.clip_grad_norm_per_model(1.0)
             opt.step()
     if device == "cuda":
@@ -93,12 +95,8 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak bf16 TFLOP/s for MFU")
     args = p.parse_args()
 
-    device = "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    device = train.setup_device(args.device, args.threads)
     gpu = device == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
     cfg = GPTConfig(
         vocab_size=args.vocab or (8192 if gpu else 1024),
         seq_len=args.seq_len or (256 if gpu else 64),
@@ -108,7 +106,7 @@ def main() -> None:
     )
     steps = args.steps or (20 if gpu else 5)
     batch_size = args.batch_size or (16 if gpu else 8)
-    name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    name = train.device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if gpu and k in name), None)
     fpt = flops_per_token(cfg)
     print(

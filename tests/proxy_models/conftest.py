@@ -107,3 +107,36 @@ def tokens_with_tokenizer(tokens_dir: Path) -> Path:
 @pytest.fixture
 def make_tokenizer() -> Callable[..., Path]:
     return write_tokenizer
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised right after a resume checkpoint is written."""
+
+
+class Checkpoints:
+    """The steps of the resume checkpoints written; `kill_at` makes the run die after that one."""
+
+    Killed = Killed
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.kill_at: int | None = None
+
+
+@pytest.fixture
+def checkpoints(monkeypatch: pytest.MonkeyPatch) -> Checkpoints:
+    """Watches (and can interrupt) the training loop's checkpoints, as a kill -9 would."""
+    from mixlab.proxy_models import train
+
+    seen = Checkpoints()
+    save = train.save_training_state
+
+    def save_and_watch(out, model, optimizer, state) -> None:
+        save(out, model, optimizer, state)
+        seen.steps.append(state["step"])
+        if seen.kill_at is not None and state["step"] >= seen.kill_at:
+            seen.kill_at = None
+            raise Killed
+
+    monkeypatch.setattr(train, "save_training_state", save_and_watch)
+    return seen

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from mixlab.errors import InputError
 from mixlab.proxy_models.checkpoint import save_model
-from mixlab.proxy_models.config import DistillConfig
-from mixlab.proxy_models.distill import distill_loss, run_distill
-from mixlab.proxy_models.model import GPT, GPTConfig
+from mixlab.proxy_models.config import DistillConfig, GPTConfig
+from mixlab.proxy_models.distill import run_distill
+from mixlab.proxy_models.model import GPT
+from mixlab.proxy_models.train import distill_loss
 
 VOCAB = 64  # the vocabulary of the tokens_dir fixture
 TEACHER = GPTConfig(vocab_size=VOCAB, seq_len=32, n_layer=2, n_head=2, n_embd=32)
@@ -101,7 +102,7 @@ def test_distill_writes_the_student_and_compares_it_with_scratch(
     ).is_file()
     comparison = json.loads((out / "comparison.json").read_text())
     assert set(comparison["models"]) == {"distilled", "scratch", "teacher"}
-    assert comparison["target"] == {"target": 1.0}
+    assert comparison["target"]["terms"] == {"target": 1.0}
     metrics = pq.read_table(out / "metrics.parquet").to_pylist()
     assert {(r["step"], r["model"]) for r in metrics} == {
         (s, m) for s in (3, 6) for m in ("distilled", "scratch")
@@ -203,3 +204,51 @@ def test_distilled_student_beats_the_same_student_from_scratch(tmp_path: Path, m
     assert losses["distilled"] < losses["scratch"]
     comparison = json.loads((tmp_path / "student" / "comparison.json").read_text())
     assert comparison["gap_vs_reference"]["scratch"] > 0
+
+
+def test_a_teacher_written_before_the_training_core_refactor_still_loads(
+    tokens_dir: Path, tmp_path: Path
+) -> None:
+    """The old layout: two safetensors metadata keys, the target as bare {name: coefficient}."""
+    from safetensors.torch import save_file
+
+    from mixlab.proxy_models.checkpoint import load_model
+
+    old = tmp_path / "old_teacher"
+    old.mkdir()
+    model = GPT(TEACHER, seeds=(7,))
+    weights = {k: v.float() for k, v in model.member_state_dict(0).items()}
+    save_file(weights, str(old / "model.safetensors"), metadata={"format": "pt", "producer": "mixlab"})
+    config = {
+        "format": "mixlab",
+        "model": {k: v for k, v in TEACHER.to_dict().items()},
+        "stage": "pretrain",
+        "mixture": {"alpha": 0.5, "beta": 0.5},
+        "target": {"target": 1.0},
+        "eos_id": 0,
+    }
+    (old / "config.json").write_text(json.dumps(config))
+    loaded, meta = load_model(old)
+    for name, value in model.member_state_dict(0).items():
+        torch.testing.assert_close(loaded.member_state_dict(0)[name], value)
+    manifest = run_distill(
+        {"teacher": old, "tokens": tokens_dir}, DistillConfig(**TINY), tmp_path / "student"
+    )
+    assert manifest.stats["target"]["terms"] == {"target": 1.0}
+
+
+def test_an_interrupted_distill_resumes_by_itself_to_the_same_bytes(
+    tokens_dir: Path, tmp_path: Path, capfd, checkpoints
+) -> None:
+    teacher = make_teacher(tmp_path / "teacher", tokens_dir)
+    cfg = DistillConfig(**{**TINY, "checkpoint_every": 2}, compare_scratch=True)
+    inputs = {"teacher": teacher, "tokens": tokens_dir}
+    run_distill(inputs, cfg, tmp_path / "straight")
+    checkpoints.kill_at = 2
+    with pytest.raises(checkpoints.Killed):
+        run_distill(inputs, cfg, tmp_path / "killed")
+    capfd.readouterr()
+    run_distill(inputs, cfg, tmp_path / "killed")
+    assert "distill: resuming from the checkpoint at step 2" in capfd.readouterr().err
+    for name in ("model.safetensors", "scratch/model.safetensors", "metrics.parquet", "comparison.parquet"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name

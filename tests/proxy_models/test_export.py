@@ -10,9 +10,9 @@ import torch
 
 from mixlab.errors import InputError
 from mixlab.proxy_models.checkpoint import load_model, save_model
-from mixlab.proxy_models.config import ExportConfig
+from mixlab.proxy_models.config import ExportConfig, GPTConfig
 from mixlab.proxy_models.export import run_export_hf
-from mixlab.proxy_models.model import GPT, GPTConfig
+from mixlab.proxy_models.model import GPT
 
 VOCAB = 64
 
@@ -59,7 +59,7 @@ def test_export_loads_in_transformers_with_the_same_logits(
 
 def test_export_round_trips_through_an_exported_directory(tmp_path: Path) -> None:
     src = make_model_dir(tmp_path / "model", None, tied=False)
-    run_export_hf(src, ExportConfig(), tmp_path / "hf")
+    run_export_hf({"model": src}, ExportConfig(), tmp_path / "hf")
     again, meta = load_model(tmp_path / "hf")  # an export is itself a loadable checkpoint
     ours, _ = load_model(src)
     assert meta["model_type"] == "llama"
@@ -69,7 +69,7 @@ def test_export_round_trips_through_an_exported_directory(tmp_path: Path) -> Non
 
 def test_bfloat16_export_stores_bfloat16_weights(tmp_path: Path) -> None:
     src = make_model_dir(tmp_path / "model", None)
-    run_export_hf(src, ExportConfig(dtype="bfloat16"), tmp_path / "hf_bf16")
+    run_export_hf({"model": src}, ExportConfig(dtype="bfloat16"), tmp_path / "hf_bf16")
     from safetensors.torch import load_file
 
     weights = load_file(tmp_path / "hf_bf16" / "model.safetensors")
@@ -81,5 +81,5 @@ def test_exporting_something_that_is_not_a_checkpoint_fails_cleanly(tmp_path: Pa
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_text("{broken")
     with pytest.raises(InputError, match="corrupt config"):
-        run_export_hf(tmp_path / "junk", ExportConfig(), tmp_path / "hf")
+        run_export_hf({"model": tmp_path / "junk"}, ExportConfig(), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mixlab.errors import ConfigError
-from mixlab.proxy_models.model import GPT, GPTConfig, count_params
+from mixlab.proxy_models.config import GPTConfig, count_params
+from mixlab.proxy_models.model import GPT
 
 TINY = GPTConfig(vocab_size=97, seq_len=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, tie_embeddings=False)
 
@@ -78,7 +79,7 @@ def test_member_state_dict_round_trips_with_hf_names() -> None:
 @pytest.mark.parametrize("tied", [False, True])
 def test_exported_member_gives_the_same_logits_in_transformers_llama(tied: bool) -> None:
     transformers = pytest.importorskip("transformers")
-    from mixlab.proxy_models.model import hf_llama_config
+    from mixlab.proxy_models.modeldir import hf_llama_config
 
     cfg = GPTConfig(**{**TINY.to_dict(), "tie_embeddings": tied})
     swarm = GPT(cfg, [7, 8]).eval()

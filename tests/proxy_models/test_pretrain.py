@@ -12,8 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from mixlab.errors import ConfigError, InputError, MixlabError
-from mixlab.proxy_models.config import PretrainConfig
-from mixlab.proxy_models.pretrain import lr_at, model_config, read_mixture, resolve_target, run_pretrain
+from mixlab.mixture import Mixture
+from mixlab.proxy_models.config import PretrainConfig, model_config
+from mixlab.proxy_models.pretrain import run_pretrain
+from mixlab.proxy_models.results import training_target
+from mixlab.proxy_models.train import lr_at
+from mixlab.tokenize.shards import TokenShards
 
 TINY = dict(
     n_layer=1,
@@ -100,24 +104,19 @@ def test_pretrain_writes_model_metrics_and_baseline_comparison(
 
 
 def test_resume_after_a_kill_ends_where_the_uninterrupted_run_ends(
-    tokens_dir: Path, mixture: Path, tmp_path: Path
+    tokens_dir: Path, mixture: Path, tmp_path: Path, checkpoints
 ) -> None:
     cfg = PretrainConfig(**{**TINY, "checkpoint_every": 2}, baselines=("uniform",))
     inputs = {"tokens": tokens_dir, "mixture": mixture}
     run_pretrain(inputs, cfg, tmp_path / "straight")
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_step_6(step: int) -> None:
-        if step == 6:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_pretrain(inputs, cfg, tmp_path / "killed", on_checkpoint=kill_at_step_6)
+    checkpoints.kill_at = 6
+    with pytest.raises(checkpoints.Killed):
+        run_pretrain(inputs, cfg, tmp_path / "killed")
     assert not (tmp_path / "killed").exists() and (tmp_path / ".killed.partial").is_dir()
-    steps_after_resume = []
-    run_pretrain(inputs, cfg, tmp_path / "killed", resume=True, on_checkpoint=steps_after_resume.append)
+    checkpoints.steps.clear()
+    run_pretrain(inputs, cfg, tmp_path / "killed")
+    steps_after_resume = checkpoints.steps
     assert steps_after_resume == []  # it continued after step 6: no checkpoint before the end was rewritten
 
     straight = pq.read_table(tmp_path / "straight" / "metrics.parquet").to_pylist()
@@ -150,20 +149,25 @@ def test_mixture_naming_an_absent_domain_fails_and_leaves_the_old_output(
 
 
 def test_mixture_files_are_validated(tokens_dir: Path, tmp_path: Path) -> None:
+    domains = TokenShards.open(tokens_dir).domains
     with pytest.raises(InputError, match="sum to"):
-        read_mixture(write_mixture(tmp_path / "m.json", {"alpha": 0.5, "beta": 0.2}), tokens_dir)
+        Mixture.read(write_mixture(tmp_path / "m.json", {"alpha": 0.5, "beta": 0.2}), domains)
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
-        read_mixture(tmp_path / "broken.json", tokens_dir)
+        Mixture.read(tmp_path / "broken.json", domains)
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"alpha": 0.25, "beta": 0.75}))
-    mix = read_mixture(plain, tokens_dir)
+    mix = Mixture.read(plain, domains)
     assert mix.weights == {"alpha": 0.25, "beta": 0.75} and mix.target is None
 
 
 def test_target_comes_from_the_flag_then_the_mixture_file_then_the_mean() -> None:
     scored = ["alpha", "beta", "gamma", "target"]
     mix = ["alpha", "beta", "gamma"]
+
+    def resolve_target(spec, recorded, mix, scored):
+        return training_target(spec, recorded, mix, scored, "mixture.json").terms
+
     assert resolve_target("alpha=0.5,beta=0.5", {"terms": {"target": 1.0}}, mix, scored) == {
         "alpha": 0.5,
         "beta": 0.5,
@@ -171,7 +175,7 @@ def test_target_comes_from_the_flag_then_the_mixture_file_then_the_mean() -> Non
     assert resolve_target(None, {"spec": "target", "terms": {"target": 1.0}}, mix, scored) == {"target": 1.0}
     assert resolve_target(None, "target", mix, scored) == {"target": 1.0}
     assert resolve_target(None, None, mix, scored) == pytest.approx(dict.fromkeys(mix, 1 / 3))
-    with pytest.raises(InputError, match="no validation split"):
+    with pytest.raises(InputError, match="no validation loss"):
         resolve_target(None, {"terms": {"news": 1.0}}, mix, scored)
     with pytest.raises(ConfigError, match="--target"):
         resolve_target("news", None, mix, scored)
@@ -195,6 +199,7 @@ def test_schedules_warm_up_then_decay_to_the_floor() -> None:
     wsd = PretrainConfig(
         steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2
     )
+    cos, wsd = cos.recipe, wsd.recipe
     assert lr_at(0, cos) == pytest.approx(0.1) and lr_at(9, cos) == pytest.approx(1.0)
     assert lr_at(99, cos) == pytest.approx(0.1, abs=1e-3)
     assert lr_at(50, wsd) == 1.0 and lr_at(79, wsd) == 1.0
@@ -312,11 +317,74 @@ def test_cli_resume_after_sigkill_matches_the_uninterrupted_run(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed").exists()
-    done = subprocess.run(
-        [*cmd, "--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True
-    )
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "killed")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "resuming from the checkpoint at step" in done.stderr
     straight = json.loads((tmp_path / "straight" / "config.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "config.json").read_text())
     assert resumed["target_loss"] == pytest.approx(straight["target_loss"], rel=1e-6, abs=1e-6)
+
+
+def test_an_interrupted_pretrain_resumes_by_itself_to_the_same_bytes(
+    tokens_dir: Path, mixture: Path, tmp_path: Path, capfd, checkpoints
+) -> None:
+    cfg = PretrainConfig(**{**TINY, "checkpoint_every": 2}, baselines=("uniform",))
+    inputs = {"tokens": tokens_dir, "mixture": mixture}
+    run_pretrain(inputs, cfg, tmp_path / "straight")
+
+    checkpoints.kill_at = 2  # killed right after its first checkpoint
+    with pytest.raises(checkpoints.Killed):
+        run_pretrain(inputs, cfg, tmp_path / "killed")
+    capfd.readouterr()
+    resumed = run_pretrain(inputs, cfg, tmp_path / "killed")  # no flag: a rerun is a resume
+    assert "pretrain: resuming from the checkpoint at step 2" in capfd.readouterr().err
+    straight = json.loads((tmp_path / "straight" / "config.json").read_text())
+    assert resumed.stats["target_loss"] == straight["target_loss"]
+    for name in (
+        "model.safetensors",
+        "metrics.parquet",
+        "config.json",
+        "baselines/uniform/model.safetensors",
+    ):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    columns = pq.read_schema(tmp_path / "killed" / "metrics.parquet").names
+    assert columns[:5] == ["step", "model", "tokens", "lr", "train_loss"] and columns[-1] == "target"
+
+
+def test_force_starts_an_interrupted_pretrain_over(
+    tokens_dir: Path, mixture: Path, tmp_path: Path, capfd, checkpoints
+) -> None:
+    cfg = PretrainConfig(**{**TINY, "checkpoint_every": 2})
+    inputs = {"tokens": tokens_dir, "mixture": mixture}
+    checkpoints.kill_at = 4
+    with pytest.raises(checkpoints.Killed):
+        run_pretrain(inputs, cfg, tmp_path / "pre")
+    capfd.readouterr()
+    checkpoints.steps.clear()
+    run_pretrain(inputs, cfg, tmp_path / "pre", force=True)
+    assert "resuming from the checkpoint" not in capfd.readouterr().err
+    assert checkpoints.steps == [2, 4, 6]  # every checkpoint written again: it started from step 0
+
+
+def test_two_identical_runs_write_byte_identical_files(
+    tokens_dir: Path, mixture: Path, tmp_path: Path
+) -> None:
+    cfg = PretrainConfig(**{**TINY, "steps": 4, "eval_every": 2})
+    inputs = {"tokens": tokens_dir, "mixture": mixture}
+    for name in ("a", "b"):
+        run_pretrain(inputs, cfg, tmp_path / name)
+    for name in ("model.safetensors", "metrics.parquet", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_weights_files_do_not_depend_on_hash_order(tmp_path: Path) -> None:
+    from mixlab.proxy_models.checkpoint import save_weights
+    from mixlab.proxy_models.config import GPTConfig
+    from mixlab.proxy_models.model import GPT
+
+    model = GPT(GPTConfig(vocab_size=64, seq_len=8, n_layer=1, n_head=2, n_embd=8), seeds=(0,))
+    # safetensors writes its metadata map in per-instance hash order: many saves would differ.
+    files = [tmp_path / f"{i}.safetensors" for i in range(8)]
+    for file in files:
+        save_weights(file, model, 0)
+    assert len({file.read_bytes() for file in files}) == 1

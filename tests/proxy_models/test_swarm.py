@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mixlab.cli import main
 from mixlab.errors import ConfigError, InputError
 from mixlab.proxy_models.config import SwarmConfig
-from mixlab.proxy_models.swarm import run_swarm, train_mixtures
+from mixlab.proxy_models.swarm import run_swarm_train, train_mixtures
 from mixlab.tables import write_table
 
 FAST = SwarmConfig(
@@ -64,7 +64,9 @@ def test_swarm_writes_one_row_per_run_with_losses_on_every_validation_domain(
 ) -> None:
     cands = _candidates(tmp_path / "c.parquet", MIXES)
     cfg = dataclasses.replace(FAST, repeats=3, repeat_mixtures=2)
-    manifest = run_swarm({"candidates": cands, "tokens": tokens_dir}, cfg, tmp_path / "swarm", client=client)
+    manifest = run_swarm_train(
+        {"candidates": cands, "tokens": tokens_dir}, cfg, tmp_path / "swarm", client=client
+    )
     runs = pl.read_parquet(tmp_path / "swarm" / "runs.parquet")
     assert runs.height == 4 + 2 * 2  # 4 candidates + 2 extra seeds for each of the first 2
     for col in (
@@ -93,7 +95,7 @@ def test_swarm_writes_one_row_per_run_with_losses_on_every_validation_domain(
         floor.filter(pl.col("domain") == "alpha")["loss_std"][0]
     )
     # A rerun with the same config and inputs does nothing.
-    assert run_swarm(
+    assert run_swarm_train(
         {"candidates": cands, "tokens": tokens_dir}, cfg, tmp_path / "swarm", client=client
     ).skipped
 
@@ -126,7 +128,7 @@ def test_domain_loss_falls_when_the_domain_is_trained_on(tokens_dir) -> None:
 def test_bad_candidates_are_refused_before_training(tmp_path, tokens_dir, rows, message) -> None:
     cands = _candidates(tmp_path / "c.parquet", rows)
     with pytest.raises(InputError, match=message):
-        run_swarm({"candidates": cands, "tokens": tokens_dir}, FAST, tmp_path / "out")
+        run_swarm_train({"candidates": cands, "tokens": tokens_dir}, FAST, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -141,7 +143,7 @@ def test_a_domain_with_too_few_tokens_is_refused_before_training(tmp_path, make_
     )
     cands = _candidates(tmp_path / "c.parquet", [{"big": 0.5, "small": 0.5}])
     with pytest.raises(InputError, match=r"fewer train tokens than one sequence.*'small': 10"):
-        run_swarm({"candidates": cands, "tokens": tokens}, FAST, tmp_path / "out")
+        run_swarm_train({"candidates": cands, "tokens": tokens}, FAST, tmp_path / "out")
 
 
 def test_model_sizes_that_do_not_divide_are_refused_with_the_flag_name() -> None:
@@ -229,3 +231,79 @@ def test_swarm_trains_on_cuda_with_bf16_autocast(tokens_dir) -> None:
     runs = train_mixtures(tokens_dir, MIXES[:2], dataclasses.replace(FAST, device="cuda"))
     assert runs.column("device")[0].as_py() != "cpu"
     assert np.isfinite(runs.column("loss.alpha").to_numpy()).all()
+
+
+@pytest.mark.parametrize("damage", ["no rows", "truncated"])
+def test_empty_or_truncated_candidates_are_one_worded_line(tmp_path, tokens_dir, damage) -> None:
+    cands = _candidates(tmp_path / "c.parquet", MIXES)
+    if damage == "no rows":
+        import pyarrow.parquet as pq
+
+        write_table(pq.read_table(cands).slice(0, 0), cands)
+    else:
+        data = cands.read_bytes()
+        cands.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as info:
+        run_swarm_train({"candidates": cands, "tokens": tokens_dir}, FAST, tmp_path / "out")
+    message = str(info.value)
+    assert str(cands) in message and "\n" not in message
+    assert ("has no rows" if damage == "no rows" else "not a readable parquet file") in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_swarm_stopped_between_packs_trains_only_the_other_packs(
+    tmp_path, tokens_dir, client, monkeypatch, capfd
+) -> None:
+    from mixlab.stage import TaskMarkers
+
+    cands = _candidates(tmp_path / "c.parquet", MIXES[:3])
+    cfg = dataclasses.replace(FAST, pack_size=1, steps=4)
+    inputs = {"candidates": cands, "tokens": tokens_dir}
+    mark = TaskMarkers.mark
+
+    def mark_then_stop(self, task, result):  # the run dies right after its first pack is marked
+        mark(self, task, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TaskMarkers, "mark", mark_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_swarm_train(inputs, cfg, tmp_path / "swarm", client=client)
+    monkeypatch.setattr(TaskMarkers, "mark", mark)
+    capfd.readouterr()
+    run_swarm_train(inputs, cfg, tmp_path / "swarm", client=client)
+    err = capfd.readouterr().err
+    assert "swarm: 1 run(s) already finished; training the other 2" in err
+    assert (
+        "(1/2)" in err and "(2/2)" in err and "(3/" not in err
+    )  # finished packs counted once each, in order
+    run_swarm_train(inputs, cfg, tmp_path / "straight", client=client)
+    resumed, straight = (pl.read_parquet(tmp_path / d / "runs.parquet") for d in ("swarm", "straight"))
+    assert resumed["run_id"].to_list() == straight["run_id"].to_list() == ["r00000", "r00001", "r00002"]
+    losses = [c for c in straight.columns if c.startswith("loss.")]
+    assert resumed.select(losses).equals(straight.select(losses))
+
+
+def test_the_model_stages_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mixlab.proxy_models.swarm, mixlab.proxy_models.pretrain, mixlab.proxy_models.distill, "
+        "mixlab.proxy_models.verify, mixlab.proxy_models.export, mixlab.proxy_models.config; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_seeds_derive_from_the_global_seed_as_before() -> None:
+    import xxhash
+
+    from mixlab.proxy_models.data import run_init_seed
+    from mixlab.proxy_models.swarm import RunSpec, with_repeats
+
+    assert run_init_seed(7, "r00003") == xxhash.xxh3_64_intdigest(b"init/r00003", seed=7) & 0x7FFF_FFFF_FFFF
+    repeat = with_repeats([RunSpec("r0", 11, {"a": 1.0}, "r0")], 3, 1)[2]
+    assert (repeat.run_id, repeat.seed) == (
+        "r0~s2",
+        xxhash.xxh3_64_intdigest(b"repeat/2", seed=11) & 0x7FFF_FFFF,
+    )

@@ -15,7 +15,7 @@ import pytest
 from mixlab.mixtures.config import SampleConfig
 from mixlab.mixtures.sample import run_sample
 from mixlab.proxy_models.config import SwarmConfig
-from mixlab.proxy_models.swarm import run_swarm, train_mixtures
+from mixlab.proxy_models.swarm import run_swarm_train, train_mixtures
 
 TINY = SwarmConfig(
     n_layer=1,
@@ -105,7 +105,7 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
             SampleConfig(candidates=24, proxy_tokens=cfg.train_tokens),
             tmp_path / "cands",
         )
-        manifest = run_swarm(
+        manifest = run_swarm_train(
             {"candidates": tmp_path / "cands" / "candidates.parquet", "tokens": tmp_path / "tokens"},
             cfg,
             tmp_path / "swarm",
@@ -147,7 +147,7 @@ def test_a_killed_swarm_resumes_and_skips_finished_runs(tmp_path, tokens_dir, ca
         "1",
     ]
     out = tmp_path / "swarm"
-    work = tmp_path / ".swarm.partial" / "_work"
+    markers = tmp_path / ".swarm.partial" / "_work" / "markers" / "packs"  # one marker per finished pack
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -167,12 +167,12 @@ def test_a_killed_swarm_resumes_and_skips_finished_runs(tmp_path, tokens_dir, ca
     )
     try:
         deadline = time.time() + 120
-        while len(list(work.glob("pack_*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
+        while len(list(markers.glob("*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finished = len(list(work.glob("pack_*.parquet")))
+    finished = len(list(markers.glob("*.json")))
     assert 2 <= finished < 6 and not out.exists()
 
     cfg = SwarmConfig(
@@ -193,7 +193,7 @@ def test_a_killed_swarm_resumes_and_skips_finished_runs(tmp_path, tokens_dir, ca
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc,
         Client(lc) as c,
     ):
-        run_swarm({"candidates": cands, "tokens": tokens_dir}, cfg, out, client=c)
+        run_swarm_train({"candidates": cands, "tokens": tokens_dir}, cfg, out, client=c)
     assert f"{finished} run(s) already finished" in capfd.readouterr().err
     runs = pl.read_parquet(out / "runs.parquet")
     c = pl.read_parquet(cands)

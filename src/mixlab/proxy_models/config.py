@@ -1,23 +1,201 @@
-"""The model stages' configs: `swarm train`, `pretrain`, `distill`, `export hf`.
+"""The model stages' configs (`swarm train`, `pretrain`, `distill`, `export hf`) and what they share.
 
-Torch-free, so the CLI can build its flags without importing torch.
+`ModelSize` is a model's shape, `GPTConfig` that shape with its vocabulary, and `Recipe` how a
+model is trained: the training core (`train.py`) reads these two and nothing else, whichever
+stage calls it. Each stage config keeps its own flags and defaults and builds its `size` and
+`recipe` from them, so every check lives in one place and is worded with the flags.
+Torch-free, so the CLI can build its flags and a stage can size a model without importing torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mixlab.config import check_choices, option
+from mixlab.config import check_choices, flag_name, load_yaml, option
 from mixlab.errors import ConfigError
+
+# A stage's `inputs`: input name -> a path, a list of paths, or None (see mixlab.stage).
+StageInputs = Mapping[str, Any]
+
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("cosine", "wsd")
+
+
+# --- model shape ------------------------------------------------------------------------------
+
+
+def _check_shape(size: ModelSize, spell: Callable[[str], str], prefix: str) -> None:
+    """The rules every model shape obeys; `spell` names a field (a flag, or the field itself)."""
+    # Resolve the defaults so that every reader sees plain ints.
+    if size.n_kv_head is None:
+        object.__setattr__(size, "n_kv_head", size.n_head)
+    if size.mlp_hidden is None:
+        object.__setattr__(size, "mlp_hidden", 16 * math.ceil(8 * size.n_embd / 3 / 16))
+    for name in ("seq_len", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
+        if getattr(size, name) < 1:
+            raise ConfigError(f"{prefix}{spell(name)} must be at least 1, got {getattr(size, name)}")
+    if size.n_embd % size.n_head:
+        raise ConfigError(
+            f"{prefix}{spell('n_embd')} ({size.n_embd}) must be divisible by {spell('n_head')} ({size.n_head})"
+        )
+    if size.head_dim % 2:
+        raise ConfigError(
+            f"{prefix}head size {spell('n_embd')}/{spell('n_head')} = {size.head_dim} "
+            "must be even for rotary positions"
+        )
+    if size.n_head % size.n_kv_head:
+        raise ConfigError(
+            f"{prefix}{spell('n_head')} ({size.n_head}) must be divisible by "
+            f"{spell('n_kv_head')} ({size.n_kv_head})"
+        )
+    if size.rope_theta <= 0 or size.norm_eps <= 0:
+        raise ConfigError(f"{prefix}{spell('rope_theta')} and {spell('norm_eps')} must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    """A model's shape without its vocabulary (that comes from the tokens directory).
+
+    What the size flags and model files set; errors name the flags.
+    """
+
+    n_layer: int = 2
+    n_head: int = 4
+    n_kv_head: int | None = None  # grouped-query attention; None means n_head (plain multi-head)
+    n_embd: int = 64
+    mlp_hidden: int | None = None  # SwiGLU hidden size; None means 8/3 * n_embd rounded up to 16
+    seq_len: int = 128  # longest sequence the model is trained on (rotary needs no table limit)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        _check_shape(self, flag_name, "")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """This shape with the tokens' vocabulary: the one way a stage builds its GPTConfig."""
+        return GPTConfig(vocab_size=vocab_size, **_shape_values(self))
+
+
+def _shape_values(size: ModelSize) -> dict[str, Any]:
+    return {f.name: getattr(size, f.name) for f in dataclasses.fields(ModelSize)}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig(ModelSize):
+    """Everything the network's tensors depend on: a shape and a vocabulary (see model.py).
+
+    Built from code and model files, so its errors name the fields, not flags.
+    """
+
+    vocab_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:
+            raise ConfigError(f"model config: vocab_size must be at least 1, got {self.vocab_size}")
+        _check_shape(self, str, "model config: ")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> GPTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def count_params(cfg: GPTConfig, non_embedding: bool = False) -> int:
+    """Parameters of one model; non_embedding excludes the token embedding and output projection."""
+    C, H, hd = cfg.n_embd, cfg.mlp_hidden, cfg.head_dim
+    attn = C * cfg.n_head * hd * 2 + C * cfg.n_kv_head * hd * 2
+    layer = attn + 3 * C * H + 2 * C
+    body = cfg.n_layer * layer + C
+    if non_embedding:
+        return body
+    embeddings = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
+    return body + embeddings
+
+
+def flops_per_token(cfg: GPTConfig, T: int | None = None) -> float:
+    """Training FLOPs per token of one model (forward + backward): 6 N + 12 L T C (PaLM appendix B)."""
+    T = T or cfg.seq_len
+    n_matmul = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.n_embd  # + output projection
+    return 6.0 * n_matmul + 12.0 * cfg.n_layer * T * cfg.n_embd
+
+
+# --- training recipe --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a model is trained: schedule, optimizer, clipping, evaluation and where it runs.
+
+    The training core reads only this; each stage config builds it from its flags.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float
+    grad_clip: float  # per model, never a global norm across a swarm
+    eval_sequences: int
+    eval_every: int  # an evaluation every this many steps, and always at the end
+    checkpoint_every: int  # a resume checkpoint every this many steps (none at the end)
+    grad_accum: int = 1
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2  # wsd only
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_sequences", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{flag_name(name)}: must be at least 1")
+        for name in ("warmup_steps", "threads", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag_name(name)}: must not be negative")
+        if self.lr <= 0:
+            raise ConfigError("--lr: must be positive")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("--min-lr-ratio: must lie in [0, 1]")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError("--decay-fraction: must lie in (0, 1]")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device: {self.device!r} is not one of {', '.join(DEVICES)}")
+
+    @classmethod
+    def of(cls, cfg: Any, **fixed: Any) -> Recipe:
+        """The recipe of a stage config: its fields of these names, `fixed` for the ones it has no flag for."""
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)}
+        return cls(**{**values, **fixed})
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Sequences per optimizer step (times seq_len gives tokens)."""
+        return self.batch_size * self.grad_accum
+
+
+# --- stage configs ----------------------------------------------------------------------------
+
+SWARM_SIZE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden", "tie_embeddings", "seq_len")
 
 
 @dataclasses.dataclass(frozen=True)
 class SwarmConfig:
     """`mixlab swarm train`: the proxy model, its training recipe and how runs are packed."""
-
-    SECTION = "swarm"
 
     n_layer: int = option(2, "transformer layers of each proxy")
     n_head: int = option(4, "attention heads (must divide --n-embd)")
@@ -34,49 +212,35 @@ class SwarmConfig:
     weight_decay: float = option(0.1, "AdamW weight decay on weight matrices (not norms)")
     grad_clip: float = option(1.0, "clip each proxy's gradient norm to this (0 = off); never a global norm")
     eval_sequences: int = option(32, "validation windows per domain (the same windows for every run)")
+    device: str = option("auto", "where to train: auto (CUDA when present), cpu or cuda", choices=DEVICES)
+    threads: int = option(0, "torch threads per task on CPU (0 = the worker's share of the machine's cores)")
     pack_size: int = option(32, "proxies trained together in one swarm (one Dask task)")
     repeats: int = option(1, "seeds per repeated mixture; above 1 measures the noise floor")
     repeat_mixtures: int = option(4, "how many candidates (the first ones) are trained --repeats times")
-    device: str = option(
-        "auto", "where to train: auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda")
-    )
-    threads: int = option(0, "torch threads per task on CPU (0 = the worker's share of the machine's cores)")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("seq_len", "batch_size", "steps", "eval_sequences", "pack_size", "repeats"):
+        for name in ("pack_size", "repeats"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError("--lr: must be positive")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("--min-lr-ratio: must lie in [0, 1]")
-        if self.warmup_steps < 0 or self.repeat_mixtures < 0 or self.threads < 0:
-            raise ConfigError("--warmup-steps / --repeat-mixtures / --threads: must not be negative")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("--weight-decay / --grad-clip: must not be negative")
-        self.model_config(vocab_size=2)  # sizes that do not divide fail here, before any data is read
+                raise ConfigError(f"{flag_name(name)}: must be at least 1")
+        if self.repeat_mixtures < 0:
+            raise ConfigError("--repeat-mixtures: must not be negative")
+        # Built once here so that a bad recipe flag, or sizes that do not divide, fail before
+        # any data is read.
+        _ = self.recipe, self.size
 
-    def model_config(self, vocab_size: int) -> Any:
-        """The GPTConfig of one proxy (errors worded with this stage's flags)."""
-        from mixlab.proxy_models.model import GPTConfig
+    @property
+    def size(self) -> ModelSize:
+        return ModelSize(**{name: getattr(self, name) for name in SWARM_SIZE_FIELDS})
 
-        try:
-            return GPTConfig(
-                vocab_size=vocab_size,
-                seq_len=self.seq_len,
-                n_layer=self.n_layer,
-                n_head=self.n_head,
-                n_kv_head=self.n_kv_head,
-                n_embd=self.n_embd,
-                mlp_hidden=self.mlp_hidden,
-                tie_embeddings=self.tie_embeddings,
-            )
-        except ConfigError as exc:
-            message = str(exc).removeprefix("model config: ")
-            for name in ("n_embd", "n_head", "n_kv_head", "n_layer", "mlp_hidden", "seq_len"):
-                message = message.replace(name, "--" + name.replace("_", "-"))
-            raise ConfigError(message) from None
+    @property
+    def recipe(self) -> Recipe:
+        """One proxy's recipe: cosine schedule, evaluated once at the end, never checkpointed."""
+        return Recipe.of(self, eval_every=self.steps, checkpoint_every=self.steps)
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig of one proxy."""
+        return self.size.gpt_config(vocab_size)
 
     @property
     def train_tokens(self) -> int:
@@ -116,55 +280,45 @@ class TrainConfig:
     batch_size: int = option(16, "sequences per micro-batch")
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
     lr: float = option(2e-3, "peak learning rate (AdamW)")
+    warmup_steps: int = option(30, "linear warmup steps")
     schedule: str = option(
         "cosine",
         "learning-rate schedule after warmup: cosine, or wsd (warmup-stable-decay)",
-        choices=("cosine", "wsd"),
+        choices=SCHEDULES,
     )
-    warmup_steps: int = option(30, "linear warmup steps")
     decay_fraction: float = option(0.2, "wsd: share of the steps spent decaying at the end")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
     weight_decay: float = option(0.1, "AdamW weight decay on weight matrices (not norms)")
     grad_clip: float = option(1.0, "clip each model's gradient norm to this (0 = off)")
-    eval_every: int = option(50, "steps between validation passes (and at the end)")
-    eval_sequences: int = option(32, "validation windows per domain")
-    checkpoint_every: int = option(50, "steps between resume checkpoints")
     target: str | None = option(
         None,
         "target loss: mean, a validation domain, or code=0.5,prose=0.5 "
         "(default: the mixture file's target, else mean)",
     )
+    eval_every: int = option(50, "steps between validation passes (and at the end)")
+    eval_sequences: int = option(32, "validation windows per domain")
+    checkpoint_every: int = option(50, "steps between resume checkpoints")
     seed: int = option(0, "seed of initialisation and data order")
-    device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=DEVICES)
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_sequences", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError("--lr: must be positive")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("--min-lr-ratio: must lie in [0, 1]")
-        if not 0 < self.decay_fraction <= 1:
-            raise ConfigError("--decay-fraction: must lie in (0, 1]")
-        if self.warmup_steps < 0 or self.threads < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(
-                "--warmup-steps / --threads / --weight-decay / --grad-clip: must not be negative"
-            )
+        _ = self.recipe  # checks the recipe flags
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe.of(self)
 
     @property
     def tokens_per_step(self) -> int:
         """Sequences per optimizer step (times seq_len gives tokens)."""
-        return self.batch_size * self.grad_accum
+        return self.recipe.tokens_per_step
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig(TrainConfig):
     """`mixlab pretrain`: the full model on the chosen mixture, and baselines for comparison."""
-
-    SECTION = "pretrain"
 
     model: Path | None = option(None, "model size file (.yaml/.json with GPTConfig keys); flags override it")
     baselines: tuple[str, ...] = option(
@@ -183,8 +337,6 @@ class PretrainConfig(TrainConfig):
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(TrainConfig):
     """`mixlab distill`: a student model trained on a teacher's temperature-softened outputs."""
-
-    SECTION = "distill"
 
     student: Path | None = option(
         None, "student size file (.yaml/.json with GPTConfig keys); size flags override it"
@@ -214,11 +366,62 @@ DTYPES = ("float32", "bfloat16", "float16")
 class ExportConfig:
     """`mixlab export hf`: the weights' dtype in the exported checkpoint."""
 
-    SECTION = "export"
-
     dtype: str = option(
         "float32", "dtype of the exported weights: float32, bfloat16 or float16", choices=DTYPES
     )
 
     def __post_init__(self) -> None:
         check_choices(self)
+
+
+# --- model sizes of pretrain and distill: stage defaults < model file < flags --------------------
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """A model size file: YAML or JSON mapping of GPTConfig keys (a mixlab config.json works too)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: model file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    else:
+        data = load_yaml(path)
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]  # a mixlab checkpoint's config.json, or a YAML with a `model:` section
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of model sizes")
+    valid = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise ConfigError(f"{path}: unknown model key(s) {unknown} (valid: {', '.join(sorted(valid))})")
+    return dict(data)
+
+
+def model_config(
+    cfg: TrainConfig,
+    file: Path | None,
+    defaults: Mapping[str, Any],
+    vocab_size: int,
+    flag: str = "--model",
+) -> GPTConfig:
+    """GPTConfig from stage defaults < the model file < size flags; the vocabulary from the tokens."""
+    values: dict[str, Any] = dict(defaults)
+    if file is not None:
+        values.update(read_model_file(file))
+    file_vocab = values.pop("vocab_size", None)
+    if file_vocab is not None and int(file_vocab) != vocab_size:
+        raise ConfigError(
+            f"{flag} {file}: vocab_size {file_vocab} differs from the tokenizer's {vocab_size}; "
+            "drop vocab_size from the model file (it comes from the tokens directory)"
+        )
+    values.update({k: getattr(cfg, k) for k in MODEL_FIELDS if getattr(cfg, k) is not None})
+    try:
+        size = ModelSize(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{flag}: bad model size value ({exc})") from None
+    return size.gpt_config(vocab_size)

@@ -3,30 +3,37 @@
 Reads a tokenize output directory (``<domain>/<split>/`` shards via
 ``mixlab.tokenize.shards.domain_stream``). Each run draws its own sequences from the train
 split, domain chosen per sequence by the run's mixture weights; everything random derives
-from the run's seed and run id, so a run's batches do not depend on the pack, slot or worker
-it lands in. Validation windows are fixed positions of the valid split, the same for all runs.
+from the run's seed and run id (`mixlab.stage.derive_rng`), so a run's batches do not depend
+on the pack, slot or worker it lands in. Validation windows are fixed positions of the valid split, the same for all runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
 from mixlab.errors import InputError
-from mixlab.tokenize.shards import domain_stream
-
-
-def run_rng(seed: int, run_id: str, purpose: str) -> np.random.Generator:
-    """A generator for one purpose of one run, from (seed, run id) only."""
-    return np.random.default_rng(xxhash.xxh3_64_intdigest(f"{purpose}/{run_id}".encode(), seed=seed))
+from mixlab.stage import derive_rng, derive_seed
+from mixlab.tokenize.shards import TokenShards, domain_stream
 
 
 def run_init_seed(seed: int, run_id: str) -> int:
-    """The model initialisation seed of a run (a torch seed), from (seed, run id) only."""
-    return xxhash.xxh3_64_intdigest(f"init/{run_id}".encode(), seed=seed) & 0x7FFF_FFFF_FFFF
+    """The model initialisation seed of a run (a torch seed, 47 bits), from (seed, run id) only."""
+    return derive_seed(seed, "init", run_id, bits=47)
+
+
+def check_train_tokens(shards: TokenShards, mixtures: Iterable[Mapping[str, float]], seq_len: int) -> None:
+    """Every domain a mixture trains on needs at least one train sequence; fails before any training."""
+    train = shards.tokens("train")
+    used = {d for weights in mixtures for d, w in weights.items() if w > 0}
+    short = {d: train.get(d, 0) for d in sorted(used) if train.get(d, 0) < seq_len + 1}
+    if short:
+        raise InputError(
+            f"{shards.path}: domain(s) with fewer train tokens than one sequence of --seq-len {seq_len} + 1: "
+            f"{short}; lower --seq-len or give those domains zero weight"
+        )
 
 
 def windows(stream: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
@@ -63,7 +70,7 @@ class MixtureLoader:
                     f"{tokens_dir}: domain {d!r} has {len(s)} train tokens, fewer than one sequence "
                     f"of --seq-len {seq_len} + 1; give it zero weight or lower --seq-len"
                 )
-        self.rng = run_rng(seed, run_id, "data")
+        self.rng = derive_rng(seed, "data", run_id)
         self.tokens = dict.fromkeys(self.domains, 0)
 
     def next_batch(self) -> np.ndarray:

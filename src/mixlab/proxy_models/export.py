@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.console import log
-from mixlab.proxy_models.config import ExportConfig
-from mixlab.stage import Manifest, StageDir, run_stage, write_json
+from mixlab.proxy_models.config import ExportConfig, GPTConfig, StageInputs
+from mixlab.proxy_models.modeldir import CONFIG, WEIGHTS, hf_llama_config, read_model_config, tokenizer_json
+from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage, write_json
 from mixlab.tokenize.tokenizer import HF_FILES
 
 
-def hf_config(model_cfg: Any, meta: Mapping[str, Any], dtype: str) -> dict[str, Any]:
+def hf_config(model_cfg: GPTConfig, meta: Mapping[str, Any], dtype: str) -> dict[str, Any]:
     """config.json for transformers: the Llama architecture plus dtype and special token ids."""
-    from mixlab.proxy_models.model import hf_llama_config
-
     config = {**hf_llama_config(model_cfg), "torch_dtype": dtype, "dtype": dtype}
     eos = meta.get("eos_id", meta.get("eos_token_id"))
     if eos is not None:
@@ -32,28 +31,19 @@ def hf_config(model_cfg: Any, meta: Mapping[str, Any], dtype: str) -> dict[str, 
 
 
 def run_export_hf(
-    inputs: Mapping[str, Path | str] | Path | str,
-    cfg: ExportConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: StageInputs, cfg: ExportConfig, out_dir: Path | str, client: Any = None, *, force: bool = False
 ) -> Manifest:
-    """Export a model directory (inputs: the dir, or {"model": dir}) as a Hugging Face Llama checkpoint."""
-    import torch
-    from safetensors.torch import save_file
-
-    from mixlab.proxy_models.checkpoint import load_model, read_model_config, tokenizer_json
-
-    model_dir = Path(inputs["model"] if isinstance(inputs, Mapping) else inputs)
+    """Export a model directory (inputs: {"model": dir}) as a Hugging Face Llama checkpoint."""
+    inputs = absolute_inputs(inputs)
+    model_dir = Path(inputs["model"])
     model_cfg, meta = read_model_config(model_dir)  # fails early on a directory that is not a checkpoint
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        model, _ = load_model(model_dir)
-        dtype = getattr(torch, cfg.dtype)
-        weights = {k: v.to(dtype).contiguous() for k, v in model.member_state_dict(0).items()}
-        save_file(weights, str(stage.out / "model.safetensors"), metadata={"format": "pt"})
-        write_json(stage.out / "config.json", hf_config(model_cfg, meta, cfg.dtype))
+        from mixlab.proxy_models import checkpoint
+
+        model, _ = checkpoint.load_model(model_dir)
+        sizes = checkpoint.save_weights(stage.out / WEIGHTS, model, 0, dtype=cfg.dtype)
+        write_json(stage.out / CONFIG, hf_config(model_cfg, meta, cfg.dtype))
         tok = tokenizer_json(model_dir)
         files = []
         if tok is None:
@@ -63,7 +53,7 @@ def run_export_hf(
                 if (tok.parent / name).is_file():
                     shutil.copy2(tok.parent / name, stage.out / name)
                     files.append(name)
-        counts = {"tensors": len(weights), "params": sum(v.numel() for v in weights.values())}
+        counts = {"tensors": len(sizes), "params": sum(sizes.values())}
         stats = {
             "architecture": "LlamaForCausalLM",
             "dtype": cfg.dtype,
@@ -72,4 +62,4 @@ def run_export_hf(
         }
         return counts, stats
 
-    return run_stage("export-hf", cfg, {"model": model_dir}, out_dir, body, force=force)
+    return run_stage("export_hf", cfg, {"model": model_dir}, out_dir, body, force=force)

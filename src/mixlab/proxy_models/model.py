@@ -6,11 +6,12 @@ own initialisation seed and its own batch. Member weights convert to and from Hu
 Llama names and layout (``member_state_dict``), so an exported member gives the same logits
 in ``transformers.LlamaForCausalLM``. Shapes use M (models), B (batch), T (time), C (width),
 H (MLP hidden), V (vocab), nh / nkv (query / key-value heads), hd (head size).
+The shapes come from `GPTConfig` (in ``config.py``, torch-free so a stage can size a model
+without importing torch).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -19,79 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mixlab.errors import ConfigError
-
-
-@dataclasses.dataclass(frozen=True)
-class GPTConfig:
-    vocab_size: int = 1024
-    seq_len: int = 128  # longest sequence the model is trained on (rotary needs no table limit)
-    n_layer: int = 2
-    n_head: int = 4
-    n_kv_head: int | None = None  # grouped-query attention; None means n_head (plain multi-head)
-    n_embd: int = 64
-    mlp_hidden: int | None = None  # SwiGLU hidden size; None means 8/3 * n_embd rounded up to 16
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        # Resolve the defaults so that every reader sees plain ints.
-        if self.n_kv_head is None:
-            object.__setattr__(self, "n_kv_head", self.n_head)
-        if self.mlp_hidden is None:
-            object.__setattr__(self, "mlp_hidden", 16 * math.ceil(8 * self.n_embd / 3 / 16))
-        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model config: {name} must be at least 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
-        if self.head_dim % 2:
-            raise ConfigError(
-                f"model config: head size n_embd/n_head = {self.head_dim} must be even for rotary positions"
-            )
-        if self.n_head % self.n_kv_head:
-            raise ConfigError(
-                f"model config: n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})"
-            )
-        if self.rope_theta <= 0 or self.norm_eps <= 0:
-            raise ConfigError("model config: rope_theta and norm_eps must be positive")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> GPTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def hf_llama_config(cfg: GPTConfig) -> dict:
-    """The `transformers.LlamaConfig` keyword arguments describing the same architecture."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.mlp_hidden,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
-    }
-
+from mixlab.proxy_models.config import GPTConfig, count_params
 
 # --- building blocks, all batched over the leading model dimension M -----------------------
 
@@ -343,22 +272,3 @@ class GPT(nn.Module):
                     f"member state dict: {name} has shape {tuple(value.shape)}, expected {tuple(p.shape[1:])}"
                 )
             p[m].copy_(value.to(p.dtype))
-
-
-def count_params(cfg: GPTConfig, non_embedding: bool = False) -> int:
-    """Parameters of one model; non_embedding excludes the token embedding and output projection."""
-    C, H, hd = cfg.n_embd, cfg.mlp_hidden, cfg.head_dim
-    attn = C * cfg.n_head * hd * 2 + C * cfg.n_kv_head * hd * 2
-    layer = attn + 3 * C * H + 2 * C
-    body = cfg.n_layer * layer + C
-    if non_embedding:
-        return body
-    embeddings = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
-    return body + embeddings
-
-
-def flops_per_token(cfg: GPTConfig, T: int | None = None) -> float:
-    """Training FLOPs per token of one model (forward + backward): 6 N + 12 L T C (PaLM appendix B)."""
-    T = T or cfg.seq_len
-    n_matmul = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.n_embd  # + output projection
-    return 6.0 * n_matmul + 12.0 * cfg.n_layer * T * cfg.n_embd

@@ -5,7 +5,8 @@ Candidates are packed into swarms (one Dask task per pack, ``resources={"GPU": 1
 workers declare GPUs); every member is scored on each domain's validation split (fixed
 windows, the same for every run), including validation-only domains such as ``target``.
 Writes ``runs.parquet`` (one row per run), ``noise_floor.parquet`` when ``--repeats`` > 1.
-Finished packs are kept in the stage's work dir, so a restarted swarm skips finished runs.
+Each finished pack's rows are kept in the stage's work dir and its completion marker written
+after them (`TaskMarkers`), so a rerun of a killed swarm trains only the unfinished packs.
 """
 
 from __future__ import annotations
@@ -13,25 +14,32 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import xxhash
 
+from mixlab.cluster import dask_client, has_gpu_workers
 from mixlab.console import log, progress
 from mixlab.errors import ConfigError, InputError
-from mixlab.proxy_models.config import SwarmConfig
-from mixlab.stage import Manifest, StageDir, run_stage
-from mixlab.tables import parquet_files, write_table
-from mixlab.tokenize.shards import SPLITS, domains, read_token_counts, split_dir, tokens_info
+from mixlab.mixture import LOSS_PREFIX, WEIGHT_PREFIX, Mixture
+from mixlab.proxy_models.config import GPTConfig, StageInputs, SwarmConfig, count_params
+from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
+from mixlab.proxy_models.results import final_rows
+from mixlab.stage import Manifest, StageDir, TaskMarkers, absolute_inputs, derive_seed, run_stage
+from mixlab.tables import read_table, write_table
+from mixlab.tokenize.shards import SPLITS, TokenShards
 
 RUNS = "runs.parquet"
 NOISE_FLOOR = "noise_floor.parquet"
+PACKS = "packs"  # the work dir's finished packs: markers/packs/<task>.json, packs/<task>.parquet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,29 +55,25 @@ class RunSpec:
 # --- candidates -> runs -------------------------------------------------------------------
 
 
-def read_candidates(path: Path | str, tokens_dir: Path | str) -> tuple[list[RunSpec], list[str]]:
+def read_candidates(path: Path | str, tokens: TokenShards) -> tuple[list[RunSpec], list[str]]:
     """Validate candidates against the tokens directory; returns the runs and the mixture domains."""
-    files = parquet_files(path)
-    table = pa.concat_tables([pq.read_table(f) for f in files])
-    where = files[0] if len(files) == 1 else path
-    missing = [c for c in ("run_id", "seed") if c not in table.column_names]
-    weight_cols = [c for c in table.column_names if c.startswith("w.")]
-    if missing or not weight_cols:
+    make = "make candidates with `mixlab mixtures sample TOKENS --out DIR`"
+    table = read_table(path, required=("run_id", "seed"), fix=make)
+    weight_cols = [c for c in table.column_names if c.startswith(WEIGHT_PREFIX)]
+    if not weight_cols:
         raise InputError(
-            f"{where}: expected columns run_id, seed, w.<domain> (missing: {missing or 'w.<domain> columns'}); "
-            "make candidates with `mixlab mixtures sample TOKENS --out DIR`"
+            f"{path}: no w.<domain> weight columns (found: {', '.join(table.column_names)}); {make}"
         )
-    mix_domains = [c[2:] for c in weight_cols]
-    available = set(domains(tokens_dir))
-    unknown = [d for d in mix_domains if d not in available]
+    mix_domains = [c.removeprefix(WEIGHT_PREFIX) for c in weight_cols]
+    unknown = [d for d in mix_domains if d not in tokens.domains]
     if unknown:
         raise InputError(
-            f"{where}: weights name domain(s) {unknown} that {tokens_dir} does not have "
-            f"(it has: {', '.join(sorted(available))}); sample candidates from the same tokens directory"
+            f"{path}: weights name domain(s) {unknown} that {tokens.path} does not have "
+            f"(it has: {', '.join(tokens.domains)}); sample candidates from the same tokens directory"
         )
     run_ids = table.column("run_id").cast(pa.string()).to_pylist()
     if len(set(run_ids)) != len(run_ids) or None in run_ids:
-        raise InputError(f"{where}: run_id values must be unique and non-null")
+        raise InputError(f"{path}: run_id values must be unique and non-null")
     w = np.column_stack(
         [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in weight_cols]
     )
@@ -79,7 +83,7 @@ def read_candidates(path: Path | str, tokens_dir: Path | str) -> tuple[list[RunS
     if bad.size:
         i = int(bad[0])
         raise InputError(
-            f"{where}: run {run_ids[i]!r} has weights that are negative or do not sum to 1 "
+            f"{path}: run {run_ids[i]!r} has weights that are negative or do not sum to 1 "
             f"(sum {w[i].sum():.6g}; {bad.size} such row(s)); weights must be non-negative and sum to one"
         )
     seeds = table.column("seed").to_numpy(zero_copy_only=False).astype(np.int64)
@@ -95,133 +99,66 @@ def with_repeats(runs: Sequence[RunSpec], repeats: int, repeat_mixtures: int) ->
     out = list(runs)
     for base in runs[:repeat_mixtures] if repeats > 1 else []:
         for k in range(1, repeats):
-            seed = xxhash.xxh3_64_intdigest(f"repeat/{k}".encode(), seed=base.seed) & 0x7FFF_FFFF
-            out.append(RunSpec(f"{base.run_id}~s{k}", seed, base.weights, base.run_id))
+            out.append(
+                RunSpec(
+                    f"{base.run_id}~s{k}",
+                    derive_seed(base.seed, "repeat", k, bits=31),
+                    base.weights,
+                    base.run_id,
+                )
+            )
     return out
-
-
-def check_train_tokens(tokens_dir: Path | str, runs: Sequence[RunSpec], seq_len: int) -> None:
-    """Every domain a run trains on needs at least one train sequence; fails before any training."""
-    counts = read_token_counts(tokens_dir).to_pylist()
-    train = {r["domain"]: r["tokens"] for r in counts if r["split"] == "train"}
-    used = {d for r in runs for d, w in r.weights.items() if w > 0}
-    short = {d: train.get(d, 0) for d in sorted(used) if train.get(d, 0) < seq_len + 1}
-    if short:
-        raise InputError(
-            f"{tokens_dir}: domain(s) with fewer train tokens than one sequence of --seq-len {seq_len} + 1: "
-            f"{short}; lower --seq-len or give those domains zero weight"
-        )
-
-
-def eval_domains(tokens_dir: Path | str, seq_len: int) -> list[str]:
-    """Domains with a validation split long enough to score (mixture domains and extras like `target`)."""
-    counts = read_token_counts(tokens_dir).to_pylist()
-    return sorted(
-        r["domain"]
-        for r in counts
-        if r["split"] == "valid"
-        and r["tokens"] >= seq_len + 1
-        and split_dir(tokens_dir, r["domain"], "valid").is_dir()
-    )
 
 
 # --- training one pack -----------------------------------------------------------------------
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device visible to this worker; use --device auto or cpu")
-    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-
-
-def lr_at(step: int, cfg: SwarmConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio x lr."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train_pack(
     runs: Sequence[RunSpec],
     cfg: SwarmConfig,
-    tokens_dir: str,
-    scored_domains: Sequence[str],
+    tokens_dir: Path | str,
+    scored: Sequence[str],
     threads: int = 0,
 ) -> list[dict[str, Any]]:
     """Train one swarm (one member per run) and score it; returns one runs.parquet row per run."""
-    import torch
-
-    from mixlab.proxy_models.data import MixtureLoader, run_init_seed
-    from mixlab.proxy_models.model import GPT, count_params
+    from mixlab.proxy_models import train
 
     start = time.perf_counter()
-    device = pick_device(cfg.device)
-    if device == "cpu" and threads > 0:
-        torch.set_num_threads(threads)
-    info = tokens_info(tokens_dir)
-    model_cfg = cfg.model_config(int(info["vocab_size"]))
-    model = GPT(model_cfg, [run_init_seed(r.seed, r.run_id) for r in runs]).to(device)
-    optimizer = model.configure_optimizer(cfg.lr, cfg.weight_decay)
-    loaders = [
-        MixtureLoader(tokens_dir, r.weights, cfg.seq_len, cfg.batch_size, r.seed, r.run_id) for r in runs
-    ]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-
-    model.train()
-    for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        batch = torch.from_numpy(np.stack([loader.next_batch() for loader in loaders])).to(
-            device
-        )  # (M, B, T+1)
-        with autocast:
-            _, loss = model(batch[..., :-1], batch[..., 1:])  # loss: (M,)
-        optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        model.clip_grad_norm_per_model(cfg.grad_clip)
-        optimizer.step()
-
-    losses = evaluate(model, tokens_dir, scored_domains, cfg, device)  # domain -> (M,)
-    wall = time.perf_counter() - start
-    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    params, params_ne = count_params(model_cfg), count_params(model_cfg, non_embedding=True)
-    rows = []
-    for m, (run, loader) in enumerate(zip(runs, loaders)):
-        row: dict[str, Any] = {"run_id": run.run_id, "seed": run.seed, "repeat_of": run.repeat_of}
-        row.update({f"w.{d}": w for d, w in run.weights.items()})
-        row.update({f"loss.{d}": float(losses[d][m]) for d in scored_domains})
-        row["tokens"] = sum(loader.tokens.values())
-        row.update({f"tokens.{d}": loader.tokens.get(d, 0) for d in run.weights})
-        row.update(params=params, params_nonembedding=params_ne, wall_s=wall / len(runs), device=device_name)
-        rows.append(row)
-    return rows
+    recipe = dataclasses.replace(cfg.recipe, threads=threads)
+    device = train.setup_device(recipe.device, recipe.threads)
+    model_cfg = cfg.model_config(TokenShards.open(tokens_dir).vocab_size)
+    loaders = {
+        r.run_id: MixtureLoader(tokens_dir, r.weights, cfg.seq_len, cfg.batch_size, r.seed, r.run_id)
+        for r in runs
+    }
+    seeds = [run_init_seed(r.seed, r.run_id) for r in runs]
+    loop = train.lm_loop(model_cfg, seeds, loaders, recipe, device, tokens_dir, scored)
+    final = final_rows(train.train(loop, recipe, cfg.seq_len), cfg.steps)
+    wall_s = (time.perf_counter() - start) / len(runs)
+    name = train.device_name(device)
+    return [_run_row(r, final[r.run_id], loaders[r.run_id], model_cfg, wall_s, name) for r in runs]
 
 
-def evaluate(
-    model: Any, tokens_dir: str, scored_domains: Sequence[str], cfg: SwarmConfig, device: str
-) -> dict:
-    """Mean next-token loss of every member on each domain's fixed validation windows: domain -> (M,)."""
-    import torch
-
-    from mixlab.proxy_models.data import eval_windows
-
-    model.eval()
-    out = {}
-    M = model.M
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-        for d in scored_domains:
-            win = torch.from_numpy(eval_windows(tokens_dir, d, cfg.seq_len, cfg.eval_sequences)).to(device)
-            total = torch.zeros(M, device=device)
-            for chunk in win.split(cfg.batch_size):  # (b, T+1), the same windows for every member
-                batch = chunk.unsqueeze(0).expand(M, -1, -1)  # (M, b, T+1)
-                _, loss = model(batch[..., :-1], batch[..., 1:])
-                total += loss.float() * chunk.shape[0]
-            out[d] = (total / win.shape[0]).cpu().numpy()
-    return out
+def _run_row(
+    run: RunSpec,
+    final: Mapping[str, Any],
+    loader: MixtureLoader,
+    model_cfg: GPTConfig,
+    wall_s: float,
+    device: str,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"run_id": run.run_id, "seed": run.seed, "repeat_of": run.repeat_of}
+    row.update({f"w.{d}": w for d, w in run.weights.items()})
+    row.update({k: v for k, v in final.items() if k.startswith(LOSS_PREFIX)})
+    row["tokens"] = sum(loader.tokens.values())
+    row.update({f"tokens.{d}": loader.tokens.get(d, 0) for d in run.weights})
+    row.update(
+        params=count_params(model_cfg),
+        params_nonembedding=count_params(model_cfg, non_embedding=True),
+        wall_s=wall_s,
+        device=device,
+    )
+    return row
 
 
 def train_mixtures(
@@ -237,23 +174,24 @@ def train_mixtures(
     size: pass a `SwarmConfig` with other sizes). Mixtures are {domain: weight} summing to 1;
     a run's data and initialisation derive from its seed and run id (default ``mix00000``...).
     """
-    from mixlab.config import check_weights
-
     cfg = cfg or SwarmConfig()
     seeds = list(seeds) if seeds is not None else list(range(len(mixtures)))
     run_ids = list(run_ids) if run_ids is not None else [f"mix{i:05d}" for i in range(len(mixtures))]
-    if not len(seeds) == len(run_ids) == len(mixtures):
+    if not len(seeds) == len(run_ids) == len(mixtures) or len(set(run_ids)) != len(run_ids):
         raise ConfigError(
-            f"train_mixtures: {len(mixtures)} mixtures, {len(seeds)} seeds, {len(run_ids)} run ids"
+            f"train_mixtures: {len(mixtures)} mixtures, {len(seeds)} seeds, {len(run_ids)} run ids "
+            f"({len(set(run_ids))} distinct); give one distinct run id and one seed per mixture"
         )
-    for mix in mixtures:
-        check_weights(mix, "mixtures")
-    runs = [RunSpec(r, int(s), dict(m), r) for r, m, s in zip(run_ids, mixtures, seeds)]
-    check_train_tokens(tokens_dir, runs, cfg.seq_len)
-    scored = eval_domains(tokens_dir, cfg.seq_len)
+    tokens = TokenShards.open(tokens_dir)
+    runs = [
+        RunSpec(r, int(s), Mixture.check(m, "mixtures", tokens.domains), r)
+        for r, m, s in zip(run_ids, mixtures, seeds)
+    ]
+    check_train_tokens(tokens, [r.weights for r in runs], cfg.seq_len)
+    scored = tokens.scored_domains(cfg.seq_len)
     rows: list[dict[str, Any]] = []
     for i in range(0, len(runs), cfg.pack_size):
-        rows += train_pack(runs[i : i + cfg.pack_size], cfg, str(tokens_dir), scored, cfg.threads)
+        rows += train_pack(runs[i : i + cfg.pack_size], cfg, tokens.path, scored, cfg.threads)
     return _runs_table(rows)
 
 
@@ -280,8 +218,6 @@ def _order_columns(table: pa.Table) -> pa.Table:
 
 def noise_floor(runs: pa.Table) -> dict[str, float]:
     """Per-domain std of the loss across seeds of the same mixture, averaged over repeated mixtures."""
-    import polars as pl
-
     df = pl.from_arrow(runs)
     losses = [c for c in df.columns if c.startswith("loss.")]
     groups = df.group_by("repeat_of").agg(pl.len().alias("n"), *[pl.col(c).std(ddof=1) for c in losses])
@@ -298,10 +234,13 @@ def _packs(runs: Sequence[RunSpec], pack_size: int, min_packs: int) -> list[list
     return [list(runs[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+def _pack_task(pack: Sequence[RunSpec]) -> str:
+    """A pack's name (its marker and, prefixed, its Dask key): from its run ids only."""
+    return xxhash.xxh3_64_hexdigest("|".join(r.run_id for r in pack).encode())
+
+
 def _workers_per_host(client: Any) -> dict[str, int]:
     """Dask workers per host, so a CPU task can take its share of the host's cores."""
-    from urllib.parse import urlparse
-
     workers = client.scheduler_info().get("workers", {})
     per_host: dict[str, int] = {}
     for address in workers:
@@ -317,10 +256,9 @@ def _train_pack_task(
     scored: list[str],
     workers_per_host: dict[str, int],
 ) -> list[dict[str, Any]]:
+    """A pack on a Dask worker; with --threads 0 it takes its worker's share of the host's cores."""
     threads = cfg.threads
     if threads == 0:
-        from urllib.parse import urlparse
-
         from distributed import get_worker
 
         try:
@@ -332,81 +270,55 @@ def _train_pack_task(
     return train_pack(runs, cfg, tokens_dir, scored, threads)
 
 
-def run_swarm(
-    inputs: Mapping[str, Path | str],
-    cfg: SwarmConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
-    scheduler_address: str | None = None,
-) -> Manifest:
-    """Train every candidate (plus repeats) as proxies; inputs: {"candidates": path, "tokens": dir}."""
-    candidates, tokens_dir = Path(inputs["candidates"]), Path(inputs["tokens"])
-    # Everything that can be wrong with the inputs is checked before any training starts.
-    info = tokens_info(tokens_dir)
-    runs, mix_domains = read_candidates(candidates, tokens_dir)
+@dataclasses.dataclass(frozen=True)
+class SwarmPlan:
+    """Everything checked before any training: the runs, what they are scored on, the proxy."""
+
+    tokens: TokenShards
+    runs: list[RunSpec]  # candidates, then the repeats
+    domains: list[str]  # the mixture domains
+    scored: list[str]  # every validation domain (mixture domains and extras such as `target`)
+    model: GPTConfig
+
+
+def plan_swarm(candidates: Path, tokens_dir: Path, cfg: SwarmConfig) -> SwarmPlan:
+    tokens = TokenShards.open(tokens_dir)
+    runs, mix_domains = read_candidates(candidates, tokens)
     runs = with_repeats(runs, cfg.repeats, cfg.repeat_mixtures)
-    check_train_tokens(tokens_dir, runs, cfg.seq_len)
-    scored = eval_domains(tokens_dir, cfg.seq_len)
+    check_train_tokens(tokens, [r.weights for r in runs], cfg.seq_len)
+    scored = tokens.scored_domains(cfg.seq_len)
     missing_valid = [d for d in mix_domains if d not in scored]
     if missing_valid:
         raise InputError(
             f"{tokens_dir}: domain(s) {missing_valid} have no validation split of at least --seq-len {cfg.seq_len} + 1 "
             f"tokens (splits: {', '.join(SPLITS)}); re-tokenize with a validation split or lower --seq-len"
         )
-    model_cfg = cfg.model_config(int(info["vocab_size"]))
+    return SwarmPlan(tokens, runs, mix_domains, scored, cfg.model_config(tokens.vocab_size))
+
+
+def run_swarm_train(
+    inputs: StageInputs, cfg: SwarmConfig, out_dir: Path | str, client: Any = None, *, force: bool = False
+) -> Manifest:
+    """Train every candidate (plus repeats) as proxies; inputs: {"candidates": file or dir, "tokens": dir}.
+
+    Packs run on `client` (else the Dask cluster `dask_client` finds or starts). A rerun with the
+    same config and inputs trains only the packs a killed run had not finished; `force` starts over.
+    """
+    inputs = absolute_inputs(inputs)
+    candidates, tokens_dir = Path(inputs["candidates"]), Path(inputs["tokens"])
+    plan = plan_swarm(candidates, tokens_dir, cfg)
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        from distributed import as_completed
-
-        from mixlab.cluster import dask_client, has_gpu_workers
-        from mixlab.proxy_models.model import count_params
-
-        done_files = sorted(stage.work.glob("pack_*.parquet"))
-        finished = {
-            rid for f in done_files for rid in pq.read_table(f, columns=["run_id"]).column(0).to_pylist()
-        }
-        todo = [r for r in runs if r.run_id not in finished]
+        if force:  # --force starts over: no pack of an earlier run is kept
+            shutil.rmtree(stage.work, ignore_errors=True)
+        markers = TaskMarkers.in_work(stage.work, PACKS)
+        finished = {run_id for result in markers.finished().values() for run_id in result["runs"]}
+        todo = [r for r in plan.runs if r.run_id not in finished]
         if finished:
             log(f"swarm: {len(finished)} run(s) already finished; training the other {len(todo)}")
         if todo:
-            with dask_client(client, scheduler_address) as dask:
-                gpu = has_gpu_workers(dask)
-                per_host = _workers_per_host(dask)
-                n_workers = max(1, sum(per_host.values()))
-                packs = _packs(todo, cfg.pack_size, 1 if gpu else n_workers)
-                log(
-                    f"swarm: {len(todo)} proxies of {count_params(model_cfg, True):,} non-embedding params "
-                    f"in {len(packs)} pack(s) on {'GPU' if gpu else 'CPU'} workers"
-                )
-                futures = {}
-                for pack in packs:
-                    key = "swarm-pack-" + xxhash.xxh3_64_hexdigest("|".join(r.run_id for r in pack).encode())
-                    future = dask.submit(
-                        _train_pack_task,
-                        pack,
-                        cfg,
-                        str(tokens_dir),
-                        scored,
-                        per_host,
-                        key=key,
-                        pure=False,
-                        resources={"GPU": 1} if gpu else None,
-                    )
-                    futures[future] = key
-                for future in progress(as_completed(futures), len(futures), "swarm packs", "pack"):
-                    rows = future.result()
-                    # One file per finished pack: a restart reads these and skips their runs.
-                    write_table(_runs_table(rows), stage.work / f"pack_{futures[future]}.parquet")
-                    log(
-                        f"swarm: pack of {len(rows)} finished ({sum(f.done() for f in futures)}/{len(futures)})"
-                    )
-        tables = [pq.read_table(f) for f in sorted(stage.work.glob("pack_*.parquet"))]
-        rows = [row for t in tables for row in t.to_pylist()]
-        order = {r.run_id: i for i, r in enumerate(runs)}
-        rows.sort(key=lambda r: order[r["run_id"]])
-        table = _order_columns(_runs_table(rows))
+            _train_packs(plan, cfg, todo, stage.work, markers, client)
+        table = _collect_runs(plan, stage.work, markers)
         write_table(table, stage.out / RUNS)
         floor = noise_floor(table)
         if floor:
@@ -415,10 +327,10 @@ def run_swarm(
             )
         counts = {"runs": table.num_rows, "tokens": int(sum(table.column("tokens").to_pylist()))}
         stats = {
-            "domains": mix_domains,
-            "eval_domains": scored,
-            "params": count_params(model_cfg),
-            "params_nonembedding": count_params(model_cfg, non_embedding=True),
+            "domains": plan.domains,
+            "eval_domains": plan.scored,
+            "params": count_params(plan.model),
+            "params_nonembedding": count_params(plan.model, non_embedding=True),
             "train_tokens_per_run": cfg.train_tokens,
             "noise_floor": floor,
             "device": table.column("device")[0].as_py() if table.num_rows else None,
@@ -426,5 +338,53 @@ def run_swarm(
         return counts, stats
 
     return run_stage(
-        "swarm", cfg, {"candidates": candidates, "tokens": tokens_dir}, out_dir, body, force=force
+        "swarm_train", cfg, {"candidates": candidates, "tokens": tokens_dir}, out_dir, body, force=force
     )
+
+
+def _train_packs(
+    plan: SwarmPlan, cfg: SwarmConfig, todo: list[RunSpec], work: Path, markers: TaskMarkers, client: Any
+) -> None:
+    """Train `todo` in packs on Dask; each finished pack's rows go to the work dir, then its marker."""
+    from distributed import as_completed
+
+    with dask_client(client) as dask:
+        gpu = has_gpu_workers(dask)
+        per_host = _workers_per_host(dask)
+        packs = _packs(todo, cfg.pack_size, 1 if gpu else max(1, sum(per_host.values())))
+        log(
+            f"swarm: {len(todo)} proxies of {count_params(plan.model, True):,} non-embedding params "
+            f"in {len(packs)} pack(s) on {'GPU' if gpu else 'CPU'} workers"
+        )
+        futures = {}
+        for pack in packs:
+            task = _pack_task(pack)
+            future = dask.submit(
+                _train_pack_task,
+                pack,
+                cfg,
+                str(plan.tokens.path),
+                plan.scored,
+                per_host,
+                key=f"swarm-pack-{task}",
+                pure=False,
+                resources={"GPU": 1} if gpu else None,
+            )
+            futures[future] = (task, pack)
+        bar = progress(as_completed(futures), len(futures), "swarm packs", "pack")
+        for finished, future in enumerate(bar, start=1):
+            task, pack = futures[future]
+            rows = future.result()
+            write_table(_runs_table(rows), work / PACKS / f"{task}.parquet")
+            markers.mark(task, {"runs": [r.run_id for r in pack]})  # after its rows: a kill loses no run
+            log(f"swarm: pack of {len(rows)} finished ({finished}/{len(futures)})")
+
+
+def _collect_runs(plan: SwarmPlan, work: Path, markers: TaskMarkers) -> pa.Table:
+    """Every finished pack's rows, in candidate order, as runs.parquet's table."""
+    rows = [
+        row for task in markers.finished() for row in read_table(work / PACKS / f"{task}.parquet").to_pylist()
+    ]
+    order = {r.run_id: i for i, r in enumerate(plan.runs)}
+    rows.sort(key=lambda r: order[r["run_id"]])
+    return _order_columns(_runs_table(rows))

@@ -2,22 +2,28 @@
 
 Reads a tokenize output (the same one the swarm trained on) and the swarm settings recorded
 in fit.json; trains with `mixlab.proxy_models.swarm.train_mixtures` and reports whether the
-predicted ordering of the three mixtures holds before anyone pays for the full run.
+predicted ordering of the three mixtures holds before anyone pays for the full run. It is
+the `--verify` hook of `mixtures select` (bound in the stage registry, so mixtures/ never
+imports proxy_models/).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mixlab.console import log
+from mixlab.errors import InputError
+from mixlab.mixture import LOSS_PREFIX, Target
+from mixlab.proxy_models.config import SwarmConfig
+from mixlab.proxy_models.swarm import train_mixtures
 
 
-def larger_proxy(swarm_config: Mapping[str, Any] | None, scale: float) -> Any:
+def larger_proxy(swarm_config: Mapping[str, Any] | None, scale: float) -> SwarmConfig:
     """The swarm's proxy grown by `scale`: width and training steps (so tokens seen) multiplied.
 
     The learning rate is divided by the width's growth, as muP prescribes for Adam on hidden
@@ -25,8 +31,6 @@ def larger_proxy(swarm_config: Mapping[str, Any] | None, scale: float) -> Any:
     of the target loss about 0.1 nats on the quickstart corpus against 0.03 at rate / 2), and
     the check would then measure noise, not the mixtures.
     """
-    from mixlab.proxy_models.config import SwarmConfig
-
     known = {f.name for f in dataclasses.fields(SwarmConfig)}
     base = SwarmConfig(
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in (swarm_config or {}).items() if k in known}
@@ -67,32 +71,30 @@ def verify_mixtures(
     tokens: Path,
     mixtures: Mapping[str, Mapping[str, float]],
     predicted: Mapping[str, float],
-    target: Mapping[str, float],
+    target: Target,
     swarm_config: Mapping[str, Any] | None,
     scale: float,
-    seeds: int,
+    seeds: Sequence[int],
 ) -> dict[str, Any]:
-    """Train every mixture `seeds` times at the larger size; measured target loss and the ordering check."""
-    from mixlab.proxy_models.model import count_params
-    from mixlab.proxy_models.swarm import train_mixtures
-    from mixlab.tokenize.shards import tokens_info
+    """Train every mixture once per seed at the larger size; measured target loss and the ordering check.
 
+    Returns the record mixture.json keeps under ``verification``.
+    """
     cfg = larger_proxy(swarm_config, scale)
-    names = list(mixtures)
-    runs = [dict(mixtures[n]) for n in names for _ in range(seeds)]
+    names, n = list(mixtures), len(seeds)
     log(
-        f"mixtures select: verifying {len(names)} mixtures x {seeds} seeds at width {cfg.n_embd}, {cfg.steps} steps"
+        f"mixtures select: verifying {len(names)} mixtures x {n} seeds at width {cfg.n_embd}, {cfg.steps} steps"
     )
-    table = train_mixtures(tokens, runs, cfg, seeds=[1000 + s for _ in names for s in range(seeds)])
-    missing = [t for t in target if f"loss.{t}" not in table.column_names]
+    runs = [dict(mixtures[name]) for name in names for _ in seeds]
+    table = train_mixtures(tokens, runs, cfg, seeds=[s for _ in names for s in seeds])
+    missing = [t for t in target.terms if f"{LOSS_PREFIX}{t}" not in table.column_names]
     if missing:
-        from mixlab.errors import InputError
-
         raise InputError(
             f"{tokens}: no validation split for target loss(es) {missing}; --verify needs the swarm's tokens"
         )
-    loss = sum(c * table.column(f"loss.{t}").to_numpy() for t, c in target.items())
-    measured = {n: loss[i * seeds : (i + 1) * seeds] for i, n in enumerate(names)}
+    losses = {c: table.column(c).to_numpy() for c in table.column_names if c.startswith(LOSS_PREFIX)}
+    loss = target.loss_columns(losses)
+    measured = {name: loss[i * n : (i + 1) * n] for i, name in enumerate(names)}
     result: dict[str, Any] = {
         "proxy": {
             "n_layer": cfg.n_layer,
@@ -101,40 +103,46 @@ def verify_mixtures(
             "seq_len": cfg.seq_len,
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
-            "params": count_params(cfg.model_config(int(tokens_info(tokens)["vocab_size"]))),
+            "params": table.column("params")[0].as_py(),
         },
         "scale": scale,
-        "seeds": seeds,
+        "seeds": n,
         "mixtures": {
-            n: {
-                "predicted": float(predicted[n]),
-                "measured": float(measured[n].mean()),
-                "measured_std": float(measured[n].std()) if seeds > 1 else None,
+            name: {
+                "predicted": float(predicted[name]),
+                "measured": float(measured[name].mean()),
+                "measured_std": float(measured[name].std()) if n > 1 else None,
             }
-            for n in names
+            for name in names
         },
     }
-    order_pred = sorted(names, key=lambda n: predicted[n])
-    order_meas = sorted(names, key=lambda n: measured[n].mean())
-    result["predicted_order"] = order_pred
-    result["measured_order"] = order_meas
-    result["ordering_holds"] = order_pred == order_meas
-    if "chosen" in measured:
-        result["comparisons"] = {n: compare(measured["chosen"], measured[n]) for n in names if n != "chosen"}
-        result["chosen_beats_baselines"] = all(
-            c["verdict"].startswith("better") for c in result["comparisons"].values()
-        )
-        for n, c in result["comparisons"].items():
-            noise = f" +- {c['stderr']:.3f}" if c["stderr"] is not None else ""
-            log(
-                f"mixtures select: chosen vs {n} at the larger size: {c['gap']:+.4f}{noise} nats lower: {c['verdict']}"
-            )
-    log(f"mixtures select: at the larger size, measured order {order_meas} (predicted {order_pred})")
+    result.update(_orderings(names, predicted, measured))
     return result
 
 
-def as_weights(domains: list[str], w: np.ndarray) -> dict[str, float]:
-    """Weights as a {domain: weight} summing to one exactly enough for the swarm's check."""
-    w = np.clip(np.asarray(w, dtype=np.float64), 0.0, None)
-    w = w / w.sum()
-    return {d: float(x) for d, x in zip(domains, w)}
+def _orderings(
+    names: list[str], predicted: Mapping[str, float], measured: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+    """Whether the measured order is the predicted one, and the chosen mixture against each other."""
+    order_pred = sorted(names, key=lambda name: predicted[name])
+    order_meas = sorted(names, key=lambda name: measured[name].mean())
+    out: dict[str, Any] = {
+        "predicted_order": order_pred,
+        "measured_order": order_meas,
+        "ordering_holds": order_pred == order_meas,
+    }
+    if "chosen" in measured:
+        out["comparisons"] = {
+            name: compare(measured["chosen"], measured[name]) for name in names if name != "chosen"
+        }
+        out["chosen_beats_baselines"] = all(
+            c["verdict"].startswith("better") for c in out["comparisons"].values()
+        )
+        for name, c in out["comparisons"].items():
+            noise = f" +- {c['stderr']:.3f}" if c["stderr"] is not None else ""
+            log(
+                f"mixtures select: chosen vs {name} at the larger size: {c['gap']:+.4f}{noise} nats lower: "
+                f"{c['verdict']}"
+            )
+    log(f"mixtures select: at the larger size, measured order {order_meas} (predicted {order_pred})")
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixlab.mixtures.verify import compare, larger_proxy
+from mixlab.proxy_models.verify import compare, larger_proxy
 
 
 def test_larger_proxy_grows_width_and_steps_and_lowers_the_rate_with_the_width():
