@@ -60,7 +60,7 @@ def test_blend_target_chosen_mixture_beats_natural_and_uniform_when_retrained(tm
     from mixlab.mixtures.select import run_mixtures_select
     from mixlab.proxy_models import verify  # the module the verify helper moves there
     from mixlab.proxy_models.config import SwarmConfig
-    from mixlab.proxy_models.swarm import run_swarm
+    from mixlab.proxy_models.swarm import run_swarm_train
 
     sizes = {"a": 40_000, "b": 40_000, "c": 120_000}  # the natural mixture leans on c, which the target lacks
     streams = {
@@ -83,7 +83,7 @@ def test_blend_target_chosen_mixture_beats_natural_and_uniform_when_retrained(tm
         eval_sequences=16,
         pack_size=16,
     )
-    run_swarm(
+    run_swarm_train(
         {"candidates": tmp_path / "cands" / "candidates.parquet", "tokens": tokens},
         swarm_cfg,
         tmp_path / "swarm",

@@ -271,11 +271,6 @@ def test_mixture_json_is_what_pretrain_reads_back(blend_fit, tmp_path):
     assert mixture.noise_floor == (fit["noise_floor"]["rmse"] if fit["noise_floor"] else None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs mixlab/config.py: flag_name must not prefix a name that already is a flag "
-    "(coerce passes '--min-weight' to parse_mapping, which calls flag_name again)",
-)
 def test_a_min_weight_without_a_domain_names_the_flag_once(cli, blend_fit, tmp_path):
     result = cli("mixtures", "select", blend_fit, "--min-weight", "0.5", "--out", tmp_path / "sel")
     assert result.exit_code == 1

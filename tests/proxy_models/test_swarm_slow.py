@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from mixlab.mixtures.config import SampleConfig
-from mixlab.mixtures.sample import run_sample
+from mixlab.mixtures.sample import run_mixtures_sample
 from mixlab.proxy_models.config import SwarmConfig
 from mixlab.proxy_models.swarm import run_swarm_train, train_mixtures
 
@@ -32,8 +32,8 @@ TINY = SwarmConfig(
 
 
 def test_each_domain_loss_falls_as_its_weight_rises_across_the_swarm(tmp_path, tokens_dir) -> None:
-    run_sample(
-        tokens_dir,
+    run_mixtures_sample(
+        {"tokens": tokens_dir},
         SampleConfig(candidates=16, proxy_tokens=TINY.train_tokens, max_epochs=100),
         tmp_path / "cands",
     )
@@ -58,6 +58,7 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
     from mixlab.tokenize.train import run_tokenizer_train
 
     run_synth(
+        {},
         SynthConfig(
             docs_per_domain=300,
             doc_words=120,
@@ -69,7 +70,7 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
         tmp_path / "synth",
     )
     run_tokenizer_train(
-        [tmp_path / "synth" / "documents"],
+        {"documents": [tmp_path / "synth" / "documents"]},
         TokenizerTrainConfig(vocab_size=512, sample_bytes=2_000_000),
         tmp_path / "tok",
     )
@@ -81,10 +82,11 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
     ):
         run_tokenize(
             {
-                "documents": [tmp_path / "synth" / "documents", tmp_path / "synth" / "target"],
+                "documents": [tmp_path / "synth" / "documents"],
                 "tokenizer": tmp_path / "tok",
+                "targets": [tmp_path / "synth" / "target"],
             },
-            TokenizeConfig(valid_domains=("target",)),
+            TokenizeConfig(),
             tmp_path / "tokens",
             client=c,
         )
@@ -100,8 +102,8 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
             pack_size=24,
             threads=2,
         )
-        run_sample(
-            tmp_path / "tokens",
+        run_mixtures_sample(
+            {"tokens": tmp_path / "tokens"},
             SampleConfig(candidates=24, proxy_tokens=cfg.train_tokens),
             tmp_path / "cands",
         )
@@ -120,8 +122,10 @@ def test_each_domain_loss_falls_as_its_weight_rises_on_the_synthetic_corpus(tmp_
 
 @pytest.mark.slow
 def test_a_killed_swarm_resumes_and_skips_finished_runs(tmp_path, tokens_dir, capfd) -> None:
-    run_sample(
-        tokens_dir, SampleConfig(candidates=6, proxy_tokens=10_000, max_epochs=100), tmp_path / "cands"
+    run_mixtures_sample(
+        {"tokens": tokens_dir},
+        SampleConfig(candidates=6, proxy_tokens=10_000, max_epochs=100),
+        tmp_path / "cands",
     )
     cands = tmp_path / "cands" / "candidates.parquet"
     flags = [
