@@ -25,7 +25,7 @@ import xxhash
 from mixlab.config import check_choices, option
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
 from mixlab.tables import DOCUMENT_ROW_GROUP, read_schema, shard_name, write_table
 
 
@@ -331,12 +331,7 @@ def check_unique_ids(out: Path, files_by_source: Mapping[str, Sequence[Path]], c
 
 
 def run_ingest(
-    inputs: Mapping[str, Any],
-    cfg: IngestConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: IngestConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Read every input of `inputs["sources"]` into the documents contract in ``out_dir``.
 

@@ -168,6 +168,10 @@ class StageDir:
     work: Path
 
 
+# The stage contract: run_<stage>(inputs: Inputs, cfg, out_dir: OutDir, client=None, *, force=False).
+Inputs = Mapping[str, Any]  # input name -> a path, a list of paths, or None
+OutDir = Path | str
+
 StageBody = Callable[[StageDir], tuple[Mapping[str, Any], Mapping[str, Any]]]
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,16 @@ import pyarrow.compute as pc
 from mixlab.config import check_weights, option
 from mixlab.console import log
 from mixlab.errors import ConfigError
-from mixlab.stage import Manifest, StageDir, absolute_inputs, derive_rng, run_stage, write_json
+from mixlab.stage import (
+    Inputs,
+    Manifest,
+    OutDir,
+    StageDir,
+    absolute_inputs,
+    derive_rng,
+    run_stage,
+    write_json,
+)
 from mixlab.tables import DOCUMENT_ROW_GROUP, write_table
 
 
@@ -486,12 +495,7 @@ def _domain_documents(cfg: SynthConfig, domain: str, vocab: _Vocab) -> tuple[pa.
 
 
 def run_synth(
-    inputs: Mapping[str, Any],
-    cfg: SynthConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: SynthConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Generate the corpus into `out_dir` (atomically); see the module docstring for the layout.
 

@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from mixlab.dedup.minhash import (
 )
 from mixlab.dedup.shingles import EMPTY, NULL, OK, SHORT, STATUS_NAMES, shingle_batch
 from mixlab.errors import InputError
-from mixlab.stage import Manifest, StageDir, TaskMarkers, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, TaskMarkers, absolute_inputs, run_stage
 from mixlab.tables import (
     DOCUMENT_ROW_GROUP,
     DUPLICATES_SCHEMA,
@@ -534,12 +534,7 @@ def dedup_stats(
 
 
 def run_dedup(
-    inputs: Mapping[str, Any],
-    cfg: DedupConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: DedupConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Deduplicate `inputs["documents"]` (one or more documents tables) into `out_dir`.
 

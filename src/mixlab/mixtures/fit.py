@@ -31,7 +31,7 @@ from mixlab.mixtures.regression import (
     group_folds,
 )
 from mixlab.mixtures.targets import Runs, load_runs, mixture_groups, noise_floor
-from mixlab.stage import MANIFEST, Manifest, StageDir, absolute_inputs, run_stage, write_json
+from mixlab.stage import MANIFEST, Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage, write_json
 from mixlab.tables import write_table
 
 FIT_JSON = "fit.json"
@@ -106,12 +106,7 @@ def resolve_prior(
 
 
 def run_mixtures_fit(
-    inputs: Mapping[str, Path | None],
-    cfg: FitConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: FitConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Fit and cross-validate every model; save them, the prior and the chosen one's name.
 

@@ -19,7 +19,16 @@ import pyarrow as pa
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixtures.config import SampleConfig
-from mixlab.stage import Manifest, StageDir, absolute_inputs, derive_rng, derive_seed, run_stage
+from mixlab.stage import (
+    Inputs,
+    Manifest,
+    OutDir,
+    StageDir,
+    absolute_inputs,
+    derive_rng,
+    derive_seed,
+    run_stage,
+)
 from mixlab.tables import write_table
 from mixlab.tokenize.shards import TOKEN_COUNTS, TokenShards
 
@@ -160,12 +169,7 @@ def candidates_table(names: list[str], rows: list[Row], seed: int) -> pa.Table:
 
 
 def run_mixtures_sample(
-    inputs: Mapping[str, Path | None],
-    cfg: SampleConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: SampleConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Write candidates.parquet for the tokenize output `inputs["tokens"]` (small: no Dask client used)."""
     inputs = absolute_inputs(inputs)

@@ -24,7 +24,7 @@ from mixlab.mixtures.config import SelectConfig
 from mixlab.mixtures.fit import FIT_JSON, FittedModels, load_fit
 from mixlab.mixtures.regression import BoosterModel
 from mixlab.mixtures.sample import open_tokens
-from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
 from mixlab.tables import read_table
 
 CHUNK = 250_000  # mixtures simulated and scored at a time (bounds memory at a few tens of MB)
@@ -275,9 +275,9 @@ def predict_with_spread(fitted: FittedModels, w: np.ndarray) -> dict[str, Any]:
 
 
 def run_mixtures_select(
-    inputs: Mapping[str, Path | None],
+    inputs: Inputs,
     cfg: SelectConfig,
-    out_dir: Path | str,
+    out_dir: OutDir,
     client: Any = None,
     *,
     force: bool = False,

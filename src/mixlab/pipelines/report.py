@@ -24,7 +24,7 @@ import numpy as np
 from mixlab.config import option
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixture import MIXTURE_JSON, Mixture
-from mixlab.stage import MANIFEST, Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.stage import MANIFEST, Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
 from mixlab.tables import read_table
 
 STAGE_DIR = re.compile(r"^(\d\d)_([a-z_]+)$")  # a pipeline run root's stage outputs: 03_dedup
@@ -360,12 +360,7 @@ def _comparison(page: Page, comp: Mapping[str, Any], reference: str) -> None:
 
 
 def run_report(
-    inputs: Mapping[str, Path | None],
-    cfg: ReportConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: ReportConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Build the report of the run root `inputs["run"]` (its ``NN_<stage>`` outputs) into `out_dir`."""
     inputs = absolute_inputs(inputs)

@@ -20,7 +20,6 @@ from mixlab.config import check_choices, flag_name, load_yaml, option
 from mixlab.errors import ConfigError
 
 # A stage's `inputs`: input name -> a path, a list of paths, or None (see mixlab.stage).
-StageInputs = Mapping[str, Any]
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")

@@ -24,7 +24,7 @@ from typing import Any
 from mixlab.console import log
 from mixlab.errors import InputError
 from mixlab.mixture import Mixture, Target
-from mixlab.proxy_models.config import DistillConfig, GPTConfig, StageInputs, count_params, model_config
+from mixlab.proxy_models.config import DistillConfig, GPTConfig, count_params, model_config
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
 from mixlab.proxy_models.modeldir import read_model_config, tokenizer_json
 from mixlab.proxy_models.results import (
@@ -35,7 +35,7 @@ from mixlab.proxy_models.results import (
     training_target,
     write_results,
 )
-from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
 from mixlab.tokenize.shards import TOKENIZER_DIR, TokenShards
 
 SCRATCH_DIR = "scratch"
@@ -129,7 +129,7 @@ def plan_distill(
 
 
 def run_distill(
-    inputs: StageInputs, cfg: DistillConfig, out_dir: Path | str, client: Any = None, *, force: bool = False
+    inputs: Inputs, cfg: DistillConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Distill; inputs: {"teacher": dir, "tokens": dir, "mixture": mixture.json or None (the teacher's)}.
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.console import log
-from mixlab.proxy_models.config import ExportConfig, GPTConfig, StageInputs
+from mixlab.proxy_models.config import ExportConfig, GPTConfig
 from mixlab.proxy_models.modeldir import CONFIG, WEIGHTS, hf_llama_config, read_model_config, tokenizer_json
-from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage, write_json
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage, write_json
 from mixlab.tokenize.tokenizer import HF_FILES
 
 
@@ -31,7 +31,7 @@ def hf_config(model_cfg: GPTConfig, meta: Mapping[str, Any], dtype: str) -> dict
 
 
 def run_export_hf(
-    inputs: StageInputs, cfg: ExportConfig, out_dir: Path | str, client: Any = None, *, force: bool = False
+    inputs: Inputs, cfg: ExportConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Export a model directory (inputs: {"model": dir}) as a Hugging Face Llama checkpoint."""
     inputs = absolute_inputs(inputs)

@@ -23,7 +23,6 @@ from mixlab.mixture import Mixture, Target
 from mixlab.proxy_models.config import (
     GPTConfig,
     PretrainConfig,
-    StageInputs,
     count_params,
     flops_per_token,
     model_config,
@@ -38,7 +37,7 @@ from mixlab.proxy_models.results import (
     val_losses,
     write_results,
 )
-from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
 from mixlab.tokenize.shards import TokenShards
 
 BASELINES_DIR = "baselines"
@@ -75,7 +74,7 @@ def plan_pretrain(tokens_dir: Path, mixture_path: Path, cfg: PretrainConfig) -> 
 
 
 def run_pretrain(
-    inputs: StageInputs, cfg: PretrainConfig, out_dir: Path | str, client: Any = None, *, force: bool = False
+    inputs: Inputs, cfg: PretrainConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Pretrain on the chosen mixture; inputs: {"tokens": dir, "mixture": mixture.json}.
 

@@ -30,10 +30,19 @@ from mixlab.cluster import dask_client, has_gpu_workers
 from mixlab.console import log, progress
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixture import LOSS_PREFIX, WEIGHT_PREFIX, Mixture
-from mixlab.proxy_models.config import GPTConfig, StageInputs, SwarmConfig, count_params
+from mixlab.proxy_models.config import GPTConfig, SwarmConfig, count_params
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
 from mixlab.proxy_models.results import final_rows
-from mixlab.stage import Manifest, StageDir, TaskMarkers, absolute_inputs, derive_seed, run_stage
+from mixlab.stage import (
+    Inputs,
+    Manifest,
+    OutDir,
+    StageDir,
+    TaskMarkers,
+    absolute_inputs,
+    derive_seed,
+    run_stage,
+)
 from mixlab.tables import read_table, write_table
 from mixlab.tokenize.shards import SPLITS, TokenShards
 
@@ -297,7 +306,7 @@ def plan_swarm(candidates: Path, tokens_dir: Path, cfg: SwarmConfig) -> SwarmPla
 
 
 def run_swarm_train(
-    inputs: StageInputs, cfg: SwarmConfig, out_dir: Path | str, client: Any = None, *, force: bool = False
+    inputs: Inputs, cfg: SwarmConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Train every candidate (plus repeats) as proxies; inputs: {"candidates": file or dir, "tokens": dir}.
 

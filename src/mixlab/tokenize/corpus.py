@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from mixlab.cluster import dask_client
 from mixlab.console import log, progress
 from mixlab.errors import InputError
-from mixlab.stage import Manifest, StageDir, TaskMarkers, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, TaskMarkers, absolute_inputs, run_stage
 from mixlab.tables import (
     TOKEN_COUNTS_SCHEMA,
     Partition,
@@ -363,12 +363,7 @@ def _paths(value: Any) -> list[Path]:
 
 
 def run_tokenize(
-    inputs: Mapping[str, Any],
-    cfg: TokenizeConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: TokenizeConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Tokenize `inputs["documents"]` (one or more documents inputs) and `inputs["targets"]`
     (documents tables whose every domain is validation-only, or None) with `inputs["tokenizer"]`.

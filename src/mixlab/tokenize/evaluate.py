@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from mixlab.console import log
 from mixlab.errors import InputError
-from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
 from mixlab.tables import read_table, write_table
 from mixlab.tokenize.config import TokenizerEvalConfig
 from mixlab.tokenize.documents import document_files, id_hash, split_table
@@ -151,12 +151,7 @@ def format_table(table: pa.Table) -> str:
 
 
 def run_tokenizer_eval(
-    inputs: Mapping[str, Any],
-    cfg: TokenizerEvalConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: TokenizerEvalConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Evaluate `inputs["tokenizers"]` (one or more directories) on `inputs["documents"]`.
 

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from mixlab.config import check_weights
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
-from mixlab.stage import Manifest, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
 from mixlab.tokenize.config import TokenizerTrainConfig
 from mixlab.tokenize.documents import document_files, id_hash, split_table, text_batches, text_bytes
 from mixlab.tokenize.tokenizer import build_tokenizer, save_tokenizer, special_tokens
@@ -206,12 +206,7 @@ def train_on_sample(
 
 
 def run_tokenizer_train(
-    inputs: Mapping[str, Any],
-    cfg: TokenizerTrainConfig,
-    out_dir: Path | str,
-    client: Any = None,
-    *,
-    force: bool = False,
+    inputs: Inputs, cfg: TokenizerTrainConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
     """Train a tokenizer on `inputs["documents"]` into `out_dir`, the sample weighted by
     `inputs["mixture"]` (a mixture.json) or ``--mixture``; see the module docstring.
