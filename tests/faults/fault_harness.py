@@ -454,37 +454,63 @@ def case_ids(cases: Sequence[Case]) -> list[str]:
 # --- long runs: kill -9 at a seeded point ------------------------------------------------------
 
 
-def count_files(folder: Path) -> int:
-    try:
-        return sum(1 for p in folder.rglob("*") if p.is_file())
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
+class Writes:
+    """Counts the writes seen in a partial folder: every new (file, size, mtime) is one.
+
+    A checkpoint rewritten in place still counts, so the count follows the stage's progress
+    whether it adds files (markers, shards) or overwrites them (training state).
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, int, int]] = set()
+
+    def update(self, folder: Path) -> int:
+        try:
+            for path in folder.rglob("*"):
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    if path.is_file():
+                        self.seen.add((str(path), st.st_size, st.st_mtime_ns))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return len(self.seen)
 
 
 @dataclasses.dataclass
 class Timeline:
-    """When the watched partial folder first held 1, 2, ... files, from its appearance on."""
+    """How many writes the reference run's partial folder had seen, and when."""
 
-    events: list[tuple[float, int]]  # (seconds since the partial folder appeared, files in it)
-    end: float  # seconds from its appearance until it was published
+    events: list[tuple[float, int]]  # (seconds since the partial folder appeared, writes seen)
 
 
 @dataclasses.dataclass
 class KillPoint:
-    """Kill once the partial folder holds `files` files, `delay` seconds after that."""
+    """Kill as soon as `writes` writes have been seen in the partial folder."""
 
-    files: int
-    delay: float
+    writes: int
 
     @classmethod
     def draw(cls, timeline: Timeline, seed: str) -> KillPoint:
-        """A seeded moment between the stage's first piece of work and its publishing."""
-        rng = random.Random(seed)
-        events = timeline.events[1:] or timeline.events  # the first file is the stage's key file
-        start = events[0][0]
-        at = rng.uniform(start, start + 0.9 * max(timeline.end - start, 0.0))
-        t, files = [(t, n) for t, n in events if t <= at][-1]
-        return cls(files, round(at - t, 3))
+        """A seeded point after the stage's first piece of work, well before its last write."""
+        counts = [n for _, n in timeline.events]
+        first = counts[1] if len(counts) > 1 else counts[0]  # counts[0]: the stage's key file
+        last = max(first, round(0.8 * counts[-1]))
+        return cls(random.Random(seed).randint(first, last))
+
+
+def traceback_summary(text: str) -> str:
+    """The line before a printed traceback and the exception it ends in, in one line."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Traceback"))
+    raised = ""
+    for line in lines[start + 1 :]:
+        if not line.strip() or line[0].isspace() or line.startswith(("Traceback", "The above", "During")):
+            continue
+        if not re.match(r"[\w.]+(Error|Exception|Exit|Interrupt)\b", line):
+            break  # the traceback (and any chained one) is over
+        raised = line.strip()
+    before = lines[start - 1].strip() if start else ""
+    return f"{before} -> {raised}"[:400]
 
 
 class LongRun:
@@ -528,50 +554,47 @@ class LongRun:
         text = self.output()
         command = "mixlab " + " ".join(self.args)
         assert proc.returncode == 0, f"{command} failed: {text.strip().splitlines()[-1:]}"
-        assert "Traceback" not in text, (
-            f"{command} printed a traceback: {text[text.index('Traceback') :][:1500]}"
-        )
+        assert "Traceback" not in text, f"{command} printed a traceback: {traceback_summary(text)}"
         return text
 
     def reference(self, timeout: float = 300) -> Timeline:
-        """Run to the end uninterrupted, recording when files appear in the partial folder."""
+        """Run to the end uninterrupted, recording how the partial folder fills."""
         proc = self.start("reference")
-        started = time.monotonic()
         events: list[tuple[float, int]] = []
-        t0 = published = None
+        writes, t0 = Writes(), None
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             assert time.monotonic() < deadline, f"mixlab {self.args}: still running after {timeout}s"
-            folder, now = self._partial(), time.monotonic()
+            folder = self._partial()
             if folder is not None:
-                t0 = now if t0 is None else t0
-                n = count_files(folder)
+                t0 = time.monotonic() if t0 is None else t0
+                n = writes.update(folder)
                 if n > (events[-1][1] if events else 0):
-                    events.append((now - t0, n))
-            elif t0 is not None and published is None:
-                published = now
-            time.sleep(0.01)
+                    events.append((round(time.monotonic() - t0, 3), n))
+            time.sleep(0.005)
         self.succeeded(proc)
-        print(f"reference: {time.monotonic() - started:.1f}s, events {events}")
-        assert t0 is not None and events, f"mixlab {self.args}: its partial folder was never seen"
-        return Timeline(events, (published or time.monotonic()) - t0)
+        assert events, f"mixlab {self.args}: its partial folder was never seen"
+        return Timeline(events)
 
     def kill_at(self, point: KillPoint, timeout: float = 300) -> bool:
-        """Start, and SIGKILL the process group at `point`; False if the run finished first."""
+        """Start, and SIGKILL the process group at `point`; False if the stage finished first."""
         proc = self.start("killed")
-        reached = None
+        writes, started = Writes(), False
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             assert time.monotonic() < deadline, f"mixlab {self.args}: kill point {point} never reached"
             folder = self._partial()
-            if reached is None and folder is not None and count_files(folder) >= point.files:
-                reached = time.monotonic()
-            if reached is not None and time.monotonic() - reached >= point.delay:
-                published = folder is None  # the stage finished while we waited: a miss
+            if folder is not None:
+                started = True
+                if writes.update(folder) >= point.writes:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return True
+            elif started:  # published before the point was seen: a miss (stop what follows)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                return not published
-            time.sleep(0.003)
+                return False
+            time.sleep(0.002)
         return False
 
     def stop(self) -> None:
@@ -585,27 +608,26 @@ class LongRun:
 def kill_then_rerun(
     run: LongRun, timeline: Timeline, seed: str, out: Path, clean: Sequence[Path] = ()
 ) -> tuple[str, list[str]]:
-    """Kill `run` at a seeded point (earlier if it finished first), then rerun it to the end.
+    """Kill `run` at a seeded point (the first one if it finished first), then rerun it to the end.
 
     `out` is the output the kill must land before; `clean` the outputs to delete (with their
-    partial folders) before another try (default: `out`). Returns the rerun's output and the files the
-    partial folder held at the kill. Asserts the rerun left no partial folder or lock.
+    partial folders) before another try (default: `out`). Returns the rerun's output and the
+    files the partial folder held at the kill. Asserts the rerun left no partial folder or lock.
     """
     point = KillPoint.draw(timeline, seed)
-    first = (timeline.events[1:] or timeline.events)[0][1]
-    for attempt in (point, KillPoint(point.files, 0.0), KillPoint(first, 0.0)):
-        started = time.monotonic()
+    first = KillPoint(timeline.events[1][1] if len(timeline.events) > 1 else 1)
+    tries = []
+    for attempt in (point, first):
         killed = run.kill_at(attempt)
-        print(
-            f"kill at {attempt}: {'killed' if killed else 'missed'} after {time.monotonic() - started:.1f}s"
-        )
+        tries.append(f"{attempt}: {'killed' if killed else 'missed'}")
         if killed:
             break
         for path in clean or [out]:  # a missed kill: undo what the run finished, try earlier
             shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(partial_of(path), ignore_errors=True)
     else:
-        raise AssertionError(f"mixlab {' '.join(run.args)}: finished before every kill point")
+        raise AssertionError(f"mixlab {' '.join(run.args)}: finished before every kill point ({tries})")
+    print(f"reference writes {timeline.events}; kill points {tries}")
     assert not out.exists(), f"{out}: published by a run that was killed at {attempt}"
     folder = run.watch()
     at_kill = [] if folder is None else [p.relative_to(folder).as_posix() for p in folder.rglob("*")]

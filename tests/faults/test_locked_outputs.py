@@ -60,7 +60,7 @@ def test_two_dedup_runs_into_one_out_one_refuses_the_other_completes(inputs, tmp
 
     os.killpg(procs[owner].pid, signal.SIGSTOP)
     try:
-        procs[other].wait(timeout=180)
+        procs[other].wait(timeout=120)
     finally:
         os.killpg(procs[owner].pid, signal.SIGCONT)
     refusal = runs[other].output()

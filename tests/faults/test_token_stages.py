@@ -84,6 +84,19 @@ TOKENIZER_TRAIN_CASES = [
         (r"docs\.parquet", r"whitespace|no text|empty"),
     ),
     Case(
+        "one-document-warns-of-a-smaller-vocabulary",
+        lambda s, b: [
+            *TRAIN,
+            b.variant("docs.parquet", s.documents_file, rows=1),
+            "--valid-fraction",
+            0,
+            "--out",
+            "out",
+        ],
+        ok=True,
+        check=warned_about_vocabulary,
+    ),
+    Case(
         "vocab-larger-than-the-corpus-warns",
         lambda s, b: [*TRAIN, s.documents, "--vocab-size", 70000, "--out", "out"],
         ok=True,
