@@ -393,7 +393,7 @@ def test_an_output_missing_a_listed_file_is_rebuilt_not_up_to_date(tmp_path):
 def test_a_foreign_manifest_is_not_a_mixlab_output_and_is_never_overwritten(tmp_path, text):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / MANIFEST).write_text(text)
-    with pytest.raises(InputError, match="not a mixlab manifest"):
+    with pytest.raises(InputError, match="not a mixlab output"):
         Manifest.load(tmp_path / "out")
     body, calls = write_marker_body()
     with pytest.raises(MixlabError, match="refusing to overwrite it"):

@@ -173,13 +173,20 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any], source: str = "con
     return cls(**_coerce_values(cls, values, source, cls.__name__))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)}); fix the file's syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -291,7 +298,9 @@ def check_weights(weights: Mapping[str, float], key: str, tol: float = 1e-6) -> 
         raise ConfigError(f"{flag_name(key)}: no weights given")
     bad = {k: v for k, v in weights.items() if v < 0}
     if bad:
-        raise ConfigError(f"{flag_name(key)}: negative weights {bad}")
+        raise ConfigError(
+            f"{flag_name(key)}: negative weights {bad}; weights must be non-negative and sum to 1"
+        )
     total = sum(weights.values())
     if abs(total - 1.0) > tol:
         raise ConfigError(f"{flag_name(key)}: weights sum to {total:.6g}, not 1 ({dict(weights)})")

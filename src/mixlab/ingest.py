@@ -178,7 +178,9 @@ def _read_jsonl(path: Path, cfg: IngestConfig) -> Iterator[list[Record]]:
                     yield batch
                     batch = []
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: could not read ({exc})") from None
+        raise InputError(
+            f"{path}: could not read ({exc}); the file is truncated or corrupt: write or download it again"
+        ) from None
     if batch:
         yield batch
 
@@ -330,6 +332,17 @@ def check_unique_ids(out: Path, files_by_source: Mapping[str, Sequence[Path]], c
     )
 
 
+def no_documents_advice(skipped: dict[str, int], cfg: IngestConfig) -> str:
+    """What to do when every document of the inputs was skipped (or there were none)."""
+    if skipped.get("invalid_utf8"):
+        return "pass --on-invalid-utf8 replace to keep documents with bad bytes (as U+FFFD)"
+    if skipped.get("null_text") or skipped.get("empty"):
+        return f"check that --text-column ({cfg.text_column!r}) names the column holding the text"
+    if skipped.get("no_domain"):
+        return "pass --domain NAME to give the documents a domain"
+    return "the inputs hold no documents: give files with rows"
+
+
 def run_ingest(
     inputs: Inputs, cfg: IngestConfig, out_dir: OutDir, client: Any = None, *, force: bool = False
 ) -> Manifest:
@@ -360,7 +373,8 @@ def run_ingest(
         written = sum(per_domain.values())
         if written == 0:
             raise InputError(
-                f"ingest: no usable documents in {', '.join(map(str, paths))} (skipped: {totals})"
+                f"ingest: no usable documents in {', '.join(map(str, paths))} (skipped: {totals}); "
+                + no_documents_advice(totals, cfg)
             )
         check_unique_ids(stage.out, files_by_source, cfg)
         for source, c in skipped.items():

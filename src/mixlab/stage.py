@@ -111,13 +111,16 @@ class Manifest:
         try:
             data = json.loads((out_dir / MANIFEST).read_text())
         except FileNotFoundError:
-            raise InputError(f"{out_dir}: no {MANIFEST}; not a finished mixlab stage output") from None
+            raise InputError(
+                f"{out_dir}: no {MANIFEST}, so not a finished mixlab stage output; pass the output "
+                "directory of the stage that makes it (or run that stage again)"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{out_dir / MANIFEST}: corrupt manifest ({exc})") from None
         required = {"stage": str, "config": dict, "inputs": dict, "counts": dict, "stats": dict}
         if not isinstance(data, dict) or any(not isinstance(data.get(k), tp) for k, tp in required.items()):
             raise InputError(
-                f"{out_dir / MANIFEST}: not a mixlab manifest (a mixlab output's manifest has "
+                f"{out_dir / MANIFEST}: not a mixlab output (a mixlab output's manifest has "
                 f"{', '.join(required)}); this directory was not written by mixlab"
             )
         fields = {f.name for f in dataclasses.fields(cls)} - {"path", "skipped"}

@@ -52,7 +52,10 @@ def parquet_files(path: Path | str) -> list[Path]:
         if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
     )
     if not files:
-        raise InputError(f"{path}: no .parquet files found")
+        raise InputError(
+            f"{path}: no .parquet files found; pass a parquet file or a folder of them "
+            "(e.g. a mixlab stage's output), or run `mixlab ingest` on other formats"
+        )
     return files
 
 
@@ -65,6 +68,16 @@ def read_schema(file: Path, fix: str = "write it again") -> pa.Schema:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def check_numeric(schema: pa.Schema, columns: Iterable[str], where: Path | str, fix: str = "") -> None:
+    """Columns that must hold numbers (weights, losses): another type is one worded line."""
+    for name in columns:
+        tp = schema.field(name).type
+        if not (pa.types.is_integer(tp) or pa.types.is_floating(tp) or pa.types.is_null(tp)):
+            raise InputError(
+                f"{where}: column {name!r} has type {tp}, expected numbers" + (f"; {fix}" if fix else "")
+            )
 
 
 def read_table(

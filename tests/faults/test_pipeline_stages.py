@@ -57,7 +57,20 @@ PIPELINE_CASES = [
         pipeline("synth: {}\n", "--from", "dedup", "--until", "dedup"),
         (r"--from", r"synth"),
     ),
-    Case("missing-inputs", pipeline("inputs: [nosuch]\n"), (r"nosuch",), advice=False),
+    Case(
+        "missing-inputs",
+        lambda s, b: [
+            "pipeline",
+            "run",
+            b.raw("p.yaml", "inputs: [nosuch]\n"),
+            "--out",
+            "run",
+            "--until",
+            "ingest",
+        ],
+        (r"nosuch",),
+        advice=False,
+    ),
     Case(
         "scheduler-address-notaurl",
         lambda s, b: [

@@ -90,6 +90,8 @@ TOKENIZER_TRAIN_CASES = [
             b.variant("docs.parquet", s.documents_file, rows=1),
             "--valid-fraction",
             0,
+            "--vocab-size",  # more than one document can teach
+            5000,
             "--out",
             "out",
         ],

@@ -397,3 +397,9 @@ def test_sections_of_stages_outside_the_pipeline_are_checked_but_not_run(tmp_pat
     assert "export_hf" not in [s.name for s in plan.steps]
     with pytest.raises(ConfigError, match=r"\[export_hf\].*'dtpe'"):
         plan_pipeline(write(tmp_path, "export_hf: {dtpe: int3}\n"), tmp_path / "run")
+
+
+def test_an_input_path_that_does_not_exist_is_refused_before_any_stage_runs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"inputs: .*nosuch: no such file or directory"):
+        run_pipeline(write(tmp_path, "inputs: [nosuch]\n"), tmp_path / "run", until_stage="ingest")
+    assert not (tmp_path / "run").exists()

@@ -53,7 +53,13 @@ SWARM_STAGES = ("swarm_train", "swarm")
 
 def candidates_record(candidates: Path) -> tuple[dict[str, float], dict[str, Any]]:
     """The prior and sampler settings a `mixtures sample` output recorded in its manifest."""
-    manifest = Manifest.load(candidates)
+    try:
+        manifest = Manifest.load(candidates)
+    except InputError:
+        raise InputError(
+            f"{candidates}: not a `mixtures sample` output (no readable manifest.json); "
+            "pass --candidates the --out directory of `mixlab mixtures sample`"
+        ) from None
     prior = manifest.stats.get("prior")
     if manifest.stage not in SAMPLE_STAGES or not isinstance(prior, dict):
         raise InputError(
@@ -289,7 +295,10 @@ def load_fit(fit_dir: Path | str, model: str | None = None, num_threads: int = 0
     path = fit_dir / FIT_JSON
     if not path.is_file():
         raise InputError(f"{fit_dir}: no {FIT_JSON}; pass the --out directory of `mixlab mixtures fit`")
-    fit = json.loads(path.read_text())
+    try:
+        fit = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); run `mixlab mixtures fit` again") from None
     kind = model or fit["chosen"]
     entry = fit["models"][kind]
     if kind == "lightgbm":

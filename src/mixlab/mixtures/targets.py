@@ -16,7 +16,7 @@ import polars as pl
 
 from mixlab.errors import InputError
 from mixlab.mixture import LOSS_PREFIX, WEIGHT_PREFIX, Target
-from mixlab.tables import parquet_files, read_table
+from mixlab.tables import check_numeric, parquet_files, read_table
 
 RUNS = "runs.parquet"
 
@@ -72,6 +72,12 @@ def load_runs(path: Path | str, target_spec: str) -> Runs:
             "so there is no target loss to fit; pass the runs of `mixlab swarm train`"
         )
     target = Target.parse(target_spec, domains, losses, source="the runs")
+    check_numeric(
+        table.to_arrow().schema,
+        [WEIGHT_PREFIX + d for d in domains] + [LOSS_PREFIX + n for n in target.terms],
+        path,
+        "weights and losses must be numbers; pass the runs of `mixlab swarm train`",
+    )
     weights = table.select([pl.col(WEIGHT_PREFIX + d).cast(pl.Float64) for d in domains]).to_numpy()
     target_loss = target.loss_columns(
         {LOSS_PREFIX + n: table[LOSS_PREFIX + n].cast(pl.Float64).to_numpy() for n in target.terms}

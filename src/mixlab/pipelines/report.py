@@ -51,6 +51,7 @@ def stage_dirs(run_dir: Path | str) -> dict[str, Path]:
     for child in sorted(run_dir.iterdir()):
         m = STAGE_DIR.match(child.name)
         if m and (child / MANIFEST).is_file() and m.group(2) != "report":
+            Manifest.load(child)  # a foreign manifest.json is "not a mixlab output", never read as one
             found[m.group(2)] = child
     return found
 

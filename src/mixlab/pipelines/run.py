@@ -353,6 +353,17 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     }
 
 
+def check_paths_exist(plan: Plan) -> None:
+    """Every local path the pipeline file names (inputs, targets) exists, before any stage runs."""
+    named = [("inputs", p) for p in plan.inputs or []]
+    named += [(f"targets: {name}", p) for name, paths in plan.targets.items() for p in paths]
+    for where, path in named:
+        if "://" not in str(path) and not Path(path).exists():
+            raise ConfigError(
+                f"{where}: {path}: no such file or directory; fix the path in the pipeline file"
+            )
+
+
 def run_pipeline(
     pipeline: str | Path,
     root: Path | str,
@@ -369,6 +380,7 @@ def run_pipeline(
     pipeline's `scheduler_address:`, dask config, else a LocalCluster (see mixlab.cluster).
     """
     plan = plan_pipeline(pipeline, root, from_stage=from_stage, until_stage=until_stage)
+    check_paths_exist(plan)
     for step in plan.steps[: plan.first]:
         if not (step.out / MANIFEST).is_file():
             raise MixlabError(

@@ -43,7 +43,7 @@ from mixlab.stage import (
     derive_seed,
     run_stage,
 )
-from mixlab.tables import read_table, write_table
+from mixlab.tables import check_numeric, read_table, write_table
 from mixlab.tokenize.shards import SPLITS, TokenShards
 
 RUNS = "runs.parquet"
@@ -83,6 +83,7 @@ def read_candidates(path: Path | str, tokens: TokenShards) -> tuple[list[RunSpec
     run_ids = table.column("run_id").cast(pa.string()).to_pylist()
     if len(set(run_ids)) != len(run_ids) or None in run_ids:
         raise InputError(f"{path}: run_id values must be unique and non-null")
+    check_numeric(table.schema, [*weight_cols, "seed"], path, "make candidates with `mixlab mixtures sample`")
     w = np.column_stack(
         [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in weight_cols]
     )

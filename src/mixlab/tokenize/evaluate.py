@@ -64,7 +64,10 @@ def eval_texts(files: Sequence[Path], cfg: TokenizerEvalConfig) -> dict[str, pa.
     if cfg.split == "valid":
         table = table.filter(table["valid"])
     if table.num_rows == 0:
-        raise InputError("tokenizer eval: no held-out documents; raise --valid-fraction or pass --split all")
+        where = ", ".join(map(str, files))
+        raise InputError(
+            f"tokenizer eval: no held-out documents in {where}; raise --valid-fraction or pass --split all"
+        )
     texts = []
     for index, file in enumerate(files):
         rows = table.filter(pc.equal(table["file"], index))

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from mixlab.errors import InputError
-from mixlab.stage import Manifest
+from mixlab.stage import MANIFEST, Manifest
 from mixlab.tables import parquet_files, read_table
 
 SPLITS = ("train", "valid")
@@ -89,6 +89,12 @@ class TokenShards:
         if not path.is_dir():
             raise InputError(
                 f"{path}: no such tokens directory; pass the output directory of `mixlab tokenize`"
+            )
+        missing = [name for name in (MANIFEST, TOKEN_COUNTS) if not (path / name).is_file()]
+        if missing:
+            raise InputError(
+                f"{path}: not a `mixlab tokenize` output (no {' or '.join(missing)}); "
+                "pass the output directory of `mixlab tokenize`"
             )
         info = tokens_info(path)
         table = read_token_counts(path)
