@@ -393,6 +393,17 @@ add(
     click.Argument(["model"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
 )
 add(
+    STAGES["export_stream"],
+    "Write the mixed token stream of TOKENS and --mixture as a flat .bin (nanoGPT style) and parquet shards.",
+    path_option("--tokens", TOKENS),
+    click.Option(
+        ["--mixture"],
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
+    ),
+)
+add(
     STAGES["report"],
     "Write a one-page HTML + markdown report of a pipeline RUN directory.",
     click.Argument(["run"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
