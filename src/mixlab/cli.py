@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -238,7 +239,8 @@ def stage_command(
             else contextlib.nullcontext() as client
         ):
             manifest = stage.invoke(inputs, cfg, out, client, force=force)
-        say(stage, manifest)
+        if _main_rank():
+            say(stage, manifest)
 
     return click.Command(
         stage.command[-1], callback=callback, params=params, help=help_text, context_settings=CONTEXT
@@ -481,6 +483,11 @@ def pipeline_run(
         click.echo(f"report: {Path(report.path or root) / 'report.html'}")
     else:
         click.echo(f"pipeline: outputs under {root}")
+
+
+def _main_rank() -> bool:
+    """False on every torchrun rank but 0: rank 0 alone says what a stage wrote."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _gpu_cluster(gpus: str | None, scheduler_address: str | None) -> Any:
