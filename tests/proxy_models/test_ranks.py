@@ -112,3 +112,27 @@ def test_a_world_size_that_does_not_divide_the_batch_is_one_line_and_every_rank_
     assert done.returncode != 0
     assert done.stderr.count("--batch-size 5: not divisible by the world size 2") == 1, done.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_csv_logger_writes_every_evaluation_beside_metrics_parquet_and_changes_no_number(
+    tokens_dir, mixture, tmp_path
+):
+    expected = one_process(tokens_dir, mixture, tmp_path / "plain")
+    cfg = PretrainConfig(**FLAGS, logger="csv")
+    run_pretrain({"tokens": tokens_dir, "mixture": mixture}, cfg, tmp_path / "logged")
+    np.testing.assert_array_equal(losses(tmp_path / "logged"), expected)
+    import pyarrow.csv
+
+    table = pyarrow.csv.read_csv(tmp_path / "logged" / "logs" / "metrics.csv")
+    assert table.num_rows == pq.read_table(tmp_path / "logged" / "metrics.parquet").num_rows
+    assert {"step", "model", "train_loss", "target"} <= set(table.column_names)
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "wandb"])
+def test_optional_loggers_write_their_runs_offline(tokens_dir, mixture, tmp_path, kind):
+    pytest.importorskip("tensorboard" if kind == "tensorboard" else "wandb")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run_pretrain(
+        {"tokens": tokens_dir, "mixture": mixture}, PretrainConfig(**FLAGS, logger=kind), tmp_path / "o"
+    )
+    assert any((tmp_path / "o" / "logs").rglob("*"))

@@ -23,6 +23,7 @@ from mixlab.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")
+LOGGERS = ("none", "csv", "tensorboard", "wandb")  # --logger: metrics beside metrics.parquet
 
 
 # --- model shape ------------------------------------------------------------------------------
@@ -300,6 +301,9 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation and data order")
     device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=DEVICES)
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    logger: str = option(
+        "none", "also log metrics to: csv, tensorboard or wandb (offline), under logs/", choices=LOGGERS
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -28,6 +28,7 @@ from mixlab.proxy_models.config import (
     model_config,
 )
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
+from mixlab.proxy_models.loggers import open_logger, stage_key
 from mixlab.proxy_models.results import (
     compare,
     final_rows,
@@ -97,12 +98,14 @@ def run_pretrain(
                 return _pretrain(plan, cfg, stage, force, ranks, ready)
 
             inputs_fp = {"tokens": tokens_dir, "mixture": mixture_path, "model": cfg.model}
-            return run_stage("pretrain", cfg, inputs_fp, out_dir, body, force=force)
+            return run_stage("pretrain", stage_key(cfg), inputs_fp, out_dir, body, force=force)
 
         return dp.stage_on_rank0(ranks, run_main, lambda work: _train(plan, cfg, work, ranks))
 
 
-def _train(plan: PretrainPlan, cfg: PretrainConfig, work: Path, ranks: Any, ready: Any = None) -> Any:
+def _train(
+    plan: PretrainPlan, cfg: PretrainConfig, work: Path, ranks: Any, ready: Any = None, metrics: Any = None
+) -> Any:
     """Train every member on this rank's slice (all of it in one process); (loop, rows, loaders, device)."""
     from mixlab.proxy_models import train
 
@@ -120,6 +123,7 @@ def _train(plan: PretrainPlan, cfg: PretrainConfig, work: Path, ranks: Any, read
     loop = train.lm_loop(
         model_cfg, seeds, loaders, recipe, device, plan.tokens.path, plan.scored, plan.target, ranks
     )
+    loop.on_rows = metrics.log if metrics is not None else None
     if ready is not None:
         ready(work)  # the other ranks start now (after --force removed the old checkpoint)
     desc = "pretrain" if ranks.main else None
@@ -148,7 +152,12 @@ def _pretrain(
     )
     if force:
         shutil.rmtree(stage.work / train.CHECKPOINT, ignore_errors=True)  # --force starts over
-    loop, rows, loaders, device = _train(plan, cfg, stage.work, ranks, ready)
+    metrics = open_logger(cfg.logger, stage.out, "pretrain")
+    try:
+        loop, rows, loaders, device = _train(plan, cfg, stage.work, ranks, ready, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
 
     final = final_rows(rows, cfg.steps)
     tokenizer = tokenizer_source(plan.tokens)

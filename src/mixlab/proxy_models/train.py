@@ -224,6 +224,7 @@ class TrainLoop:
     evaluate: Callable[[], dict[str, np.ndarray]]
     target: Target | None = None
     ranks: Ranks = dataclasses.field(default_factory=Ranks)  # data-parallel ranks (torchrun)
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None  # each evaluation's rows (loggers)
 
 
 def lm_loop(
@@ -299,6 +300,8 @@ def train(
                 bar.set_postfix(loss=f"{step_loss[0].item():.4f}", lr=f"{lr:.2e}")
             if done % recipe.eval_every == 0 or done == recipe.steps:
                 rows += _evaluation_rows(loop, done, done * recipe.tokens_per_step * seq_len, lr, window)
+                if loop.on_rows is not None:
+                    loop.on_rows(rows[-len(loop.names) :])
                 loop.model.train()
                 window = _Window(torch.zeros_like(window.loss))
                 if desc:
