@@ -7,11 +7,14 @@ it runs on a bare GPU box:
 
     python benchmarks/swarm.py                    # M in {8, 32}, sizes picked for the device
     python benchmarks/swarm.py --m 8,32,128 --steps 30 --n-embd 128 --n-layer 5
+    python benchmarks/swarm.py --all-gpus --m 32       # one swarm per local GPU, summed tokens/s
+    torchrun --nproc-per-node 8 benchmarks/swarm.py --ddp   # data-parallel pretrain step tokens/s
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,6 +78,60 @@ def bench(
     return tokens / loop_s, tokens / swarm_s
 
 
+def _swarm_on_gpu(index: int, cfg: GPTConfig, M: int, steps: int, warmup: int, batch_size: int, out) -> None:
+    """One GPU's swarm tokens/s (a spawned process per GPU, as the Dask GPU workers run packs)."""
+    torch.cuda.set_device(index)
+    out.put(bench(cfg, M, steps, warmup, batch_size, "cuda")[1])
+
+
+def all_gpus(cfg: GPTConfig, M: int, steps: int, warmup: int, batch_size: int) -> tuple[int, float]:
+    """(GPUs, summed swarm tokens/s) with one swarm of M on every local GPU at once."""
+    import torch.multiprocessing as mp
+
+    n = torch.cuda.device_count()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_swarm_on_gpu, args=(i, cfg, M, steps, warmup, batch_size, queue))
+        for i in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    total = sum(queue.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return n, total
+
+
+def ddp_tokens_per_s(
+    cfg: GPTConfig, steps: int, warmup: int, batch_size: int, device: str, compile_: bool
+) -> float:
+    """Data-parallel pretrain steps (torchrun; each rank batch_size sequences): global tokens/s."""
+    from mixlab.proxy_models.ranks import average_gradients, init_ranks
+
+    ranks = init_ranks(device)
+    model = GPT(cfg, [0]).to(device)
+    opt = model.configure_optimizer(1e-3)
+    step = train.lm_step(torch.compile(model) if compile_ else model, device)
+    gen = torch.Generator().manual_seed(ranks.rank)
+    data = torch.randint(0, cfg.vocab_size, (warmup + steps, 1, batch_size, cfg.seq_len + 1), generator=gen)
+    data = data.to(device)
+    for k, batch in enumerate(data):
+        if k == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        step(batch, 1.0)
+        if ranks.world > 1:
+            average_gradients(model, ranks)
+        model.clip_grad_norm_per_model(1.0)
+        opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * ranks.world * batch_size * cfg.seq_len / (time.perf_counter() - start)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--m", default="8,32", help="swarm sizes to compare, comma separated")
@@ -93,6 +150,11 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak bf16 TFLOP/s for MFU")
+    p.add_argument("--all-gpus", action="store_true", help="also: one swarm per local GPU at once (CUDA)")
+    p.add_argument(
+        "--ddp", action="store_true", help="only: data-parallel pretrain tokens/s (run under torchrun)"
+    )
+    p.add_argument("--compile", action="store_true", help="with --ddp: torch.compile the model")
     args = p.parse_args()
 
     device = train.setup_device(args.device, args.threads)
@@ -109,6 +171,16 @@ def main() -> None:
     name = train.device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if gpu and k in name), None)
     fpt = flops_per_token(cfg)
+    if args.ddp:
+        tps = ddp_tokens_per_s(cfg, steps, args.warmup, batch_size, device, args.compile)
+        if int(os.environ.get("RANK", "0")) == 0:
+            mfu = (
+                f"; MFU {100 * tps * fpt / (peak * 1e12 * int(os.environ.get('WORLD_SIZE', '1'))):.2f}%"
+                if peak
+                else ""
+            )
+            print(f"ddp pretrain ({'compiled' if args.compile else 'eager'}): {tps:,.0f} tokens/s{mfu}")
+        return
     print(
         f"device: {name}; model: {count_params(cfg, non_embedding=True):,} non-embedding params "
         f"({count_params(cfg):,} total), L={cfg.n_layer} C={cfg.n_embd} V={cfg.vocab_size} T={cfg.seq_len} "
@@ -124,6 +196,11 @@ def main() -> None:
         if peak:
             line += f" {100 * loop_tps * fpt / (peak * 1e12):>8.2f}% {100 * swarm_tps * fpt / (peak * 1e12):>8.2f}%"
         print(line, flush=True)
+        if args.all_gpus and gpu:
+            n, total = all_gpus(cfg, M, steps, args.warmup, batch_size)
+            print(
+                f"{M:>4} swarm on {n} GPU(s) at once: {total:,.0f} tokens/s ({total / swarm_tps:.2f}x one GPU)"
+            )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,17 @@ import pytest
 from distributed import Client, LocalCluster
 
 import mixlab
-from mixlab.cluster import dask_client, has_gpu_workers, local_cluster_size, scheduler_address_from
+from mixlab.cluster import (
+    ClusterPlan,
+    dask_client,
+    gpu_worker_count,
+    has_gpu_workers,
+    local_cluster_size,
+    plan_local_cluster,
+    scheduler_address_from,
+    visible_gpus,
+)
+from mixlab.errors import MixlabError
 from mixlab.tables import write_table
 
 SRC = str(Path(mixlab.__file__).resolve().parents[1])  # the mixlab under test, for subprocesses
@@ -188,3 +198,61 @@ def test_relative_paths_work_on_an_external_cluster_whose_workers_run_elsewhere(
     assert result.exit_code == 0, result.output
     assert (data / "dd" / "documents").is_dir()
     assert not list(data.glob(".*partial"))
+
+
+# --- GPU workers: the plan is a pure function; a faked device list drives it on CPU ----------------
+
+
+def test_without_gpus_the_local_cluster_is_one_cpu_worker_per_core():
+    assert plan_local_cluster(8, []) == ClusterPlan((), 8)
+    assert plan_local_cluster(8, [], n_workers=3) == ClusterPlan((), 3)
+
+
+def test_every_visible_gpu_gets_its_own_pinned_worker_and_the_other_cores_cpu_workers():
+    plan = plan_local_cluster(16, ["0", "1", "2", "3"])
+    assert plan.gpus == ("0", "1", "2", "3") and plan.cpu_workers == 12
+    env = plan.worker_env("2")
+    assert env["CUDA_VISIBLE_DEVICES"] == "2" and env["OMP_NUM_THREADS"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in plan.worker_env()
+
+
+def test_gpus_flag_picks_by_position_among_the_visible_devices():
+    # CUDA_VISIBLE_DEVICES=4,6 makes them positions 0 and 1; workers keep the real ids.
+    assert plan_local_cluster(4, ["4", "6"], "1").gpus == ("6",)
+    assert plan_local_cluster(4, ["4", "6"], "0,1").gpus == ("4", "6")
+    assert plan_local_cluster(4, ["4", "6"], "none") == ClusterPlan((), 4)
+    assert plan_local_cluster(2, ["0", "1", "2"]).cpu_workers == 1  # never without a CPU worker
+
+
+@pytest.mark.parametrize("flag", ["2", "x", "0,0"])
+def test_a_gpus_flag_naming_no_visible_gpu_is_one_clear_error(flag):
+    with pytest.raises(MixlabError, match="--gpus"):
+        plan_local_cluster(4, ["0", "1"], flag)
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert visible_gpus() == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []
+
+
+def _cuda_visible_devices() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_gpu_tasks_land_on_the_worker_pinned_to_its_gpu(monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # a faked machine with one GPU, numbered 7
+    with dask_client(n_workers=1, gpus="0") as client:
+        assert has_gpu_workers(client) and gpu_worker_count(client) == 1
+        seen = client.submit(_cuda_visible_devices, resources={"GPU": 1}, pure=False).result()
+        assert seen == "7"
+        assert len(client.scheduler_info()["workers"]) == 2  # the CPU worker beside it
+    assert "1 GPU worker(s) (7)" in capsys.readouterr().err
+
+
+def test_gpus_flag_is_offered_on_dask_commands_and_pipeline_run(cli):
+    assert "--gpus" in cli("dedup", "--help").output
+    assert "--gpus" in cli("pipeline", "run", "--help").output
+    result = cli("pipeline", "run", "quickstart", "--gpus", "0", "--scheduler-address", "tcp://127.0.0.1:1")
+    assert result.exit_code != 0 and "--gpus" in result.output

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -145,6 +146,16 @@ def scheduler_param() -> click.Option:
     )
 
 
+def gpus_param() -> click.Option:
+    return click.Option(
+        ["--gpus"],
+        default=None,
+        envvar="MIXLAB_GPUS",
+        show_envvar=True,
+        help="GPUs a LocalCluster pins one worker each to, by position (0,1), or none [default: every visible GPU]",
+    )
+
+
 def documents_argument(name: str = "documents") -> click.Argument:
     return click.Argument([name], nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 
@@ -212,7 +223,7 @@ def stage_command(
         raise TypeError(f"{stage.name}: input flag(s) {sorted(clash)} are also config fields")
     params = [*input_params, *config_params(stage.config), *out_params(out_default and out_default[0])]
     if stage.uses_dask:
-        params.append(scheduler_param())
+        params += [scheduler_param(), gpus_param()]
     params += hidden
 
     def callback(config_file: Path | None, out_dir: Path | None, force: bool, **kwargs: Any) -> None:
@@ -221,11 +232,15 @@ def stage_command(
         inputs = {name: _input_value(kwargs.pop(name)) for name in stage.inputs if name in kwargs}
         out = out_dir if out_dir is not None else out_default[1](inputs)  # type: ignore[index]
         address = kwargs.pop("scheduler_address", None)
+        gpus = kwargs.pop("gpus", None)
         with (
-            dask_client(scheduler_address=address) if stage.uses_dask else contextlib.nullcontext() as client
+            dask_client(scheduler_address=address, gpus=gpus)
+            if stage.uses_dask
+            else contextlib.nullcontext() as client
         ):
             manifest = stage.invoke(inputs, cfg, out, client, force=force)
-        say(stage, manifest)
+        if _main_rank():
+            say(stage, manifest)
 
     return click.Command(
         stage.command[-1], callback=callback, params=params, help=help_text, context_settings=CONTEXT
@@ -380,6 +395,17 @@ add(
     click.Argument(["model"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
 )
 add(
+    STAGES["export_stream"],
+    "Write the mixed token stream of TOKENS and --mixture as a flat .bin (nanoGPT style) and parquet shards.",
+    path_option("--tokens", TOKENS),
+    click.Option(
+        ["--mixture"],
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
+    ),
+)
+add(
     STAGES["report"],
     "Write a one-page HTML + markdown report of a pipeline RUN directory.",
     click.Argument(["run"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
@@ -416,6 +442,13 @@ add(
     show_envvar=True,
     help="Dask scheduler for the Dask stages (default: the pipeline's scheduler_address, else a LocalCluster)",
 )
+@click.option(
+    "--gpus",
+    default=None,
+    envvar="MIXLAB_GPUS",
+    show_envvar=True,
+    help="GPUs the LocalCluster pins one worker each to, by position (0,1), or none [default: every visible GPU]",
+)
 def pipeline_run(
     pipeline_file: str,
     out_dir: Path | None,
@@ -425,6 +458,7 @@ def pipeline_run(
     as_json: bool,
     force: bool,
     scheduler_address: str | None,
+    gpus: str | None,
 ) -> None:
     """Run PIPELINE (a YAML file or a shipped name) stage by stage; finished stages are skipped."""
     if as_json and not dry_run:
@@ -434,19 +468,35 @@ def pipeline_run(
         plan = plan_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage)
         click.echo(json.dumps(plan_json(plan), indent=2) if as_json else describe(plan))
         return
-    manifests = run_pipeline(
-        pipeline_file,
-        root,
-        from_stage=from_stage,
-        until_stage=until_stage,
-        force=force,
-        scheduler_address=scheduler_address,
-    )
+    with _gpu_cluster(gpus, scheduler_address) as client:
+        manifests = run_pipeline(
+            pipeline_file,
+            root,
+            from_stage=from_stage,
+            until_stage=until_stage,
+            force=force,
+            scheduler_address=scheduler_address,
+            client=client,
+        )
     report = manifests.get("report")
     if report is not None:
         click.echo(f"report: {Path(report.path or root) / 'report.html'}")
     else:
         click.echo(f"pipeline: outputs under {root}")
+
+
+def _main_rank() -> bool:
+    """False on every torchrun rank but 0: rank 0 alone says what a stage wrote."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _gpu_cluster(gpus: str | None, scheduler_address: str | None) -> Any:
+    """With --gpus, the LocalCluster on those GPUs for the whole pipeline; else the pipeline finds its own."""
+    if gpus is None:
+        return contextlib.nullcontext()
+    if scheduler_address:
+        raise click.UsageError("--gpus chooses the GPUs of a LocalCluster: not with --scheduler-address")
+    return dask_client(gpus=gpus)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,9 +26,15 @@ from mixlab.mixtures.fit import run_mixtures_fit
 from mixlab.mixtures.sample import run_mixtures_sample
 from mixlab.mixtures.select import run_mixtures_select
 from mixlab.pipelines.report import ReportConfig, run_report
-from mixlab.proxy_models.config import DistillConfig, ExportConfig, PretrainConfig, SwarmConfig
+from mixlab.proxy_models.config import (
+    DistillConfig,
+    ExportConfig,
+    ExportStreamConfig,
+    PretrainConfig,
+    SwarmConfig,
+)
 from mixlab.proxy_models.distill import run_distill
-from mixlab.proxy_models.export import run_export_hf
+from mixlab.proxy_models.export import run_export_hf, run_export_stream
 from mixlab.proxy_models.pretrain import run_pretrain
 from mixlab.proxy_models.swarm import run_swarm_train
 from mixlab.proxy_models.verify import verify_mixtures
@@ -181,6 +187,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pretrain",        PretrainConfig,       run_pretrain,        ("tokens", "mixture"),                 False, _pretrain_summary),
     Stage("distill",         DistillConfig,        run_distill,         ("teacher", "tokens", "mixture"),      False, _comparison),
     Stage("export_hf",       ExportConfig,         run_export_hf,       ("model",),                            False, _nothing),
+    Stage("export_stream",   ExportStreamConfig,   run_export_stream,   ("tokens", "mixture"),                 False, _nothing),
     Stage("report",          ReportConfig,         run_report,          ("run",),                              False, _report_summary),
 )}
 # fmt: on

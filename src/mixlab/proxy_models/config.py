@@ -23,6 +23,7 @@ from mixlab.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")
+LOGGERS = ("none", "csv", "tensorboard", "wandb")  # --logger: metrics beside metrics.parquet
 
 
 # --- model shape ------------------------------------------------------------------------------
@@ -300,6 +301,9 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation and data order")
     device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=DEVICES)
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    logger: str = option(
+        "none", "also log metrics to: csv, tensorboard or wandb (offline), under logs/", choices=LOGGERS
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -371,6 +375,29 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportStreamConfig:
+    """`mixlab export stream`: the mixed token stream materialised as files any trainer reads."""
+
+    tokens_total: int = option(0, "tokens to write (rounded up to whole sequences of --seq-len + 1)")
+    seq_len: int = option(1024, "tokens per training sequence; each written sequence holds seq_len + 1")
+    batch_size: int = option(
+        16, "sequences drawn per global batch (pretrain's --batch-size gives its exact stream)"
+    )
+    seed: int = option(0, "seed of the stream (pretrain's --seed gives its exact stream)")
+    name: str = option(
+        "pretrain/chosen", "the stream's name in the seed derivation (pretrain/chosen: pretrain's)"
+    )
+    rows_per_shard: int = option(8192, "sequences per parquet shard")
+
+    def __post_init__(self) -> None:
+        if self.tokens_total < 1:
+            raise ConfigError("--tokens-total: required, the number of tokens to write (at least 1)")
+        for name in ("seq_len", "batch_size", "rows_per_shard"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{flag_name(name)}: must be at least 1")
 
 
 # --- model sizes of pretrain and distill: stage defaults < model file < flags --------------------

@@ -75,17 +75,33 @@ class MixtureLoader:
 
     def next_batch(self) -> np.ndarray:
         """(B, T+1) int64 token windows: inputs are [:, :-1], targets [:, 1:]."""
+        return self.gather(*self.draw())
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch's plan, (domain index (B,), window start (B,)), and its tokens counted.
+
+        Only the plan consumes randomness, so a reader that needs some rows of a batch (a rank, a
+        data-loader worker) draws every batch's plan and gathers its own rows only.
+        """
         T, B = self.seq_len, self.batch_size
         choice = self.rng.choice(len(self.domains), size=B, p=self.p)  # (B,) domain per sequence
-        out = np.empty((B, T + 1), dtype=np.int64)
+        starts = np.zeros(B, dtype=np.int64)
         for k, d in enumerate(self.domains):  # a loop over domains (few), not sequences
             rows = np.flatnonzero(choice == k)
             if rows.size == 0:
                 continue
-            stream = self.streams[d]
-            starts = self.rng.integers(0, len(stream) - T, size=rows.size)
-            out[rows] = windows(stream, starts, T + 1)
+            starts[rows] = self.rng.integers(0, len(self.streams[d]) - T, size=rows.size)
             self.tokens[d] += int(rows.size) * T
+        return choice, starts
+
+    def gather(self, choice: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """(b, T+1) int64 windows of a plan (or of some of its rows)."""
+        T = self.seq_len
+        out = np.empty((len(choice), T + 1), dtype=np.int64)
+        for k, d in enumerate(self.domains):
+            rows = np.flatnonzero(choice == k)
+            if rows.size:
+                out[rows] = windows(self.streams[d], starts[rows], T + 1)
         return out
 
     def epochs(self) -> dict[str, float]:

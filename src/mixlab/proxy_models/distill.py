@@ -26,6 +26,7 @@ from mixlab.errors import InputError
 from mixlab.mixture import Mixture, Target
 from mixlab.proxy_models.config import DistillConfig, GPTConfig, count_params, model_config
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
+from mixlab.proxy_models.loggers import open_logger, stage_key
 from mixlab.proxy_models.modeldir import read_model_config, tokenizer_json
 from mixlab.proxy_models.results import (
     compare,
@@ -150,7 +151,7 @@ def run_distill(
         "mixture": mixture_path,
         "student": cfg.student,
     }
-    return run_stage("distill", cfg, inputs_fp, out_dir, body, force=force)
+    return run_stage("distill", stage_key(cfg), inputs_fp, out_dir, body, force=force)
 
 
 def _distill(
@@ -185,7 +186,13 @@ def _distill(
     )
     if force:
         shutil.rmtree(stage.work / train.CHECKPOINT, ignore_errors=True)  # --force starts over
-    rows = train.train(loop, recipe, seq_len, stage.work, desc="distill")
+    metrics = open_logger(cfg.logger, stage.out, "distill")
+    loop.on_rows = metrics.log if metrics is not None else None
+    try:
+        rows = train.train(loop, recipe, seq_len, stage.work, desc="distill")
+    finally:
+        if metrics is not None:
+            metrics.close()
 
     teacher_losses = train.evaluate(teacher, path, plan.scored, seq_len, recipe, device)
     final = final_rows(rows, cfg.steps)

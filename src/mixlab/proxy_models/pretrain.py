@@ -28,6 +28,7 @@ from mixlab.proxy_models.config import (
     model_config,
 )
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
+from mixlab.proxy_models.loggers import open_logger, stage_key
 from mixlab.proxy_models.results import (
     compare,
     final_rows,
@@ -82,21 +83,31 @@ def run_pretrain(
     A rerun with the same config and inputs continues a killed run from its last checkpoint;
     `force` starts over.
     """
+    from mixlab.proxy_models import ranks as dp
+    from mixlab.proxy_models.train import pick_device
+
     inputs = absolute_inputs(inputs)
     tokens_dir, mixture_path = Path(inputs["tokens"]), Path(inputs["mixture"])
-    plan = plan_pretrain(tokens_dir, mixture_path, cfg)
+    ranks = dp.init_ranks(pick_device(cfg.device))  # under torchrun: this process's rank
+    with dp.quiet_on_other_ranks(ranks):
+        dp.check_batch(cfg.batch_size, ranks)
+        plan = plan_pretrain(tokens_dir, mixture_path, cfg)
 
-    def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        return _pretrain(plan, cfg, stage, force)
+        def run_main(ready: Any) -> Manifest:
+            def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
+                return _pretrain(plan, cfg, stage, force, ranks, ready)
 
-    inputs_fp = {"tokens": tokens_dir, "mixture": mixture_path, "model": cfg.model}
-    return run_stage("pretrain", cfg, inputs_fp, out_dir, body, force=force)
+            inputs_fp = {"tokens": tokens_dir, "mixture": mixture_path, "model": cfg.model}
+            return run_stage("pretrain", stage_key(cfg), inputs_fp, out_dir, body, force=force)
+
+        return dp.stage_on_rank0(ranks, run_main, lambda work: _train(plan, cfg, work, ranks))
 
 
-def _pretrain(
-    plan: PretrainPlan, cfg: PretrainConfig, stage: StageDir, force: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    from mixlab.proxy_models import checkpoint, train
+def _train(
+    plan: PretrainPlan, cfg: PretrainConfig, work: Path, ranks: Any, ready: Any = None, metrics: Any = None
+) -> Any:
+    """Train every member on this rank's slice (all of it in one process); (loop, rows, loaders, device)."""
+    from mixlab.proxy_models import train
 
     recipe, model_cfg, names = cfg.recipe, plan.model, list(plan.mixtures)
     device = train.setup_device(cfg.device, cfg.threads)
@@ -110,16 +121,43 @@ def _pretrain(
     # Every member starts from the same weights: only the data differs between them.
     seeds = [run_init_seed(cfg.seed, "pretrain")] * len(names)
     loop = train.lm_loop(
-        model_cfg, seeds, loaders, recipe, device, plan.tokens.path, plan.scored, plan.target
+        model_cfg, seeds, loaders, recipe, device, plan.tokens.path, plan.scored, plan.target, ranks
     )
+    loop.on_rows = metrics.log if metrics is not None else None
+    if ready is not None:
+        ready(work)  # the other ranks start now (after --force removed the old checkpoint)
+    desc = "pretrain" if ranks.main else None
+    return loop, train.train(loop, recipe, seq_len, work, desc=desc), loaders, device
+
+
+def _pretrain(
+    plan: PretrainPlan,
+    cfg: PretrainConfig,
+    stage: StageDir,
+    force: bool,
+    ranks: Any = None,
+    ready: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from mixlab.proxy_models import checkpoint, train
+    from mixlab.proxy_models.ranks import Ranks
+
+    ranks = ranks or Ranks()
+    recipe, model_cfg, names = cfg.recipe, plan.model, list(plan.mixtures)
+    seq_len = model_cfg.seq_len
     tokens = cfg.steps * recipe.tokens_per_step * seq_len
+    on = f" on {ranks.world} ranks" if ranks.world > 1 else ""
     log(
         f"pretrain: {count_params(model_cfg):,} params ({count_params(model_cfg, True):,} non-embedding), "
-        f"{len(names)} model(s) [{', '.join(names)}] x {tokens:,} tokens on {device}"
+        f"{len(names)} model(s) [{', '.join(names)}] x {tokens:,} tokens on {train.pick_device(cfg.device)}{on}"
     )
     if force:
         shutil.rmtree(stage.work / train.CHECKPOINT, ignore_errors=True)  # --force starts over
-    rows = train.train(loop, recipe, seq_len, stage.work, desc="pretrain")
+    metrics = open_logger(cfg.logger, stage.out, "pretrain")
+    try:
+        loop, rows, loaders, device = _train(plan, cfg, stage.work, ranks, ready, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
 
     final = final_rows(rows, cfg.steps)
     tokenizer = tokenizer_source(plan.tokens)

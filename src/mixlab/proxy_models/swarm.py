@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from mixlab.cluster import dask_client, has_gpu_workers
+from mixlab.cluster import dask_client, gpu_worker_count
 from mixlab.console import log, progress
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixture import LOSS_PREFIX, WEIGHT_PREFIX, Mixture
@@ -359,9 +359,11 @@ def _train_packs(
     from distributed import as_completed
 
     with dask_client(client) as dask:
-        gpu = has_gpu_workers(dask)
+        gpus = gpu_worker_count(dask)
+        gpu = gpus > 0
         per_host = _workers_per_host(dask)
-        packs = _packs(todo, cfg.pack_size, 1 if gpu else max(1, sum(per_host.values())))
+        # One pack per GPU at least, so every GPU worker has one; packs do not change any run's numbers.
+        packs = _packs(todo, cfg.pack_size, gpus if gpu else max(1, sum(per_host.values())))
         log(
             f"swarm: {len(todo)} proxies of {count_params(plan.model, True):,} non-embedding params "
             f"in {len(packs)} pack(s) on {'GPU' if gpu else 'CPU'} workers"

@@ -27,6 +27,7 @@ from mixlab.proxy_models.checkpoint import load_training_state, save_training_st
 from mixlab.proxy_models.config import GPTConfig, Recipe
 from mixlab.proxy_models.data import MixtureLoader, eval_windows
 from mixlab.proxy_models.model import GPT
+from mixlab.proxy_models.ranks import Ranks, average, average_gradients, sliced_batches
 
 CHECKPOINT = "checkpoint"  # the resume point, in a stage's work dir
 
@@ -222,6 +223,8 @@ class TrainLoop:
     step_fn: Callable[[torch.Tensor, float], torch.Tensor]
     evaluate: Callable[[], dict[str, np.ndarray]]
     target: Target | None = None
+    ranks: Ranks = dataclasses.field(default_factory=Ranks)  # data-parallel ranks (torchrun)
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None  # each evaluation's rows (loggers)
 
 
 def lm_loop(
@@ -233,19 +236,25 @@ def lm_loop(
     tokens_dir: Path | str,
     scored: Sequence[str],
     target: Target | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainLoop:
-    """Language-model training of one member per loader (named by its key), scored on `scored`."""
+    """Language-model training of one member per loader (named by its key), scored on `scored`.
+
+    With `ranks` of more than one process, this rank trains on its slice of every global batch.
+    """
     model, optimizer = new_swarm(model_cfg, seeds, recipe, device)
     streams = list(loaders.values())
+    ranks = ranks or Ranks()
     return TrainLoop(
         model,
         optimizer,
         list(loaders),
         dict(loaders),
-        stacked_batches(streams, device),
+        stacked_batches(streams, device) if ranks.world == 1 else sliced_batches(streams, device, ranks),
         lm_step(model, device),
         lambda: evaluate(model, tokens_dir, scored, model_cfg.seq_len, recipe, device),
         target,
+        ranks,
     )
 
 
@@ -291,11 +300,18 @@ def train(
                 bar.set_postfix(loss=f"{step_loss[0].item():.4f}", lr=f"{lr:.2e}")
             if done % recipe.eval_every == 0 or done == recipe.steps:
                 rows += _evaluation_rows(loop, done, done * recipe.tokens_per_step * seq_len, lr, window)
+                if loop.on_rows is not None:
+                    loop.on_rows(rows[-len(loop.names) :])
                 loop.model.train()
                 window = _Window(torch.zeros_like(window.loss))
                 if desc:
                     log(f"{desc}: step {done}: " + ", ".join(_summary(r) for r in rows[-len(loop.names) :]))
-            if ckpt is not None and done % recipe.checkpoint_every == 0 and done < recipe.steps:
+            if (
+                ckpt is not None
+                and loop.ranks.main  # rank 0 keeps the checkpoint: every rank's state is the same
+                and done % recipe.checkpoint_every == 0
+                and done < recipe.steps
+            ):
                 _checkpoint(loop, ckpt, done, rows, window)
     finally:
         if bar is not None:
@@ -312,6 +328,9 @@ def _step(loop: TrainLoop, recipe: Recipe, lr: float) -> torch.Tensor:
     for _ in range(recipe.grad_accum):
         loss = loop.step_fn(loop.next_batch(), 1.0 / recipe.grad_accum)
         step_loss += loss.detach().double() / recipe.grad_accum
+    if loop.ranks.world > 1:  # each rank's loss is the mean of its equal slice: their mean is the batch's
+        average_gradients(loop.model, loop.ranks)
+        step_loss = average(step_loss, loop.ranks)
     loop.model.clip_grad_norm_per_model(recipe.grad_clip)
     loop.optimizer.step()
     return step_loss

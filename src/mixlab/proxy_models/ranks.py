@@ -1,0 +1,166 @@
+"""Data-parallel pretraining and distillation over torch.distributed (`torchrun -m mixlab ...`).
+
+Every rank draws the same global batch plan from the same loaders (so a checkpoint's loader
+state is every rank's, and resumes on any number of ranks) and gathers only its own rows
+[r*B/W, (r+1)*B/W); gradients and the logged loss are averaged over the ranks once per step.
+Rank 0 alone runs the stage (run_stage: lock, checkpoints, outputs); the others train beside
+it in the work dir it names and wait for its result; an error there makes every rank exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixlab.errors import ConfigError, MixlabError
+from mixlab.proxy_models.data import MixtureLoader
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes: rank `rank` of `world`."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_ranks(device: str) -> Ranks:
+    """The process group torchrun describes (WORLD_SIZE, RANK, MASTER_ADDR, ...); one process: Ranks()."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        atexit.register(_close_group)
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def _close_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch(batch_size: int, ranks: Ranks) -> None:
+    if batch_size % ranks.world:
+        raise ConfigError(
+            f"--batch-size {batch_size}: not divisible by the world size {ranks.world} (torchrun "
+            "--nproc-per-node x nodes); every rank takes an equal slice of the global batch"
+        )
+
+
+@contextlib.contextmanager
+def quiet_on_other_ranks(ranks: Ranks) -> Iterator[None]:
+    """A MixlabError is said once, by rank 0; every other rank exits non-zero without a word."""
+    try:
+        yield
+    except MixlabError:
+        if ranks.main:
+            raise
+        raise SystemExit(1) from None
+
+
+def sliced_batches(
+    loaders: Sequence[MixtureLoader], device: str, ranks: Ranks, M: int | None = None
+) -> Callable[[], torch.Tensor]:
+    """This rank's rows of every member's global batch: (M, B/W, T+1).
+
+    With `M` and one loader, every member shares that loader's stream (as `shared_batches`).
+    """
+    b = loaders[0].batch_size // ranks.world
+    mine = slice(ranks.rank * b, (ranks.rank + 1) * b)
+
+    def next_batch() -> torch.Tensor:
+        rows = []
+        for loader in loaders:
+            choice, starts = loader.draw()  # every rank draws every plan: one global order
+            rows.append(loader.gather(choice[mine], starts[mine]))
+        batch = torch.from_numpy(np.stack(rows)).to(device)
+        return batch.expand(M, -1, -1) if M is not None else batch
+
+    return next_batch
+
+
+def average_gradients(model: torch.nn.Module, ranks: Ranks) -> None:
+    """Average every gradient over the ranks with one all-reduce of one flat buffer."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= ranks.world
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def average(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    import torch.distributed as dist
+
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / ranks.world
+
+
+def _send(message: dict[str, Any]) -> None:
+    import torch.distributed as dist
+
+    dist.broadcast_object_list([message], src=0)
+
+
+def _receive() -> dict[str, Any]:
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def stage_on_rank0(
+    ranks: Ranks, run_main: Callable[[Callable[[Path], None]], Any], run_other: Callable[[Path], None]
+) -> Any:
+    """Rank 0: `run_main(ready)` (the stage; its body calls ready(work) right before training).
+    Other ranks: wait for that work dir, `run_other(work)` (train only, write nothing), then wait
+    for rank 0's result: its manifest, or exit non-zero when rank 0 failed."""
+    if ranks.world == 1:
+        return run_main(lambda work: None)
+    if ranks.main:
+        sent = False
+
+        def ready(work: Path) -> None:
+            nonlocal sent
+            _send({"work": str(work)})
+            sent = True
+
+        try:
+            manifest = run_main(ready)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # the others may be gone already
+                _send({"error": str(exc)})
+            raise
+        _send({"manifest": manifest})
+        return manifest
+    message = _receive()
+    if "work" in message:
+        run_other(Path(message["work"]))
+        message = _receive()
+    if "error" in message:
+        raise SystemExit(1)  # rank 0 said what went wrong
+    return message["manifest"]
