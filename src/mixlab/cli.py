@@ -25,7 +25,7 @@ from mixlab.cluster import dask_client
 from mixlab.config import field_help, field_types, resolve_config, unwrap_optional
 from mixlab.errors import MixlabError
 from mixlab.pipelines.run import describe, pipeline_path, plan_json, plan_pipeline, run_pipeline, stage_dir
-from mixlab.stage import Manifest
+from mixlab.stage import Manifest, check_output_dir
 from mixlab.stages import STAGES, Alert, Stage
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -136,23 +136,24 @@ def out_params(default: str | None = None) -> list[click.Parameter]:
     ]
 
 
+def env_option(flag: str, envvar: str, help: str) -> click.Option:
+    """A flag that an environment variable can also set (shown in --help)."""
+    return click.Option([flag], default=None, envvar=envvar, show_envvar=True, help=help)
+
+
 def scheduler_param() -> click.Option:
-    return click.Option(
-        ["--scheduler-address"],
-        default=None,
-        envvar="DASK_SCHEDULER_ADDRESS",
-        show_envvar=True,
-        help="Dask scheduler to run on (default: dask config's scheduler-address, else a LocalCluster)",
+    return env_option(
+        "--scheduler-address",
+        "DASK_SCHEDULER_ADDRESS",
+        "Dask scheduler to run on (default: dask config's scheduler-address, else a LocalCluster)",
     )
 
 
 def gpus_param() -> click.Option:
-    return click.Option(
-        ["--gpus"],
-        default=None,
-        envvar="MIXLAB_GPUS",
-        show_envvar=True,
-        help="GPUs a LocalCluster pins one worker each to, by position (0,1), or none [default: every visible GPU]",
+    return env_option(
+        "--gpus",
+        "MIXLAB_GPUS",
+        "GPUs a LocalCluster pins one worker each to, by position (0,1), or none [default: every visible GPU]",
     )
 
 
@@ -233,6 +234,7 @@ def stage_command(
         out = out_dir if out_dir is not None else out_default[1](inputs)  # type: ignore[index]
         address = kwargs.pop("scheduler_address", None)
         gpus = kwargs.pop("gpus", None)
+        check_output_dir(Path(out))  # a refusal before a Dask cluster is started for nothing
         with (
             dask_client(scheduler_address=address, gpus=gpus)
             if stage.uses_dask
@@ -364,16 +366,22 @@ add(
         file_okay=True,
     ),
 )
-add(
-    STAGES["pretrain"],
-    "Pretrain the full model on the chosen mixture (and --baselines for comparison).",
-    path_option("--tokens", TOKENS),
-    click.Option(
+
+
+def mixture_option() -> click.Option:
+    return click.Option(
         ["--mixture"],
         required=True,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
-    ),
+    )
+
+
+add(
+    STAGES["pretrain"],
+    "Pretrain the full model on the chosen mixture (and --baselines for comparison).",
+    path_option("--tokens", TOKENS),
+    mixture_option(),
     hidden=[RESUME],
 )
 add(
@@ -398,12 +406,7 @@ add(
     STAGES["export_stream"],
     "Write the mixed token stream of TOKENS and --mixture as a flat .bin (nanoGPT style) and parquet shards.",
     path_option("--tokens", TOKENS),
-    click.Option(
-        ["--mixture"],
-        required=True,
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
-    ),
+    mixture_option(),
 )
 add(
     STAGES["report"],

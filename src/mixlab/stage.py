@@ -333,45 +333,55 @@ def _existing_output(
     Refuses to overwrite an output of other settings without `force`, and never overwrites a
     directory mixlab did not write.
     """
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise MixlabError(
-                f"{out_dir}: exists and is a file, not an output directory; choose another --out"
-            )
-        if (out_dir / MANIFEST).is_file():
-            try:
-                old = Manifest.load(out_dir)
-            except InputError as exc:
-                raise MixlabError(
-                    f"{exc}; refusing to overwrite it: choose another --out or remove it yourself"
-                ) from None
-            if old.stage == stage and old.config == config and old.inputs == fingerprints and not force:
-                missing = old.missing_outputs()
-                if not missing:
-                    log(f"{stage}: {out_dir} is up to date (same config and inputs); nothing to do")
-                    old.skipped = True
-                    return old
-                log(
-                    f"{stage}: {out_dir} is incomplete ({len(missing)} file(s) missing, e.g. {missing[0]}); rebuilding"
-                )
-                return None
-            if not force:
-                changed = [k for k in config if old.config.get(k) != config[k]]
-                if old.stage != stage:
-                    what = f"stage differs (this is {stage})"
-                else:
-                    what = f"config changed ({', '.join(changed)})" if changed else "inputs changed"
-                raise MixlabError(
-                    f"{out_dir}: exists from an earlier {old.stage} run and the {what}; "
-                    "pass --force to overwrite or choose another --out"
-                )
-        elif any(out_dir.iterdir()):
-            # Refused even with --force: publishing would delete files mixlab did not write.
-            raise MixlabError(
-                f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a mixlab stage output); "
-                "choose another --out or remove it yourself"
-            )
+    old = check_output_dir(out_dir)
+    if old is None:
+        return None
+    if old.stage == stage and old.config == config and old.inputs == fingerprints and not force:
+        missing = old.missing_outputs()
+        if not missing:
+            log(f"{stage}: {out_dir} is up to date (same config and inputs); nothing to do")
+            old.skipped = True
+            return old
+        log(
+            f"{stage}: {out_dir} is incomplete ({len(missing)} file(s) missing, e.g. {missing[0]}); rebuilding"
+        )
+        return None
+    if not force:
+        changed = [k for k in config if old.config.get(k) != config[k]]
+        if old.stage != stage:
+            what = f"stage differs (this is {stage})"
+        else:
+            what = f"config changed ({', '.join(changed)})" if changed else "inputs changed"
+        raise MixlabError(
+            f"{out_dir}: exists from an earlier {old.stage} run and the {what}; "
+            "pass --force to overwrite or choose another --out"
+        )
+    return None
 
+
+def check_output_dir(out_dir: Path | str) -> Manifest | None:
+    """Refuse an --out mixlab may never write into; the manifest of an earlier mixlab output, if any.
+
+    Cheap, so the CLI calls it before starting anything (a Dask cluster) that a refusal wastes.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        raise MixlabError(f"{out_dir}: exists and is a file, not an output directory; choose another --out")
+    if (out_dir / MANIFEST).is_file():
+        try:
+            return Manifest.load(out_dir)
+        except InputError as exc:
+            raise MixlabError(
+                f"{exc}; refusing to overwrite it: choose another --out or remove it yourself"
+            ) from None
+    if any(out_dir.iterdir()):
+        # Refused even with --force: publishing would delete files mixlab did not write.
+        raise MixlabError(
+            f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a mixlab stage output); "
+            "choose another --out or remove it yourself"
+        )
     return None
 
 

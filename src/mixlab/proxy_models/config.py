@@ -381,7 +381,9 @@ class ExportConfig:
 class ExportStreamConfig:
     """`mixlab export stream`: the mixed token stream materialised as files any trainer reads."""
 
-    tokens_total: int = option(0, "tokens to write (rounded up to whole sequences of --seq-len + 1)")
+    tokens_total: int = option(
+        0, "tokens to write, required (rounded up to whole sequences of --seq-len + 1)"
+    )
     seq_len: int = option(1024, "tokens per training sequence; each written sequence holds seq_len + 1")
     batch_size: int = option(
         16, "sequences drawn per global batch (pretrain's --batch-size gives its exact stream)"
@@ -393,8 +395,8 @@ class ExportStreamConfig:
     rows_per_shard: int = option(8192, "sequences per parquet shard")
 
     def __post_init__(self) -> None:
-        if self.tokens_total < 1:
-            raise ConfigError("--tokens-total: required, the number of tokens to write (at least 1)")
+        if self.tokens_total < 0:
+            raise ConfigError("--tokens-total: must not be negative")
         for name in ("seq_len", "batch_size", "rows_per_shard"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag_name(name)}: must be at least 1")

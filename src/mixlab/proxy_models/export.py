@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from mixlab.console import log
+from mixlab.errors import ConfigError
 from mixlab.mixture import Mixture
 from mixlab.proxy_models.config import ExportConfig, ExportStreamConfig, GPTConfig
 from mixlab.proxy_models.modeldir import CONFIG, WEIGHTS, hf_llama_config, read_model_config, tokenizer_json
@@ -83,6 +84,8 @@ def run_export_stream(
 ) -> Manifest:
     """The mixed stream as files; inputs: {"tokens": dir, "mixture": mixture.json}."""
     inputs = absolute_inputs(inputs)
+    if cfg.tokens_total < 1:  # checked here, not in the config: a pipeline file need not name it
+        raise ConfigError("--tokens-total: required, the number of tokens to write (at least 1)")
     tokens_dir, mixture_path = Path(inputs["tokens"]), Path(inputs["mixture"])
     shards = TokenShards.open(tokens_dir)
     Mixture.read(mixture_path, shards.domains)  # a domain the tokens lack fails before any output
