@@ -86,7 +86,7 @@ def verify_mixtures(
         f"mixtures select: verifying {len(names)} mixtures x {n} seeds at width {cfg.n_embd}, {cfg.steps} steps"
     )
     runs = [dict(mixtures[name]) for name in names for _ in seeds]
-    table = train_mixtures(tokens, runs, cfg, seeds=[s for _ in names for s in seeds])
+    table = train_mixtures(tokens, runs, cfg, seeds=[s for _ in names for s in seeds], desc="verify")
     missing = [t for t in target.terms if f"{LOSS_PREFIX}{t}" not in table.column_names]
     if missing:
         raise InputError(
