@@ -111,5 +111,5 @@ def demo_run(tmp_path_factory) -> Path:
     chosen = json.loads((root / "08_mixtures_select" / "mixture.json").read_text())["weights"]
     _pretrain(root / "09_pretrain", chosen)
     (root / "pipeline.yaml").write_text("description: a demo-like run\nseed: 0\n")
-    run_report({"run": root}, ReportConfig(title="a demo-like run"), root / "10_report")
+    run_report({"run": root}, ReportConfig(), root / "10_report")
     return root

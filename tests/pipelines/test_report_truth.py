@@ -22,7 +22,7 @@ def md(demo_run) -> str:
 def test_the_report_says_what_the_target_is_and_carries_the_pipeline_file(demo_run, md) -> None:
     answer = md.split("## Answer", 1)[1].split("\n## ", 1)[0]
     assert "Target: the loss on a held-out set of fresh documents drawn 70% prose + 30% code" in answer
-    assert md.startswith("# a demo-like run")
+    assert md.startswith("# a demo-like run")  # the description of the pipeline file at the run root
     assert "## Pipeline" in md and "description: a demo-like run" in md
 
 

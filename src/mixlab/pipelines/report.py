@@ -771,18 +771,35 @@ def run_report(
     if not dirs:
         raise InputError(f"{run}: no finished stage outputs (NN_<stage>/manifest.json) to report on")
 
+    title = page_title(cfg, run)
+
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         page = Page(stage.out)
-        page.html.append(f"<h1>{html.escape(cfg.title)}</h1>")
-        page.md.append(f"# {cfg.title}\n")
+        page.html.append(f"<h1>{html.escape(title)}</h1>")
+        page.md.append(f"# {title}\n")
         sections = write_sections(page, dirs, cfg, run)
         (stage.out / "report.md").write_text("\n".join(page.md) + "\n")
-        (stage.out / "report.html").write_text(_html_page(cfg.title, "\n".join(page.html)))
+        (stage.out / "report.html").write_text(_html_page(title, "\n".join(page.html)))
         counts = {"sections": len(sections), "figures": len(page.figures)}
         return counts, {"sections": sections, "figures": page.figures}
 
     # Fingerprinted by the stage outputs, not the run root (which holds the report itself).
     return run_stage("report", cfg, dirs, out_dir, body, force=force)
+
+
+def page_title(cfg: ReportConfig, run: Path) -> str:
+    """--title, else the `description` of the pipeline file kept at the run root, else the default."""
+    default = next(f.default for f in dataclasses.fields(cfg) if f.name == "title")
+    if cfg.title != default or not (run / RUN_YAML).is_file():
+        return cfg.title
+    import yaml
+
+    try:
+        data = yaml.safe_load((run / RUN_YAML).read_text())
+    except (OSError, yaml.YAMLError):
+        return cfg.title
+    description = data.get("description") if isinstance(data, dict) else None
+    return str(description) if description else cfg.title
 
 
 def write_sections(
