@@ -139,10 +139,13 @@ def _orderings(
             c["verdict"].startswith("better") for c in out["comparisons"].values()
         )
         for name, c in out["comparisons"].items():
-            noise = f" +- {c['stderr']:.3f}" if c["stderr"] is not None else ""
+            noise = f" ± {c['stderr']:.3f}" if c["stderr"] is not None else ""
             log(
                 f"mixtures select: chosen vs {name} at the larger size: {c['gap']:+.4f}{noise} nats lower: "
                 f"{c['verdict']}"
             )
-    log(f"mixtures select: at the larger size, measured order {order_meas} (predicted {order_pred})")
+    log(
+        f"mixtures select: at the larger size, measured order {' < '.join(order_meas)} "
+        f"(predicted {' < '.join(order_pred)})"
+    )
     return out
