@@ -312,9 +312,11 @@ def status(plan: Plan, index: int) -> str:
 
 
 # Rough training throughput of 2 CPU cores for these tiny GPTs (flop/s), measured on the demo
-# (benchmarks/demo.py); only used to say how long a stage will take, never to decide anything.
-CPU_FLOPS = 2.0e10
-FIXED_SECONDS = 3.0  # a stage that trains nothing: reading and writing the demo's small tables
+# (benchmarks/demo.py): a swarm of packed proxies on Dask workers, and one model trained in
+# this process (pretrain, distill, verify). Only says how long a stage will take.
+SWARM_FLOPS = 1.6e10
+CPU_FLOPS = 3.0e10
+FIXED_SECONDS = 1.5  # a stage that trains nothing: reading and writing the demo's small tables
 
 
 def _train_flops(size: Any, vocab: int, tokens: float, forward_only: bool = False) -> float:
@@ -330,7 +332,7 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
     if step.name == "swarm_train":
         sample = plan.step("mixtures_sample").cfg
         runs = sample.candidates + max(0, cfg.repeats - 1) * min(cfg.repeat_mixtures, sample.candidates)
-        return _train_flops(cfg, vocab, runs * cfg.steps * cfg.batch_size * cfg.seq_len) / CPU_FLOPS
+        return _train_flops(cfg, vocab, runs * cfg.steps * cfg.batch_size * cfg.seq_len) / SWARM_FLOPS
     if step.name == "mixtures_select" and cfg.verify:
         swarm = plan.step("swarm_train").cfg
         wide = dataclasses.replace(swarm, n_embd=int(swarm.n_embd * cfg.verify_scale))
