@@ -267,7 +267,7 @@ def test_the_shipped_pipeline_serves_as_config_for_every_single_stage(name):
 def test_quickstart_values_reach_the_stages_that_were_renamed():
     sample = resolve_config(SampleConfig, QUICKSTART, section="mixtures_sample", sections=STAGES)
     swarm = resolve_config(SwarmConfig, QUICKSTART, section="swarm_train", sections=STAGES)
-    assert (sample.candidates, swarm.steps) == (128, 60)
+    assert (sample.candidates, swarm.steps) == (128, 40)
 
 
 def test_a_stage_sections_own_seed_beats_the_global_one(tmp_path):

@@ -234,7 +234,8 @@ def stage_command(
         out = out_dir if out_dir is not None else out_default[1](inputs)  # type: ignore[index]
         address = kwargs.pop("scheduler_address", None)
         gpus = kwargs.pop("gpus", None)
-        check_output_dir(Path(out))  # a refusal before a Dask cluster is started for nothing
+        if stage.uses_dask:
+            check_output_dir(Path(out))  # a refusal before a Dask cluster is started for nothing
         with (
             dask_client(scheduler_address=address, gpus=gpus)
             if stage.uses_dask

@@ -63,6 +63,7 @@ class IngestConfig:
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
+SUPPORTED = f"parquet (.parquet), JSON lines ({', '.join(JSONL_SUFFIXES)}), text ({', '.join(TEXT_SUFFIXES)})"
 BATCH = 10_000
 
 Record = tuple[Any, Any, Any]  # (id or None, domain or None, text as str | bytes | None)
@@ -97,7 +98,7 @@ def discover(inputs: Sequence[Path]) -> list[tuple[Path, str, Path]]:
             kind = _kind(root)
             if kind is None:
                 raise InputError(
-                    f"{root}: unknown input type; expected .parquet, .jsonl[.gz] or a folder of .txt files"
+                    f"{root}: unknown input type; supported: {SUPPORTED}, or a folder of such files"
                 )
             found.append((root, kind, root.parent))
             continue

@@ -158,7 +158,7 @@ def test_whole_tiny_pipeline_ends_in_a_report_and_reruns_as_a_no_op(tmp_path: Pa
         assert f"<h2>{heading}" in html and f"## {heading}" in md
     assert html.count("data:image/png;base64,") >= 6  # self-contained: figures embedded
     mixture = json.loads((run / "08_mixtures_select" / "mixture.json").read_text())
-    assert f"{mixture['predicted_target_loss']:.4f}" in md  # figures are read from the stage outputs
+    assert f"{mixture['predicted_target_loss']:.3f}" in md  # figures are read from the stage outputs
     again = run_pipeline(yaml, run)
     assert all(m.skipped for m in again.values())
 

@@ -66,16 +66,19 @@ def test_the_answer_says_which_mixture_why_and_how_sure_from_the_stage_outputs(r
     fit = json.loads((run_root / "07_mixtures_fit" / "fit.json").read_text())
     assert manifest.stage == "report"
     assert manifest.stats["sections"] == ["mixtures_fit", "mixtures_select", "pretrain"]
-    assert f"predicts target loss {mixture['predicted_target_loss']:.4f}" in md
-    assert f"{mixture['natural']['predicted_target_loss']:.4f} (natural)" in md
+    assert f"predicts target loss {mixture['predicted_target_loss']:.3f}" in md
+    assert f"{mixture['natural']['predicted_target_loss']:.3f} (natural)" in md
     assert f"held-out Spearman {mixture['held_out']['spearman']:.3f}" in md
-    assert f"seed noise floor {fit['noise_floor']['rmse']:.3g}" in md
-    assert "the best target loss is chosen's (gaps vs chosen: natural +0.2000, uniform +0.1000)" in md
+    assert f"seed noise floor {fit['noise_floor']['rmse']:.3f}" in md
+    assert (
+        "the best target loss is chosen's: chosen is 0.200 lower than natural; chosen is 0.100 lower than uniform"
+        in md
+    )
     assert (
         f"({fit['chosen']})" in md
         and (tmp_path / "report" / f"fit_predicted_vs_actual_{fit['chosen']}.png").is_file()
     )
-    assert "chosen beats every alternative by more than the swarm's seed noise (0.05): yes." in md
+    assert "chosen beats every alternative by more than the swarm's seed noise (0.050): yes." in md
 
 
 def test_beating_the_seed_noise_is_judged_from_the_gaps_and_the_noise_floor(run_root, tmp_path):
@@ -85,7 +88,7 @@ def test_beating_the_seed_noise_is_judged_from_the_gaps_and_the_noise_floor(run_
         (root / name).symlink_to(run_root / name)
     _pretrain(root / "09_pretrain", {"natural": 0.2, "uniform": 0.01}, noise=0.05)
     run_report({"run": root}, ReportConfig(), root / "10_report")
-    assert "more than the swarm's seed noise (0.05): no." in (root / "10_report" / "report.md").read_text()
+    assert "more than the swarm's seed noise (0.050): no." in (root / "10_report" / "report.md").read_text()
 
 
 def test_stage_dirs_are_found_by_their_numbered_names_and_the_report_is_numbered_after_them(

@@ -22,7 +22,7 @@ from typing import Any
 
 from mixlab.cluster import dask_client
 from mixlab.config import PIPELINE_SETTINGS, config_to_dict, expand_path, load_yaml, section_values
-from mixlab.console import log
+from mixlab.console import clock, log
 from mixlab.errors import ConfigError, MixlabError
 from mixlab.stage import MANIFEST, Manifest, partial_dir
 from mixlab.stages import STAGES, Stage, stage_named
@@ -186,6 +186,9 @@ def plan_pipeline(
         raise ConfigError(
             f"{path}: targets: {SYNTH_TARGET!r} is the synthetic corpus's own target; rename it"
         )
+    description = data.get("description")
+    if description and configs["report"].title == _default(configs["report"], "title"):
+        filled["report"]["title"] = str(description)  # the report is titled by what the run is for
     root = Path(root)
     steps = []
     for name in PIPELINE:
@@ -213,10 +216,14 @@ def plan_pipeline(
         inputs=inputs,
         targets=targets,
         scheduler_address=data.get("scheduler_address"),
-        description=data.get("description"),
+        description=description,
         first=first,
         last=last,
     )
+
+
+def _default(cfg: Any, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cfg) if f.name == name)
 
 
 def _selected(text: str, names: list[str], flag: str) -> str:
@@ -304,6 +311,46 @@ def status(plan: Plan, index: int) -> str:
     return "resumes a partial run" if partial_dir(step.out).exists() else "to run"
 
 
+# Rough training throughput of 2 CPU cores for these tiny GPTs (flop/s), measured on the demo
+# (benchmarks/demo.py): a swarm of packed proxies on Dask workers, and one model trained in
+# this process (pretrain, distill, verify). Only says how long a stage will take.
+SWARM_FLOPS = 1.6e10
+CPU_FLOPS = 3.0e10
+FIXED_SECONDS = 1.5  # a stage that trains nothing: reading and writing the demo's small tables
+
+
+def _train_flops(size: Any, vocab: int, tokens: float, forward_only: bool = False) -> float:
+    """6 flop per parameter per token trained (2 for a forward pass): 12 L C^2 in the blocks + V C."""
+    layers, width = getattr(size, "n_layer", None) or 2, getattr(size, "n_embd", None) or 64
+    params = 12 * layers * width * width + vocab * width
+    return (2.0 if forward_only else 6.0) * params * tokens
+
+
+def estimate_seconds(plan: Plan, step: Step) -> float:
+    """A rough CPU estimate of a step's time from its config (model sizes x tokens trained)."""
+    cfg, vocab = step.cfg, plan.step("tokenizer_train").cfg.vocab_size
+    if step.name == "swarm_train":
+        sample = plan.step("mixtures_sample").cfg
+        runs = sample.candidates + max(0, cfg.repeats - 1) * min(cfg.repeat_mixtures, sample.candidates)
+        return _train_flops(cfg, vocab, runs * cfg.steps * cfg.batch_size * cfg.seq_len) / SWARM_FLOPS
+    if step.name == "mixtures_select" and cfg.verify:
+        swarm = plan.step("swarm_train").cfg
+        wide = dataclasses.replace(swarm, n_embd=int(swarm.n_embd * cfg.verify_scale))
+        tokens = 3 * cfg.verify_seeds * swarm.steps * cfg.verify_scale * swarm.batch_size * swarm.seq_len
+        return FIXED_SECONDS + _train_flops(wide, vocab, tokens) / CPU_FLOPS
+    if step.name in ("pretrain", "distill"):
+        members = (1 + len(getattr(cfg, "baselines", ()))) * getattr(cfg, "seeds", 1)
+        if step.name == "distill":
+            members = 2 if cfg.compare_scratch else 1
+        seq_len = cfg.seq_len or plan.step("pretrain").cfg.seq_len or 128
+        tokens = members * cfg.steps * cfg.batch_size * cfg.grad_accum * seq_len
+        flops = _train_flops(cfg, vocab, tokens)
+        if step.name == "distill":  # the teacher's forward pass on every batch
+            flops += _train_flops(plan.step("pretrain").cfg, vocab, tokens / members, forward_only=True)
+        return flops / CPU_FLOPS
+    return FIXED_SECONDS
+
+
 def describe(plan: Plan) -> str:
     """The plan as text: each step, its directory, its status and what the pipeline filled in."""
     lines = [f"pipeline: {plan.path}" + (f" ({plan.description})" if plan.description else "")]
@@ -313,14 +360,22 @@ def describe(plan: Plan) -> str:
     for name, paths in plan.targets.items():
         lines.append(f"target:   {name} <- {', '.join(map(str, paths))}")
     width = max(len(s.name) for s in plan.steps)
+    todo = 0.0
     for i, step in enumerate(plan.steps):
-        lines.append(f"  {step.name:{width}s}  {step.out.name:24s} {status(plan, i)}")
+        state = status(plan, i)
+        guess = estimate_seconds(plan, step)
+        if plan.first <= i < plan.last and not state.startswith("done"):
+            todo += guess
+        lines.append(f"  {step.name:{width}s}  {step.out.name:24s} ~{clock(guess):>6s}  {state}")
         fills = dict(step.filled)
         if step.name == "tokenize":
             fills["targets"] = [str(p) for p in target_tables(plan)] or None
         for key, value in fills.items():
             if value is not None:
                 lines.append(f"  {'':{width}s}    {key} = {value}")
+    lines.append(
+        f"estimated time of what is left to run: ~{clock(todo)} on 2 CPU cores (rough: model size x tokens)"
+    )
     lines.append("(--dry-run --json: every resolved config)")
     return "\n".join(lines)
 
@@ -343,6 +398,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "stage": step.stage.name,
                 "dir": str(step.out),
                 "status": status(plan, i),
+                "estimated_s": round(estimate_seconds(plan, step), 1),
                 "selected": plan.first <= i < plan.last,
                 "filled": plain(step.filled),
                 "inputs": plain(step_inputs(plan, step)),
@@ -395,18 +451,84 @@ def run_pipeline(
     )
     manifests: dict[str, Manifest] = {}
     started = time.perf_counter()
+    record = RunRecord.start(plan)
+    estimates = [
+        0.0 if status(plan, plan.first + i).startswith("done") else estimate_seconds(plan, step)
+        for i, step in enumerate(plan.selected)
+    ]
     with dask as dask_handle:
         for k, step in enumerate(plan.selected, 1):
-            manifests[step.name] = _run_step(plan, step, dask_handle, force, f"{k}/{len(plan.selected)}")
-    log(f"\npipeline finished in {time.perf_counter() - started:.1f}s; run root {plan.root}")
+            elapsed = time.perf_counter() - started
+            log(
+                f"\n== stage {k} of {len(plan.selected)}: {step.name} -> {step.out}  "
+                f"(elapsed {clock(elapsed)}; this stage ~{clock(estimates[k - 1])}, "
+                f"left ~{clock(sum(estimates[k - 1 :]))}, estimated on 2 CPU cores)"
+            )
+            t0 = time.perf_counter()
+            manifests[step.name] = _run_step(plan, step, dask_handle, force)
+            record.finished(step, manifests[step.name], time.perf_counter() - t0)
+    record.close(time.perf_counter() - started)
+    log(f"\npipeline finished in {clock(time.perf_counter() - started)}; run root {plan.root}")
     return manifests
 
 
-def _run_step(plan: Plan, step: Step, client: Any, force: bool, position: str) -> Manifest:
-    log(f"\n== [{position}] {step.name} -> {step.out}")
+RUN_YAML = "pipeline.yaml"  # the run root's copy of the pipeline file it was made with
+RUN_JSON = "run.json"  # the run root's manifest: the pipeline, each stage's directory, status and time
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """The run-level manifest at the run root, rewritten after every stage (so a killed run keeps it)."""
+
+    plan: Plan
+    data: dict[str, Any]
+
+    @classmethod
+    def start(cls, plan: Plan) -> RunRecord:
+        from mixlab.stage import package_versions, write_json
+
+        plan.root.mkdir(parents=True, exist_ok=True)
+        (plan.root / RUN_YAML).write_text(plan.path.read_text())
+        previous = plan.root / RUN_JSON
+        try:
+            stages = json.loads(previous.read_text()).get("stages", {}) if previous.is_file() else {}
+        except (OSError, ValueError):
+            stages = {}
+        data = {
+            "pipeline": str(plan.path),
+            "pipeline_copy": RUN_YAML,
+            "description": plan.description,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "selected": [s.name for s in plan.selected],
+            "stages": stages,
+            "versions": package_versions(),
+        }
+        record = cls(plan, data)
+        write_json(previous, data)
+        return record
+
+    def finished(self, step: Step, manifest: Manifest, seconds: float) -> None:
+        from mixlab.stage import write_json
+
+        entry = {"dir": step.out.name, "stage": step.stage.name, "counts": dict(manifest.counts)}
+        if manifest.skipped:
+            entry.update(self.data["stages"].get(step.name, {}), status="up to date")
+        else:
+            entry.update(status="done", wall_s=round(seconds, 2))
+        self.data["stages"][step.name] = entry
+        write_json(self.plan.root / RUN_JSON, self.data)
+
+    def close(self, seconds: float) -> None:
+        from mixlab.stage import write_json
+
+        self.data.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_s=round(seconds, 2))
+        write_json(self.plan.root / RUN_JSON, self.data)
+
+
+def _run_step(plan: Plan, step: Step, client: Any, force: bool) -> Manifest:
     t0 = time.perf_counter()
     manifest = step.stage.invoke(step_inputs(plan, step), step.cfg, step.out, client, force=force)
-    state = "up to date" if manifest.skipped else f"done in {time.perf_counter() - t0:.1f}s"
+    state = "up to date" if manifest.skipped else f"done in {clock(time.perf_counter() - t0)}"
     counts = ", ".join(f"{k}={v}" for k, v in list(manifest.counts.items())[:6])
     log(f"== {step.name}: {state} ({counts})")
     for line in step.stage.summary(manifest):

@@ -327,9 +327,15 @@ class PretrainConfig(TrainConfig):
     baselines: tuple[str, ...] = option(
         (), "also train on these mixtures for the same tokens: natural, uniform"
     )
+    seeds: int = option(
+        1,
+        "train the chosen model and each baseline with this many seeds; gaps are judged against their spread",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.seeds < 1:
+            raise ConfigError("--seeds: must be at least 1")
         bad = [b for b in self.baselines if b not in ("natural", "uniform")]
         if bad:
             raise ConfigError(f"--baselines: unknown {bad}; choose from natural, uniform")

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mixlab.console import log
 from mixlab.mixture import Mixture, Target
 from mixlab.proxy_models.config import (
@@ -112,14 +114,15 @@ def _train(
     recipe, model_cfg, names = cfg.recipe, plan.model, list(plan.mixtures)
     device = train.setup_device(cfg.device, cfg.threads)
     seq_len = model_cfg.seq_len
+    members = seed_members(names, cfg.seeds)
     loaders = {
-        n: MixtureLoader(
-            plan.tokens.path, plan.mixtures[n], seq_len, cfg.batch_size, cfg.seed, f"pretrain/{n}"
+        m: MixtureLoader(
+            plan.tokens.path, plan.mixtures[n], seq_len, cfg.batch_size, cfg.seed, f"pretrain/{m}"
         )
-        for n in names
+        for m, (n, _) in members.items()
     }
-    # Every member starts from the same weights: only the data differs between them.
-    seeds = [run_init_seed(cfg.seed, "pretrain")] * len(names)
+    # Every member of one seed starts from the same weights: only the data differs between them.
+    seeds = [run_init_seed(cfg.seed, "pretrain" if k == 0 else f"pretrain~s{k}") for _, k in members.values()]
     loop = train.lm_loop(
         model_cfg, seeds, loaders, recipe, device, plan.tokens.path, plan.scored, plan.target, ranks
     )
@@ -148,7 +151,8 @@ def _pretrain(
     on = f" on {ranks.world} ranks" if ranks.world > 1 else ""
     log(
         f"pretrain: {count_params(model_cfg):,} params ({count_params(model_cfg, True):,} non-embedding), "
-        f"{len(names)} model(s) [{', '.join(names)}] x {tokens:,} tokens on {train.pick_device(cfg.device)}{on}"
+        f"{len(names)} model(s) [{', '.join(names)}] x {cfg.seeds} seed(s) x {tokens:,} tokens "
+        f"on {train.pick_device(cfg.device)}{on}"
     )
     if force:
         shutil.rmtree(stage.work / train.CHECKPOINT, ignore_errors=True)  # --force starts over
@@ -159,7 +163,9 @@ def _pretrain(
         if metrics is not None:
             metrics.close()
 
-    final = final_rows(rows, cfg.steps)
+    members = seed_members(names, cfg.seeds)
+    per_member = final_rows(rows, cfg.steps)
+    final = {n: per_member[n] for n in names}  # seed 0: the saved models
     tokenizer = tokenizer_source(plan.tokens)
     for m, name in enumerate(names):
         facts = model_facts(
@@ -176,9 +182,57 @@ def _pretrain(
         checkpoint.save_model(where, loop.model, m, facts, tokenizer)
     comparison = None
     if cfg.baselines:
-        comparison = compare(final, plan.mixtures, plan.target, tokens, plan.mixture.noise_floor, "chosen")
+        means = seed_means(per_member, members) if cfg.seeds > 1 else final
+        comparison = compare(means, plan.mixtures, plan.target, tokens, plan.mixture.noise_floor, "chosen")
+        if cfg.seeds > 1:
+            comparison.update(seed_gaps(per_member, members, "chosen"))
     write_results(stage.out, "pretrain", rows, comparison)
     return _counts_and_stats(plan, cfg, final, loaders["chosen"].epochs(), device, tokens, comparison)
+
+
+def seed_members(names: list[str], seeds: int) -> dict[str, tuple[str, int]]:
+    """Member name -> (model, seed index): `chosen`, `natural`, ..., then `chosen~s1`, `natural~s1`, ..."""
+    return {(n if k == 0 else f"{n}~s{k}"): (n, k) for k in range(seeds) for n in names}
+
+
+def seed_means(
+    final: Mapping[str, Mapping[str, Any]], members: Mapping[str, tuple[str, int]]
+) -> dict[str, dict[str, Any]]:
+    """Each model's final losses averaged over its seeds (the rows `compare` reads)."""
+    out: dict[str, dict[str, Any]] = {}
+    for model in dict.fromkeys(n for n, _ in members.values()):
+        rows = [final[m] for m, (n, _) in members.items() if n == model]
+        keys = [k for k in rows[0] if k == "target" or k.startswith("loss.")]
+        out[model] = {**rows[0], **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    return out
+
+
+def seed_gaps(
+    final: Mapping[str, Mapping[str, Any]], members: Mapping[str, tuple[str, int]], reference: str
+) -> dict[str, Any]:
+    """Each model's target loss per seed, and its gap to `reference` judged against the seed spread.
+
+    Members of one seed share their initial weights, so the gap is paired by seed: its standard
+    error is the spread of the per-seed gaps; "better" means more than two standard errors.
+    """
+    targets: dict[str, list[float]] = {}
+    for m, (n, _) in members.items():
+        targets.setdefault(n, []).append(float(final[m]["target"]))
+    ref = np.array(targets[reference])
+    gaps = {}
+    for name, values in targets.items():
+        if name == reference:
+            continue
+        d = np.array(values) - ref  # > 0: the reference is lower
+        gap, stderr = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+        verdict = "better" if gap > 2 * stderr else "worse" if gap < -2 * stderr else "within seed noise"
+        gaps[name] = {"gap": gap, "stderr": stderr, "verdict": verdict}
+    return {
+        "seeds": len(ref),
+        "target_by_seed": targets,
+        "seed_gaps": gaps,
+        "beats_all_beyond_seed_spread": all(g["verdict"] == "better" for g in gaps.values()),
+    }
 
 
 def _counts_and_stats(

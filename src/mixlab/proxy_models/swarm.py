@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,7 +27,7 @@ import pyarrow as pa
 import xxhash
 
 from mixlab.cluster import dask_client, gpu_worker_count
-from mixlab.console import log, progress
+from mixlab.console import StepProgress, log
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixture import LOSS_PREFIX, WEIGHT_PREFIX, Mixture
 from mixlab.proxy_models.config import GPTConfig, SwarmConfig, count_params
@@ -129,8 +129,14 @@ def train_pack(
     tokens_dir: Path | str,
     scored: Sequence[str],
     threads: int = 0,
+    *,
+    desc: str | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train one swarm (one member per run) and score it; returns one runs.parquet row per run."""
+    """Train one swarm (one member per run) and score it; returns one runs.parquet row per run.
+
+    `desc` shows its progress here; `on_step` gets the steps done (a Dask task reports them).
+    """
     from mixlab.proxy_models import train
 
     start = time.perf_counter()
@@ -143,7 +149,7 @@ def train_pack(
     }
     seeds = [run_init_seed(r.seed, r.run_id) for r in runs]
     loop = train.lm_loop(model_cfg, seeds, loaders, recipe, device, tokens_dir, scored)
-    final = final_rows(train.train(loop, recipe, cfg.seq_len), cfg.steps)
+    final = final_rows(train.train(loop, recipe, cfg.seq_len, desc=desc, on_step=on_step), cfg.steps)
     wall_s = (time.perf_counter() - start) / len(runs)
     name = train.device_name(device)
     return [_run_row(r, final[r.run_id], loaders[r.run_id], model_cfg, wall_s, name) for r in runs]
@@ -177,12 +183,14 @@ def train_mixtures(
     cfg: SwarmConfig | None = None,
     seeds: Sequence[int] | None = None,
     run_ids: Sequence[str] | None = None,
+    desc: str | None = None,
 ) -> pa.Table:
     """Train one proxy per mixture in this process and score it: the rows runs.parquet would hold.
 
     For quick checks from Python (e.g. confirming a regression's ranking at a second model
     size: pass a `SwarmConfig` with other sizes). Mixtures are {domain: weight} summing to 1;
     a run's data and initialisation derive from its seed and run id (default ``mix00000``...).
+    `desc` names the packs' progress (None: silent).
     """
     cfg = cfg or SwarmConfig()
     seeds = list(seeds) if seeds is not None else list(range(len(mixtures)))
@@ -200,8 +208,10 @@ def train_mixtures(
     check_train_tokens(tokens, [r.weights for r in runs], cfg.seq_len)
     scored = tokens.scored_domains(cfg.seq_len)
     rows: list[dict[str, Any]] = []
-    for i in range(0, len(runs), cfg.pack_size):
-        rows += train_pack(runs[i : i + cfg.pack_size], cfg, tokens.path, scored, cfg.threads)
+    packs = range(0, len(runs), cfg.pack_size)
+    for k, i in enumerate(packs, 1):
+        name = f"{desc} (pack {k}/{len(packs)})" if desc and len(packs) > 1 else desc
+        rows += train_pack(runs[i : i + cfg.pack_size], cfg, tokens.path, scored, cfg.threads, desc=name)
     return _runs_table(rows)
 
 
@@ -265,8 +275,12 @@ def _train_pack_task(
     tokens_dir: str,
     scored: list[str],
     workers_per_host: dict[str, int],
+    task: str = "",
 ) -> list[dict[str, Any]]:
-    """A pack on a Dask worker; with --threads 0 it takes its worker's share of the host's cores."""
+    """A pack on a Dask worker; with --threads 0 it takes its worker's share of the host's cores.
+
+    Its steps go to the client as `PROGRESS_TOPIC` events (see `_pack_progress`).
+    """
     threads = cfg.threads
     if threads == 0:
         from distributed import get_worker
@@ -277,7 +291,33 @@ def _train_pack_task(
             host = None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, cores // max(1, workers_per_host.get(host, 1)))
-    return train_pack(runs, cfg, tokens_dir, scored, threads)
+    return train_pack(runs, cfg, tokens_dir, scored, threads, on_step=_pack_progress(task, cfg.steps))
+
+
+PROGRESS_TOPIC = "mixlab-swarm-progress"  # a pack's steps done, worker -> client (Dask events)
+
+
+def _pack_progress(task: str, steps: int, every: float = 1.0) -> Callable[[int], None] | None:
+    """On a Dask worker: send `(task, steps done)` to the client at most every `every` seconds.
+
+    Through the scheduler's event log (`log_event` / `subscribe_topic`), so progress reaches
+    the user's terminal wherever the workers run; outside a worker, None (no reporting).
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    last = [0.0]
+
+    def report(done: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every or done == steps:
+            last[0] = now
+            worker.log_event(PROGRESS_TOPIC, {"task": task, "done": done})
+
+    return report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,6 +409,8 @@ def _train_packs(
             f"in {len(packs)} pack(s) on {'GPU' if gpu else 'CPU'} workers"
         )
         futures = {}
+        steps = _SwarmSteps(packs, cfg)
+        dask.subscribe_topic(PROGRESS_TOPIC, steps.event)
         for pack in packs:
             task = _pack_task(pack)
             future = dask.submit(
@@ -378,18 +420,42 @@ def _train_packs(
                 str(plan.tokens.path),
                 plan.scored,
                 per_host,
+                task,
                 key=f"swarm-pack-{task}",
                 pure=False,
                 resources={"GPU": 1} if gpu else None,
             )
             futures[future] = (task, pack)
-        bar = progress(as_completed(futures), len(futures), "swarm packs", "pack")
-        for finished, future in enumerate(bar, start=1):
-            task, pack = futures[future]
-            rows = future.result()
-            write_table(_runs_table(rows), work / PACKS / f"{task}.parquet")
-            markers.mark(task, {"runs": [r.run_id for r in pack]})  # after its rows: a kill loses no run
-            log(f"swarm: pack of {len(rows)} finished ({finished}/{len(futures)})")
+        try:
+            for finished, future in enumerate(as_completed(futures), start=1):
+                task, pack = futures[future]
+                rows = future.result()
+                write_table(_runs_table(rows), work / PACKS / f"{task}.parquet")
+                markers.mark(task, {"runs": [r.run_id for r in pack]})  # after its rows: a kill loses no run
+                steps.event((time.time(), {"task": task, "done": cfg.steps}))
+                log(f"swarm: pack of {len(rows)} finished ({finished}/{len(futures)})")
+        finally:
+            dask.unsubscribe_topic(PROGRESS_TOPIC)
+            steps.progress.close()
+
+
+class _SwarmSteps:
+    """The client's view of every pack's steps (from `PROGRESS_TOPIC` events), as one progress."""
+
+    def __init__(self, packs: Sequence[Sequence[RunSpec]], cfg: SwarmConfig):
+        self.size = {_pack_task(p): len(p) for p in packs}
+        self.done = dict.fromkeys(self.size, 0)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len  # per proxy
+        self.progress = StepProgress("swarm", cfg.steps * len(packs))
+
+    def event(self, event: tuple[float, Mapping[str, Any]]) -> None:
+        _, msg = event
+        task = msg.get("task")
+        if task not in self.done:
+            return
+        self.done[task] = max(self.done[task], int(msg["done"]))
+        tokens = sum(self.done[t] * self.size[t] * self.tokens_per_step for t in self.done)
+        self.progress.set(sum(self.done.values()), tokens)
 
 
 def _collect_runs(plan: SwarmPlan, work: Path, markers: TaskMarkers) -> pa.Table:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixlab.console import log, progress
+from mixlab.console import StepProgress, log
 from mixlab.errors import ConfigError
 from mixlab.mixture import Target
 from mixlab.proxy_models.checkpoint import load_training_state, save_training_state
@@ -273,20 +273,22 @@ def train(
     work: Path | None = None,
     *,
     desc: str | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the optimizer steps and return the metrics rows (one per member per evaluation).
 
     With `work`, a checkpoint is kept in ``work/checkpoint`` every `recipe.checkpoint_every`
-    steps and the run continues from it when present. `desc` names the run in its progress bar
-    and log lines (None: silent, as inside a Dask task).
+    steps and the run continues from it when present. `desc` names the run in its progress
+    (steps, tokens/s, ETA: a bar on a terminal, a line every few seconds otherwise) and log
+    lines (None: silent, as inside a Dask task); `on_step(steps done)` is called after every
+    step, for a caller that reports progress elsewhere (a swarm pack to its client).
     """
     device = next(loop.model.parameters()).device
     ckpt = work / CHECKPOINT if work is not None else None
     start, rows, window = _resume(loop, ckpt, desc, device)
-    bar = progress(None, recipe.steps, desc, "step", initial=start) if desc else None
-    live = (
-        bar is not None and not bar.disable
-    )  # reading the loss for a bar waits for the GPU: only when shown
+    bar = _progress(desc, recipe, start)
+    live = bar is not None and bar.bar is not None  # reading the loss waits for the GPU: only for a bar
+    tokens_per_step = recipe.tokens_per_step * seq_len * len(loop.names)
     loop.model.train()
     try:
         for step in range(start, recipe.steps):
@@ -295,9 +297,11 @@ def train(
             window.loss += step_loss
             window.steps += 1
             done = step + 1
-            if live:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss[0].item():.4f}", lr=f"{lr:.2e}")
+            if bar is not None:
+                postfix = {"loss": f"{step_loss[0].item():.4f}", "lr": f"{lr:.2e}"} if live else {}
+                bar.set(done, (done - start) * tokens_per_step, **postfix)
+            if on_step is not None:
+                on_step(done)
             if done % recipe.eval_every == 0 or done == recipe.steps:
                 rows += _evaluation_rows(loop, done, done * recipe.tokens_per_step * seq_len, lr, window)
                 if loop.on_rows is not None:
@@ -317,6 +321,10 @@ def train(
         if bar is not None:
             bar.close()
     return rows
+
+
+def _progress(desc: str | None, recipe: Recipe, start: int) -> StepProgress | None:
+    return StepProgress(desc, recipe.steps, initial=start) if desc else None
 
 
 def _step(loop: TrainLoop, recipe: Recipe, lr: float) -> torch.Tensor:

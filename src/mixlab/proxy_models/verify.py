@@ -86,7 +86,7 @@ def verify_mixtures(
         f"mixtures select: verifying {len(names)} mixtures x {n} seeds at width {cfg.n_embd}, {cfg.steps} steps"
     )
     runs = [dict(mixtures[name]) for name in names for _ in seeds]
-    table = train_mixtures(tokens, runs, cfg, seeds=[s for _ in names for s in seeds])
+    table = train_mixtures(tokens, runs, cfg, seeds=[s for _ in names for s in seeds], desc="verify")
     missing = [t for t in target.terms if f"{LOSS_PREFIX}{t}" not in table.column_names]
     if missing:
         raise InputError(
@@ -139,10 +139,13 @@ def _orderings(
             c["verdict"].startswith("better") for c in out["comparisons"].values()
         )
         for name, c in out["comparisons"].items():
-            noise = f" +- {c['stderr']:.3f}" if c["stderr"] is not None else ""
+            noise = f" ± {c['stderr']:.3f}" if c["stderr"] is not None else ""
             log(
                 f"mixtures select: chosen vs {name} at the larger size: {c['gap']:+.4f}{noise} nats lower: "
                 f"{c['verdict']}"
             )
-    log(f"mixtures select: at the larger size, measured order {order_meas} (predicted {order_pred})")
+    log(
+        f"mixtures select: at the larger size, measured order {' < '.join(order_meas)} "
+        f"(predicted {' < '.join(order_pred)})"
+    )
     return out

@@ -139,15 +139,18 @@ def evaluate(
 
 
 def format_table(table: pa.Table) -> str:
-    """A fixed-width summary: one line per tokenizer and domain."""
+    """A fixed-width summary: one line per tokenizer and domain (whole names: the columns widen)."""
+    rows = table.to_pylist()
+    tw = max([len("tokenizer"), *(len(r["tokenizer"]) for r in rows)])
+    dw = max([len("domain"), *(len(r["domain"]) for r in rows)])
     head = (
-        f"{'tokenizer':<16} {'domain':<12} {'bytes/tok':>9} {'chars/tok':>9} {'fertility':>9} "
+        f"{'tokenizer':<{tw}} {'domain':<{dw}} {'bytes/tok':>9} {'chars/tok':>9} {'fertility':>9} "
         f"{'unk':>7} {'vocab use':>9} {'renyi':>7}"
     )
     lines = [head, "-" * len(head)]
-    for r in table.to_pylist():
+    for r in rows:
         lines.append(
-            f"{r['tokenizer'][:16]:<16} {r['domain'][:12]:<12} {r['bytes_per_token']:>9.3f} {r['chars_per_token']:>9.3f} "
+            f"{r['tokenizer']:<{tw}} {r['domain']:<{dw}} {r['bytes_per_token']:>9.3f} {r['chars_per_token']:>9.3f} "
             f"{r['fertility']:>9.3f} {r['unk_share']:>7.2%} {r['vocab_utilisation']:>9.2%} {r['renyi_efficiency']:>7.3f}"
         )
     return "\n".join(lines)
