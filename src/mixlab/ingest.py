@@ -98,7 +98,8 @@ def discover(inputs: Sequence[Path]) -> list[tuple[Path, str, Path]]:
             kind = _kind(root)
             if kind is None:
                 raise InputError(
-                    f"{root}: unknown input type; supported: {SUPPORTED}, or a folder of such files"
+                    f"{root}: unknown input type; supported: {SUPPORTED}, or a folder of such files; "
+                    "convert it to one of these"
                 )
             found.append((root, kind, root.parent))
             continue

@@ -654,6 +654,7 @@ def leftovers_beside(out: Path) -> list[str]:
 
 VOLATILE_COLUMNS = {"wall_s"}  # a run's measured duration cannot repeat
 SKIPPED_FILES = {"report.html", "report.md"}  # the report quotes wall times
+RUN_RECORD = "run.json"  # a pipeline's run-level manifest: compared on its stages' dirs and counts
 
 
 def differences(ref: Path, got: Path, roots: Sequence[Path] = ()) -> list[str]:
@@ -678,6 +679,14 @@ def differences(ref: Path, got: Path, roots: Sequence[Path] = ()) -> list[str]:
     for rel in sorted(a & b):
         x, y = ref / rel, got / rel
         if x.name in SKIPPED_FILES:
+            continue
+        if x.name == RUN_RECORD:
+            rx, ry = (json.loads(mask(p.read_text())) for p in (x, y))
+            kept = [
+                {n: (s.get("dir"), s.get("counts")) for n, s in r.get("stages", {}).items()} for r in (rx, ry)
+            ]
+            if kept[0] != kept[1]:
+                out.append(f"{rel}: its stages' directories or counts differ")
             continue
         if x.name == "manifest.json":
             mx, my = (json.loads(mask(p.read_text())) for p in (x, y))

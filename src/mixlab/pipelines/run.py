@@ -24,7 +24,7 @@ from mixlab.cluster import dask_client
 from mixlab.config import PIPELINE_SETTINGS, config_to_dict, expand_path, load_yaml, section_values
 from mixlab.console import clock, log
 from mixlab.errors import ConfigError, MixlabError
-from mixlab.stage import MANIFEST, Manifest, partial_dir
+from mixlab.stage import MANIFEST, Manifest, package_versions, partial_dir, write_json, write_text_atomic
 from mixlab.stages import STAGES, Stage, stage_named
 
 SHIPPED = Path(__file__).parent  # shipped pipelines: mixlab/pipelines/<name>.yaml
@@ -485,10 +485,6 @@ class RunRecord:
 
     @classmethod
     def start(cls, plan: Plan) -> RunRecord:
-        from mixlab.stage import package_versions, write_json
-
-        plan.root.mkdir(parents=True, exist_ok=True)
-        (plan.root / RUN_YAML).write_text(plan.path.read_text())
         previous = plan.root / RUN_JSON
         try:
             stages = json.loads(previous.read_text()).get("stages", {}) if previous.is_file() else {}
@@ -503,25 +499,25 @@ class RunRecord:
             "stages": stages,
             "versions": package_versions(),
         }
-        record = cls(plan, data)
-        write_json(previous, data)
-        return record
+        return cls(plan, data)
 
     def finished(self, step: Step, manifest: Manifest, seconds: float) -> None:
-        from mixlab.stage import write_json
-
         entry = {"dir": step.out.name, "stage": step.stage.name, "counts": dict(manifest.counts)}
         if manifest.skipped:
             entry.update(self.data["stages"].get(step.name, {}), status="up to date")
         else:
             entry.update(status="done", wall_s=round(seconds, 2))
         self.data["stages"][step.name] = entry
-        write_json(self.plan.root / RUN_JSON, self.data)
+        self._write()
 
     def close(self, seconds: float) -> None:
-        from mixlab.stage import write_json
-
         self.data.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_s=round(seconds, 2))
+        self._write()
+
+    def _write(self) -> None:
+        # Written once a stage has finished, never before: a refused run leaves nothing behind.
+        self.plan.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.plan.root / RUN_YAML, self.plan.path.read_text())
         write_json(self.plan.root / RUN_JSON, self.data)
 
 
