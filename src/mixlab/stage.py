@@ -215,27 +215,42 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     """
     path = lock_file(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(path, out_dir)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise MixlabError(
-                f"{out_dir}: another mixlab run is writing it (pid {owner}); wait for it to finish, "
-                "or choose another --out"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         try:
             yield
         finally:
-            # Unlink while still holding the lock, so a waiting run never locks a deleted file.
+            # Unlink while still holding the lock; a run that opened the old file meanwhile sees
+            # it is no longer the lock file (`_acquire`) and tries again.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _acquire(path: Path, out_dir: Path) -> int:
+    """An fd holding the exclusive lock on the file now at `path`, or the refusal."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise MixlabError(
+                f"{out_dir}: another mixlab run is writing it (pid {owner}); wait for it to finish, "
+                "or choose another --out"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # we locked a file its owner had just unlinked: lock the current one
 
 
 def run_stage(
