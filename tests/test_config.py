@@ -56,7 +56,7 @@ def test_precedence_holds_through_the_cli(tmp_path, cli):
     out = tmp_path / "synth"
     result = cli("synth", "--config", path, "--seed", 9, "--domains", "prose", "--out", out)
     assert result.exit_code == 0, result.output
-    recorded = json.loads((out / "manifest.json").read_text())["config"]
+    recorded = json.loads((out / "_mixlab" / "manifest.json").read_text())["config"]
     assert recorded["seed"] == 9
     assert recorded["docs_per_domain"] == 20
     assert recorded["domains"] == ["prose"]

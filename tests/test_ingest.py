@@ -304,7 +304,7 @@ def test_a_changed_ingest_config_needs_force(tmp_path, cli):
     )
     assert forced.exit_code == 0, forced.output
     assert read_docs(tmp_path / "out")["domain"].unique().to_list() == ["web"]
-    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["config"]["domain"] == "web"
+    assert json.loads((tmp_path / "out" / "_mixlab" / MANIFEST).read_text())["config"]["domain"] == "web"
 
 
 def test_skipped_documents_are_reported_on_stderr(tmp_path, cli):

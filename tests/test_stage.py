@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixlab.errors import InputError, MixlabError
-from mixlab.stage import MANIFEST, Manifest, fingerprint, partial_dir, run_stage, write_json
+from mixlab.stage import MANIFEST, META, Manifest, fingerprint, partial_dir, run_stage, write_json
 from mixlab.synth import SynthConfig
 from mixlab.tables import check_documents, parquet_files, shard_name, write_table
 
@@ -111,7 +111,8 @@ def test_fingerprint_follows_content_and_uses_the_manifest_of_stage_outputs(tmp_
     assert fingerprint(tmp_path / "d") == first
     (tmp_path / "d" / "a.txt").write_text("two")
     assert fingerprint(tmp_path / "d") != first
-    (tmp_path / "d" / MANIFEST).write_text('{"stage": "x"}')
+    (tmp_path / "d" / META).mkdir()
+    (tmp_path / "d" / META / MANIFEST).write_text('{"stage": "x"}')
     with_manifest = fingerprint(tmp_path / "d")
     (tmp_path / "d" / "a.txt").write_text("three")  # atomic outputs: the manifest identifies them
     assert fingerprint(tmp_path / "d") == with_manifest
@@ -137,7 +138,7 @@ def test_a_finished_stage_is_published_with_its_manifest(tmp_path):
     cfg = SynthConfig(seed=5)
     manifest = run_stage("demo", cfg, {"src": tmp_path / "input.txt"}, tmp_path / "out", body)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "result.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [META, "result.txt"]
     assert not partial_dir(out).exists()
     loaded = Manifest.load(out)
     assert loaded == manifest
@@ -168,7 +169,7 @@ def test_a_killed_run_leaves_only_a_hidden_partial_that_does_not_look_finished(t
     with pytest.raises(error):
         run_stage("demo", {"k": 1}, {}, tmp_path / "out", body)
     assert [p.name for p in tmp_path.iterdir()] == [".out.partial"]
-    assert not (tmp_path / ".out.partial" / MANIFEST).exists()
+    assert not (tmp_path / ".out.partial" / META / MANIFEST).exists()
     with pytest.raises(InputError, match="not a finished mixlab stage output"):
         Manifest.load(tmp_path / ".out.partial")
 
@@ -199,7 +200,7 @@ def test_a_rerun_after_a_kill_resumes_with_the_work_dir_then_cleans_it(tmp_path)
 
     manifest = run_stage("demo", {"k": 1}, {}, tmp_path / "out", resumed)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [f"part-{i}.txt" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == [META] + [f"part-{i}.txt" for i in range(4)]
     assert manifest.counts == {"parts": 4}
     assert not partial_dir(out).exists()
 
@@ -217,7 +218,7 @@ def test_a_partial_from_a_different_config_is_discarded(tmp_path):
         return {}, {}
 
     run_stage("demo", {"k": 2}, {}, tmp_path / "out", fresh)
-    assert (tmp_path / "out" / MANIFEST).is_file()
+    assert (tmp_path / "out" / META / MANIFEST).is_file()
 
 
 def test_a_rerun_with_the_same_config_and_inputs_is_a_no_op(tmp_path):
@@ -244,7 +245,7 @@ def test_a_changed_config_refuses_without_force_and_replaces_with_force(tmp_path
 
     manifest = run_stage("demo", {"k": 2, "j": 0}, {}, tmp_path / "out", new_body, force=True)
     assert manifest.config == {"k": 2, "j": 0}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST, "result.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [META, "result.txt"]
     assert (tmp_path / "out" / "result.txt").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no trash or partial left behind
 
@@ -305,8 +306,8 @@ def test_a_list_of_inputs_is_fingerprinted_in_order(tmp_path):
 
 
 def test_a_corrupt_manifest_is_reported(tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / MANIFEST).write_text("{not json")
+    (tmp_path / "out" / META).mkdir(parents=True)
+    (tmp_path / "out" / META / MANIFEST).write_text("{not json")
     with pytest.raises(InputError, match="corrupt manifest"):
         Manifest.load(tmp_path / "out")
 
@@ -390,15 +391,27 @@ def test_an_output_missing_a_listed_file_is_rebuilt_not_up_to_date(tmp_path):
 
 
 @pytest.mark.parametrize("text", ['{"hello": 1}', "[1, 2]", '{"stage": 3, "config": {}}'])
-def test_a_foreign_manifest_is_not_a_mixlab_output_and_is_never_overwritten(tmp_path, text):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / MANIFEST).write_text(text)
-    with pytest.raises(InputError, match="not a mixlab output"):
+@pytest.mark.parametrize("where", [f"{META}/{MANIFEST}", MANIFEST])
+def test_a_foreign_manifest_is_not_a_mixlab_output_and_is_never_overwritten(tmp_path, text, where):
+    file = tmp_path / "out" / where
+    file.parent.mkdir(parents=True)
+    file.write_text(text)
+    with pytest.raises(InputError, match="not a mixlab output|not a finished mixlab stage output"):
         Manifest.load(tmp_path / "out")
     body, calls = write_marker_body()
-    with pytest.raises(MixlabError, match="refusing to overwrite it"):
+    with pytest.raises(MixlabError, match="refusing to overwrite it|not a mixlab stage output"):
         run_stage("demo", {}, {}, tmp_path / "out", body, force=True)
-    assert calls == [] and (tmp_path / "out" / MANIFEST).read_text() == text
+    assert calls == [] and file.read_text() == text
+
+
+def test_an_output_of_an_older_mixlab_with_its_manifest_at_the_top_still_reads(tmp_path):
+    body, _ = write_marker_body()
+    made = run_stage("demo", {}, {}, tmp_path / "out", body)
+    old = tmp_path / "out" / MANIFEST
+    (tmp_path / "out" / META / MANIFEST).rename(old)
+    (tmp_path / "out" / META).rmdir()
+    assert Manifest.load(tmp_path / "out").stage == made.stage == "demo"
+    assert run_stage("demo", {}, {}, tmp_path / "out", body).skipped
 
 
 # --- task markers, derived randomness, absolute inputs --------------------------------------------

@@ -1,9 +1,15 @@
 """Atomic stage outputs with manifests: the mechanism every stage runs under.
 
 Every stage writes into a hidden sibling ``.<name>.partial`` and renames it to ``<name>``
-only when complete, with a ``manifest.json`` recording the resolved config, input
+only when complete, with a ``_mixlab/manifest.json`` recording the resolved config, input
 fingerprints, package versions, counts, wall time and statistics. The partial directory
 survives a kill (so stages can resume from per-partition markers) but never looks finished.
+
+Layout of every output: data (parquet and the stage's own artefacts) at the top, and
+everything that is mixlab's bookkeeping (manifest, resume markers, scratch, memory-mapped
+streams) under ``_mixlab/``, so pyarrow, polars, HF ``datasets`` and datatrove open the
+data folders whole. Outputs written before this layout (a top-level ``manifest.json``)
+still read.
 """
 
 from __future__ import annotations
@@ -29,9 +35,34 @@ from mixlab.console import log
 from mixlab.errors import InputError, MixlabError
 
 MANIFEST = "manifest.json"
+META = "_mixlab"  # mixlab's own files inside an output: manifest, markers, scratch, streams
+WORK = f"{META}/work"  # scratch inside a partial dir (markers, signatures); deleted on success
+PARTIAL_KEY = f"{META}/partial.json"  # what a partial dir is being built for (resume check)
 
 
-WORK = "_work"  # scratch inside a partial dir (markers, signatures); deleted on success
+def manifest_path(out_dir: Path | str) -> Path:
+    """Where an output's manifest is (or, for an output of an older mixlab, was) written."""
+    out_dir = Path(out_dir)
+    current = out_dir / META / MANIFEST
+    legacy = out_dir / MANIFEST
+    return legacy if not current.is_file() and _is_mixlab_manifest(legacy) else current
+
+
+def has_manifest(out_dir: Path | str) -> bool:
+    """Whether `out_dir` holds a manifest (a finished output, or a foreign file to refuse)."""
+    out_dir = Path(out_dir)
+    return (out_dir / META / MANIFEST).is_file() or _is_mixlab_manifest(out_dir / MANIFEST)
+
+
+def _is_mixlab_manifest(path: Path) -> bool:
+    """A top-level manifest.json an older mixlab wrote (has a stage and a config)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(data, dict) and isinstance(data.get("stage"), str) and isinstance(data.get("config"), dict)
+    )
 
 
 def fingerprint(path: Path | str) -> str:
@@ -44,9 +75,9 @@ def fingerprint(path: Path | str) -> str:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     h = xxhash.xxh3_128()
-    if path.is_dir() and (path / MANIFEST).is_file():
+    if path.is_dir() and has_manifest(path):
         h.update(b"manifest\0")
-        h.update((path / MANIFEST).read_bytes())
+        h.update(manifest_path(path).read_bytes())
         return h.hexdigest()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
@@ -108,19 +139,20 @@ class Manifest:
     @classmethod
     def load(cls, out_dir: Path | str) -> Manifest:
         out_dir = Path(out_dir)
+        file = manifest_path(out_dir)
         try:
-            data = json.loads((out_dir / MANIFEST).read_text())
+            data = json.loads(file.read_text())
         except FileNotFoundError:
             raise InputError(
-                f"{out_dir}: no {MANIFEST}, so not a finished mixlab stage output; pass the output "
+                f"{out_dir}: no {META}/{MANIFEST}, so not a finished mixlab stage output; pass the output "
                 "directory of the stage that makes it (or run that stage again)"
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{out_dir / MANIFEST}: corrupt manifest ({exc})") from None
+            raise InputError(f"{file}: corrupt manifest ({exc})") from None
         required = {"stage": str, "config": dict, "inputs": dict, "counts": dict, "stats": dict}
         if not isinstance(data, dict) or any(not isinstance(data.get(k), tp) for k, tp in required.items()):
             raise InputError(
-                f"{out_dir / MANIFEST}: not a mixlab output (a mixlab output's manifest has "
+                f"{file}: not a mixlab output (a mixlab output's manifest has "
                 f"{', '.join(required)}); this directory was not written by mixlab"
             )
         fields = {f.name for f in dataclasses.fields(cls)} - {"path", "skipped"}
@@ -295,7 +327,7 @@ def _run_locked(
         return old
 
     partial = partial_dir(out_dir)
-    key_file = partial / "_partial.json"
+    key_file = partial / PARTIAL_KEY
     if partial.exists():
         try:
             same = json.loads(key_file.read_text()) == json.loads(json.dumps(key, default=_json_default))
@@ -306,7 +338,7 @@ def _run_locked(
         else:
             shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    (partial / WORK).mkdir(exist_ok=True)
+    (partial / WORK).mkdir(parents=True, exist_ok=True)
     write_json(key_file, key)
 
     start = time.perf_counter()
@@ -329,14 +361,15 @@ def _run_locked(
         outputs=_listing(partial),
     )
     # The manifest is written last: a directory with a manifest is a complete output.
-    write_text_atomic(partial / MANIFEST, manifest.to_json())
+    write_text_atomic(partial / META / MANIFEST, manifest.to_json())
     publish(partial, out_dir)
     manifest.path = out_dir
     return manifest
 
 
 def _listing(root: Path) -> dict[str, int]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = root / META / MANIFEST
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p != manifest)
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in files}
 
 
@@ -384,17 +417,22 @@ def check_output_dir(out_dir: Path | str) -> Manifest | None:
         return None
     if not out_dir.is_dir():
         raise MixlabError(f"{out_dir}: exists and is a file, not an output directory; choose another --out")
-    if (out_dir / MANIFEST).is_file():
+    if (out_dir / META / MANIFEST).is_file() or _is_mixlab_manifest(out_dir / MANIFEST):
         try:
             return Manifest.load(out_dir)
         except InputError as exc:
             raise MixlabError(
                 f"{exc}; refusing to overwrite it: choose another --out or remove it yourself"
             ) from None
+    if (out_dir / MANIFEST).is_file():
+        raise MixlabError(
+            f"{out_dir / MANIFEST}: not a mixlab output (no stage and config in it); refusing to "
+            "overwrite it: choose another --out or remove it yourself"
+        )
     if any(out_dir.iterdir()):
         # Refused even with --force: publishing would delete files mixlab did not write.
         raise MixlabError(
-            f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a mixlab stage output); "
+            f"{out_dir}: exists, is not empty and has no {META}/{MANIFEST} (not a mixlab stage output); "
             "choose another --out or remove it yourself"
         )
     return None

@@ -247,7 +247,7 @@ def test_cli_dedup_help_and_run(corpus, dask_client, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "dedup: wrote" in result.output
-    assert json.loads((out / "manifest.json").read_text())["config"]["partition_docs"] == 150
+    assert json.loads((out / "_mixlab" / "manifest.json").read_text())["config"]["partition_docs"] == 150
     bad = runner.invoke(main, ["dedup", str(corpus / "documents"), "--out", str(out), "--bands", "3"])
     assert bad.exit_code == 1 and "--bands / --rows" in bad.output
 

@@ -125,12 +125,12 @@ def test_a_partial_pipeline_resumes_and_skips_finished_stages(tmp_path: Path) ->
     run = tmp_path / "run"
     first = run_pipeline(yaml, run, until_stage="tokenize")
     assert set(first) == {"synth", "ingest", "dedup", "tokenizer_train", "tokenize"}
-    before = (run / "04_tokenize" / "manifest.json").read_text()
+    before = (run / "04_tokenize" / "_mixlab" / "manifest.json").read_text()
     again = run_pipeline(yaml, run, until_stage="tokenize")
     assert all(m.skipped for m in again.values())
-    assert (run / "04_tokenize" / "manifest.json").read_text() == before
+    assert (run / "04_tokenize" / "_mixlab" / "manifest.json").read_text() == before
     # the target set is tokenized as a validation-only domain
-    counts = json.loads((run / "04_tokenize" / "manifest.json").read_text())["stats"]["per_domain"]
+    counts = json.loads((run / "04_tokenize" / "_mixlab" / "manifest.json").read_text())["stats"]["per_domain"]
     assert counts["target"]["valid"]["documents"] > 0
     assert counts["target"].get("train", {}).get("documents", 0) == 0
 
@@ -199,7 +199,7 @@ def test_a_pipeline_killed_mid_swarm_resumes_to_the_outputs_of_an_uninterrupted_
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the CLI and its Dask workers
     proc.wait()
-    assert not (killed / "06_swarm_train" / "manifest.json").exists()
+    assert not (killed / "06_swarm_train" / "_mixlab" / "manifest.json").exists()
 
     resumed = run_pipeline(yaml, killed)
     assert resumed["synth"].skipped and resumed["tokenize"].skipped  # finished stages are not redone
@@ -372,11 +372,11 @@ def test_a_pipeline_with_a_target_corpus_keeps_it_out_of_dedup_and_the_tokenizer
     )
     run = tmp_path / "run"
     run_pipeline(yaml, run, until_stage="tokenize")
-    dedup = json.loads((run / "02_dedup" / "manifest.json").read_text())
+    dedup = json.loads((run / "02_dedup" / "_mixlab" / "manifest.json").read_text())
     assert "heldout" not in json.dumps(dedup["stats"])
-    sample = json.loads((run / "03_tokenizer_train" / "manifest.json").read_text())["stats"]["sample"]
+    sample = json.loads((run / "03_tokenizer_train" / "_mixlab" / "manifest.json").read_text())["stats"]["sample"]
     assert "heldout" not in sample
-    counts = json.loads((run / "04_tokenize" / "manifest.json").read_text())["stats"]["per_domain"]
+    counts = json.loads((run / "04_tokenize" / "_mixlab" / "manifest.json").read_text())["stats"]["per_domain"]
     assert counts["heldout"]["valid"]["documents"] == 6
     assert counts["heldout"].get("train", {}).get("documents", 0) == 0
 

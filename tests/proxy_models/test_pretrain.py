@@ -307,7 +307,7 @@ def test_cli_resume_after_sigkill_matches_the_uninterrupted_run(
     cmd = [sys.executable, "-m", "mixlab.cli", "pretrain", *flags]
     subprocess.run([*cmd, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stderr=subprocess.DEVNULL)
-    state = tmp_path / ".killed.partial" / "_work" / "checkpoint" / "state.json"
+    state = tmp_path / ".killed.partial" / "_mixlab" / "work" / "checkpoint" / "state.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if state.is_file() and json.loads(state.read_text())["step"] >= 6:

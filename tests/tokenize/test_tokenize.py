@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from mixlab.errors import InputError
-from mixlab.stage import partial_dir
+from mixlab.stage import WORK, partial_dir
 from mixlab.tables import write_table
 from mixlab.tokenize.config import TokenizeConfig
 from mixlab.tokenize.corpus import run_tokenize
@@ -161,7 +161,7 @@ def test_a_killed_run_resumes_from_finished_parts(
         m.setattr(corpus, "assemble_split", killed)
         with pytest.raises(RuntimeError):
             run_tokenize(inputs, cfg, out, dask_threads)
-    markers = list((partial_dir(out) / "_work" / "markers" / "encode").glob("part_*.json"))
+    markers = list((partial_dir(out) / WORK / "markers" / "encode").glob("part_*.json"))
     assert len(markers) == 3 and not out.exists()
     encoded = []
     real = corpus.encode_part

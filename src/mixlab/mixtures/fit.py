@@ -31,7 +31,16 @@ from mixlab.mixtures.regression import (
     group_folds,
 )
 from mixlab.mixtures.targets import Runs, load_runs, mixture_groups, noise_floor
-from mixlab.stage import MANIFEST, Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage, write_json
+from mixlab.stage import (
+    Inputs,
+    Manifest,
+    OutDir,
+    StageDir,
+    absolute_inputs,
+    has_manifest,
+    run_stage,
+    write_json,
+)
 from mixlab.tables import write_table
 
 FIT_JSON = "fit.json"
@@ -73,7 +82,7 @@ def candidates_record(candidates: Path) -> tuple[dict[str, float], dict[str, Any
 def swarm_record(runs_path: Path) -> dict[str, Any] | None:
     """The settings of the swarm that made the runs (for select's second-scale check), when recorded."""
     for folder in (runs_path, runs_path.parent):
-        if not (folder / MANIFEST).is_file():
+        if not has_manifest(folder):
             continue
         manifest = Manifest.load(folder)
         if manifest.stage in SWARM_STAGES:

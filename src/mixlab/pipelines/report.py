@@ -24,7 +24,7 @@ import numpy as np
 from mixlab.config import option
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixture import MIXTURE_JSON, Mixture
-from mixlab.stage import MANIFEST, Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, has_manifest, run_stage
 from mixlab.tables import read_table
 
 STAGE_DIR = re.compile(r"^(\d\d)_([a-z_]+)$")  # a pipeline run root's stage outputs: 03_dedup
@@ -50,7 +50,7 @@ def stage_dirs(run_dir: Path | str) -> dict[str, Path]:
     found = {}
     for child in sorted(run_dir.iterdir()):
         m = STAGE_DIR.match(child.name)
-        if m and (child / MANIFEST).is_file() and m.group(2) != "report":
+        if m and has_manifest(child) and m.group(2) != "report":
             Manifest.load(child)  # a foreign manifest.json is "not a mixlab output", never read as one
             found[m.group(2)] = child
     return found
@@ -770,7 +770,7 @@ def run_report(
         raise InputError(f"{run}: not a directory; pass the run root of `mixlab pipeline run`")
     dirs = stage_dirs(run)
     if not dirs:
-        raise InputError(f"{run}: no finished stage outputs (NN_<stage>/manifest.json) to report on")
+        raise InputError(f"{run}: no finished stage outputs (NN_<stage>/_mixlab/manifest.json) to report on")
 
     title = page_title(cfg, run)
 

@@ -24,7 +24,15 @@ from mixlab.cluster import dask_client
 from mixlab.config import PIPELINE_SETTINGS, config_to_dict, expand_path, load_yaml, section_values
 from mixlab.console import clock, log
 from mixlab.errors import ConfigError, MixlabError
-from mixlab.stage import MANIFEST, Manifest, package_versions, partial_dir, write_json, write_text_atomic
+from mixlab.stage import (
+    Manifest,
+    has_manifest,
+    manifest_path,
+    package_versions,
+    partial_dir,
+    write_json,
+    write_text_atomic,
+)
 from mixlab.stages import STAGES, Stage, stage_named
 
 SHIPPED = Path(__file__).parent  # shipped pipelines: mixlab/pipelines/<name>.yaml
@@ -295,7 +303,7 @@ def status(plan: Plan, index: int) -> str:
     step = plan.steps[index]
     if index >= plan.last:
         return "after --until: not run"
-    manifest = step.out / MANIFEST
+    manifest = manifest_path(step.out)
     if manifest.is_file():
         try:
             recorded = json.loads(manifest.read_text()).get("config", {})
@@ -438,7 +446,7 @@ def run_pipeline(
     plan = plan_pipeline(pipeline, root, from_stage=from_stage, until_stage=until_stage)
     check_paths_exist(plan)
     for step in plan.steps[: plan.first]:
-        if not (step.out / MANIFEST).is_file():
+        if not has_manifest(step.out):
             raise MixlabError(
                 f"--from {plan.steps[plan.first].name}: earlier stage {step.name} has no finished "
                 f"output in {step.out}; run it first"

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from mixlab.errors import InputError
-from mixlab.stage import MANIFEST, Manifest
+from mixlab.stage import MANIFEST, META, Manifest, has_manifest
 from mixlab.tables import parquet_files, read_table
 
 SPLITS = ("train", "valid")
@@ -90,7 +90,9 @@ class TokenShards:
             raise InputError(
                 f"{path}: no such tokens directory; pass the output directory of `mixlab tokenize`"
             )
-        missing = [name for name in (MANIFEST, TOKEN_COUNTS) if not (path / name).is_file()]
+        missing = [name for name in (TOKEN_COUNTS,) if not (path / name).is_file()]
+        if not has_manifest(path):
+            missing.insert(0, f"{META}/{MANIFEST}")
         if missing:
             raise InputError(
                 f"{path}: not a `mixlab tokenize` output (no {' or '.join(missing)}); "
