@@ -19,7 +19,7 @@ from mixlab.tables import check_documents
 
 def read_docs(out: Path) -> pl.DataFrame:
     check_documents(out)
-    return pl.read_parquet(out / "*.parquet").sort("source", "id")
+    return pl.read_parquet(out / "documents" / "*.parquet").sort("source", "id")
 
 
 def write_jsonl(path: Path, records: list, gz: bool = False) -> Path:
@@ -124,7 +124,7 @@ def test_domain_flags_choose_where_the_domain_comes_from(tmp_path, options, expe
     (tmp_path / "in").mkdir()
     write_jsonl(tmp_path / "in" / "mixed.jsonl", records)
     run_ingest({"sources": [tmp_path / "in" / "mixed.jsonl"]}, cfg, tmp_path / "out")
-    docs = pl.read_parquet(tmp_path / "out" / "*.parquet")
+    docs = pl.read_parquet(tmp_path / "out" / "documents" / "*.parquet")
     assert dict(zip(docs["text"], docs["domain"])) == dict(zip(["one", "two", "three"], expected))
 
 

@@ -39,13 +39,23 @@ TOKEN_COUNTS_SCHEMA = pa.schema(
 _STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 
 
+def documents_dir(path: Path) -> Path:
+    """A stage output holding a ``documents/`` folder (synth, ingest, dedup) means that folder:
+    its other tables (duplicates, planted pairs) are not documents. Any other path is itself."""
+    docs = path / "documents"
+    is_output = (path / "_mixlab" / "manifest.json").is_file() or (path / "manifest.json").is_file()
+    return docs if is_output and docs.is_dir() else path
+
+
 def parquet_files(path: Path | str) -> list[Path]:
-    """The parquet files of a file or directory (recursively, sorted, hidden/underscored skipped)."""
+    """The parquet files of a file or directory (recursively, sorted, hidden/underscored skipped);
+    a documents-producing stage's output dir gives its documents (`documents_dir`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_file():
         return [path]
+    path = documents_dir(path)
     files = sorted(
         p
         for p in path.rglob("*.parquet")
