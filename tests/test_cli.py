@@ -130,7 +130,7 @@ def test_synth_at_default_size_then_ingest_gives_the_same_documents(cli, tmp_pat
     per_domain = {d: s["documents"] for d, s in made.stats["domains"].items()}
     assert ingested.stats["per_domain"] == per_domain
     check_documents(tmp_path / "docs")
-    ids = pl.read_parquet(tmp_path / "docs" / "*.parquet")["id"]
+    ids = pl.read_parquet(tmp_path / "docs" / "documents" / "*.parquet")["id"]
     assert set(ids) == set(pl.read_parquet(tmp_path / "corpus" / "documents" / "*.parquet")["id"])
     assert made.stats["target"]["documents"] == SynthConfig().target_docs
 

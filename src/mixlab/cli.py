@@ -294,7 +294,8 @@ def add(stage: Stage, help_text: str, *params: click.Parameter, **kwargs: Any) -
 add(STAGES["synth"], "Generate a seeded synthetic multi-domain corpus with planted duplicates.")
 add(
     STAGES["ingest"],
-    "Read SOURCES (parquet, JSONL(.gz) or text folders) into a documents table (id, domain, text).",
+    "Read SOURCES (paths or URLs: parquet, JSONL[.gz|.zst|.bz2|.xz], Arrow IPC, text folders or --glob, "
+    "hf://datasets/ORG/NAME) into a documents table (id, domain, text).",
     click.Argument(["sources"], nargs=-1, required=True, type=click.Path(path_type=Path)),
 )
 add(

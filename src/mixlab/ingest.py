@@ -41,7 +41,7 @@ from mixlab.config import check_choices, option
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError, MixlabError
 from mixlab.stage import Inputs, Manifest, OutDir, StageDir, TaskMarkers, absolute_inputs, run_stage
-from mixlab.tables import DOCUMENT_ROW_GROUP, shard_name, write_table
+from mixlab.tables import DOCUMENT_ROW_GROUP, documents_dir, shard_name, write_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +105,8 @@ SUPPORTED = (
     f"Arrow IPC ({', '.join(ARROW_SUFFIXES)}), text ({', '.join(TEXT_SUFFIXES)}, or any file --glob matches)"
 )
 BATCH = 10_000  # rows converted to Python at a time
-READ_BLOCK = 1 << 20  # bytes read at a time from a JSONL file or stream
+READ_BLOCK = 1 << 20  # bytes read at a time from a plain JSONL file
+STREAM_BLOCK = 1 << 16  # ... from a decompressing stream: small, so a truncation is placed near its line
 HUB = "hf://"
 
 _SUFFIX_KIND = sorted(
@@ -223,7 +224,8 @@ def discover(inputs: Sequence[Path | str], glob: str | None = None) -> list[Sour
     """
     found: list[SourceFile] = []
     for given in inputs:
-        given = str(given)
+        # A synth / ingest / dedup output given whole means its documents, not its other tables.
+        given = str(given) if _is_url(given) else str(documents_dir(Path(given)))
         fs, root = _filesystem(given)
         local = "file" in _protocols(fs)
         hub = given.startswith(HUB)
@@ -514,7 +516,7 @@ def _decompressed(fh: Any, codec: str | None) -> Any:
     return pa.CompressedInputStream(fh, codec)
 
 
-def _lines(stream: Any, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+def _lines(stream: Any, start: int, stop: int, block_size: int = READ_BLOCK) -> Iterator[tuple[int, bytes]]:
     """(offset, line) of every line of `stream` that starts in [start, stop) (stop -1: to the end).
 
     The stream is positioned at `start`; a part that starts mid-line leaves that line to the part
@@ -526,7 +528,7 @@ def _lines(stream: Any, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
         pos, skip_first = start - 1, True
     rest = b""
     while True:
-        block = stream.read(READ_BLOCK)
+        block = stream.read(block_size)
         if not block:
             break
         lines = (rest + block).split(b"\n")
@@ -571,7 +573,9 @@ def _read_jsonl(part: SourcePart, cfg: IngestConfig) -> Iterator[list[Record]]:
 
     with _open(file) as fh:
         try:
-            for offset, line in _lines(_decompressed(fh, codec), part.start, part.stop):
+            for offset, line in _lines(
+                _decompressed(fh, codec), part.start, part.stop, STREAM_BLOCK if codec else READ_BLOCK
+            ):
                 first = offset if first is None else first
                 seen += 1
                 if not line.strip():
@@ -892,17 +896,19 @@ def run_ingest(
                 skipped.setdefault(source, Counter()).update(c)
         totals = dict(sum(skipped.values(), Counter()))
         written = sum(per_domain.values())
+        files_by_source: dict[str, list[str]] = {}  # two roots may hold the same relative name
+        for file in files:
+            files_by_source.setdefault(file.source, []).append(file.url)
         if written == 0:
+            example = next(iter(skipped.items()), None)
+            where = f"; e.g. {files_by_source[example[0]][0]}: {dict(example[1])}" if example else ""
             raise InputError(
-                f"ingest: no usable documents in {', '.join(map(str, paths))} (skipped: {totals}); "
+                f"ingest: no usable documents in {', '.join(map(str, paths))} (skipped: {totals}{where}); "
                 + no_documents_advice(totals, cfg)
             )
         docs = stage.out / DOCUMENTS_DIR
         shards = plan_shards(parts, results, cfg.rows_per_file, work)
         _run_tasks(client, write_shard, [(i, pieces, str(docs)) for i, pieces in enumerate(shards)])
-        files_by_source: dict[str, list[str]] = {}  # two roots may hold the same relative name
-        for file in files:
-            files_by_source.setdefault(file.source, []).append(file.url)
         check_unique_ids(docs, files_by_source, cfg)
         for source, c in skipped.items():
             log(f"ingest: {source}: skipped {dict(c)}")
