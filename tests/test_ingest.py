@@ -614,3 +614,43 @@ def test_an_unknown_extension_lists_the_supported_ones(tmp_path, cli):
     (tmp_path / "x.csv").write_text("a,b\n")
     result = cli("ingest", tmp_path / "x.csv", "--out", tmp_path / "out")
     assert_clean_failure(result, tmp_path / "out", "x.csv: unknown input type", ".zst", ".arrow", "--glob")
+
+
+def test_an_ingest_killed_after_reading_resumes_without_reading_again(tmp_path, monkeypatch):
+    import mixlab.ingest as ingest
+
+    corpus = mixed_corpus(tmp_path / "corpus")
+    cfg = IngestConfig(rows_per_file=170, partition_bytes=300)
+
+    def killed(*args):
+        raise KeyboardInterrupt  # as a kill: not a user error, so the partial dir stays
+
+    monkeypatch.setattr(ingest, "write_shard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest({"sources": [corpus]}, cfg, tmp_path / "out")
+    assert partial_dir(tmp_path / "out").is_dir() and not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    reads: list[int] = []
+    real = ingest._batches_of
+    monkeypatch.setattr(ingest, "_batches_of", lambda part, cfg: reads.append(part.index) or real(part, cfg))
+    run_ingest({"sources": [corpus]}, cfg, tmp_path / "out")
+    assert reads == []  # every partition's marker was found
+    run_ingest({"sources": [corpus]}, cfg, tmp_path / "fresh")
+    files = lambda out: [f.read_bytes() for f in sorted((out / "documents").glob("*.parquet"))]  # noqa: E731
+    assert files(tmp_path / "out") == files(tmp_path / "fresh") and reads
+
+
+def test_a_bad_partition_on_dask_is_one_error_and_leaves_nothing(tmp_path):
+    from distributed import Client, LocalCluster
+
+    lines = [json.dumps({"text": f"fine {i}"}) for i in range(200)]
+    lines[120] = "{not json"
+    (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = IngestConfig(partition_bytes=200)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        with pytest.raises(InputError, match=r"x\.jsonl:121: not valid JSON"):
+            run_ingest({"sources": [tmp_path / "x.jsonl"]}, cfg, tmp_path / "out", client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]

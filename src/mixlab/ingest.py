@@ -744,6 +744,9 @@ def ingest_part(part: SourcePart, cfg: IngestConfig, work: str) -> dict[str, Any
                 columns[name].append(value)
             per_domain[domain] += 1
     kept = len(columns["text"])
+    if not Path(work).is_dir():
+        # The run failed elsewhere and its partial dir is gone: write nothing that would bring it back.
+        return {"records": records, "kept": 0, "skipped": {}, "per_domain": {}}
     if kept:  # never a 0-row file, not even in scratch
         table = pa.table({f.name: pa.array(columns[f.name], f.type) for f in SCRATCH_SCHEMA})
         write_table(table, _scratch(work, part))
@@ -778,7 +781,8 @@ def write_shard(index: int, pieces: Sequence[tuple[str, int, int, int]], out: st
         ]
         tables.append(t.select(["domain", "text", "source"]).add_column(0, "id", pa.array(ids, pa.string())))
     table = pa.concat_tables(tables).combine_chunks()
-    write_table(table, Path(out) / shard_name(index), row_group_size=DOCUMENT_ROW_GROUP)
+    if Path(out).is_dir():  # else the run failed elsewhere and its partial dir is gone
+        write_table(table, Path(out) / shard_name(index), row_group_size=DOCUMENT_ROW_GROUP)
     return table.num_rows
 
 
@@ -810,7 +814,12 @@ def _run_tasks(client: Any, fn: Callable[..., Any], calls: Sequence[tuple]) -> l
     """`fn(*args)` for every args of `calls`, as Dask tasks when there is a client; results in order."""
     if client is None:
         return [fn(*args) for args in calls]
-    return client.gather([client.submit(fn, *args, pure=False) for args in calls])
+    futures = [client.submit(fn, *args, pure=False) for args in calls]
+    try:
+        return client.gather(futures)
+    except BaseException:
+        client.cancel(futures)  # one part's error ends the stage: the others need not run on
+        raise
 
 
 def check_unique_ids(out: Path, files_by_source: Mapping[str, Sequence[str]], cfg: IngestConfig) -> None:
@@ -907,6 +916,7 @@ def run_ingest(
                 + no_documents_advice(totals, cfg)
             )
         docs = stage.out / DOCUMENTS_DIR
+        docs.mkdir(parents=True, exist_ok=True)
         shards = plan_shards(parts, results, cfg.rows_per_file, work)
         _run_tasks(client, write_shard, [(i, pieces, str(docs)) for i, pieces in enumerate(shards)])
         check_unique_ids(docs, files_by_source, cfg)
