@@ -355,8 +355,12 @@ class SourcePart:
 
 
 def _open(file: SourceFile) -> Any:
-    fs, path = _filesystem(file.url)
+    """The file opened for reading: a local one natively (pyarrow reads it without Python in
+    between), anything else through its fsspec filesystem."""
     try:
+        if not _is_url(file.url):
+            return pa.OSFile(file.url, "rb")
+        fs, path = _filesystem(file.url)
         return fs.open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{file.url}: no such file or directory (it was listed a moment ago)") from None
