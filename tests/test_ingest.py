@@ -15,7 +15,7 @@ import pytest
 from mixlab.errors import InputError
 from mixlab.ingest import IngestConfig, document_id, run_ingest
 from mixlab.stage import MANIFEST, partial_dir
-from mixlab.tables import check_documents
+from mixlab.tables import check_documents, parquet_files
 
 
 def read_docs(out: Path) -> pl.DataFrame:
@@ -593,6 +593,9 @@ def test_a_stage_output_given_whole_means_its_documents(tiny_corpus, tmp_path):
     synth = pl.read_parquet(tiny_corpus / "documents" / "*.parquet")
     for out in ("once", "twice"):
         assert read_docs(tmp_path / out).select("id", "domain", "text").sort("id").equals(synth.sort("id"))
+    # and every reader of documents (dedup, tokenize through tables) resolves an output dir the same way
+    assert parquet_files(tiny_corpus) == sorted((tiny_corpus / "documents").glob("*.parquet"))
+    assert parquet_files(tmp_path / "once") == sorted((tmp_path / "once" / "documents").glob("*.parquet"))
 
 
 @pytest.mark.parametrize("suffix, codec", [(".gz", "gzip"), (".zst", "zstd"), (".bz2", "bz2"), (".xz", "xz")])
