@@ -40,6 +40,7 @@ from mixlab.tables import (
     plan_partitions,
     read_partition,
     shard_name,
+    write_shard,
     write_table,
 )
 from mixlab.tokenize.config import TokenizeConfig
@@ -144,7 +145,7 @@ def assemble_split(
     bounds = np.flatnonzero(np.diff(shard_of)) + 1
     pieces = np.split(np.arange(table.num_rows), bounds)
     for i, rows in enumerate(pieces):
-        write_table(table.slice(int(rows[0]), len(rows)), directory / shard_name(i))
+        write_shard(table.slice(int(rows[0]), len(rows)), directory / shard_name(i))
     if cfg.write_stream:
         flat = pc.list_flatten(table["tokens"]).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         stream = Path(out) / STREAMS_DIR / domain / f"{split}.npy"
