@@ -380,3 +380,10 @@ def test_without_streams_the_shards_are_read_instead(
                 domain_stream(tmp_path / "with", domain, split),
                 domain_stream(tmp_path / "without", domain, split),
             )
+
+
+def test_passing_the_data_folder_instead_of_the_output_names_the_output(tokens: Path) -> None:
+    from mixlab.tokenize.shards import TokenShards
+
+    with pytest.raises(InputError, match=f"this is its data folder: pass {tokens}$"):
+        TokenShards.open(tokens / "tokens")

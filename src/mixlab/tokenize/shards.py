@@ -140,9 +140,14 @@ class TokenShards:
         if not has_manifest(path):
             missing.insert(0, f"{META}/{MANIFEST}")
         if missing:
+            within = path.name == SHARDS_DIR and (path.parent / TOKEN_COUNTS).is_file()
             raise InputError(
                 f"{path}: not a `mixlab tokenize` output (no {' or '.join(missing)}); "
-                "pass the output directory of `mixlab tokenize`"
+                + (
+                    f"this is its data folder: pass {path.parent}"
+                    if within
+                    else "pass the output directory of `mixlab tokenize`"
+                )
             )
         info = tokens_info(path)
         table = read_token_counts(path)
