@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -235,3 +236,12 @@ def test_single_tables_read_with_pyarrow(run: Path, stage: str, table: str) -> N
     read = pq.read_table(path)
     assert read.num_rows > 0
     assert pads.dataset(path, format="parquet").count_rows() == read.num_rows
+
+
+def test_an_empty_table_writes_no_shard(tmp_path: Path) -> None:
+    from mixlab.tables import write_shard
+
+    empty = pa.table({"id": pa.array([], pa.string())})
+    assert not write_shard(empty, tmp_path / "d" / "shard_00000.parquet") and not (tmp_path / "d").exists()
+    assert write_shard(pa.table({"id": ["a"]}), tmp_path / "d" / "shard_00000.parquet")
+    assert pq.read_table(tmp_path / "d").num_rows == 1
