@@ -163,7 +163,8 @@ def test_the_target_set_is_drawn_from_the_recorded_blend(tmp_path):
     assert target["id"].n_unique() == 50
     assert not set(target["id"]) & set(all_documents(tmp_path / "out")["id"])
     assert not set(target["text"]) & set(all_documents(tmp_path / "out")["text"])
-    blend = json.loads((tmp_path / "out" / "target" / "blend.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "out" / "target").iterdir()) == ["documents.parquet"]
+    blend = json.loads((tmp_path / "out" / "target_blend.json").read_text())
     assert blend == {"blend": {"prose": 0.7, "code": 0.3}, "documents": 50}
     assert manifest.stats["target"]["blend"] == {"prose": 0.7, "code": 0.3}
     check_documents(tmp_path / "out" / "target")
@@ -227,3 +228,9 @@ def test_target_documents_come_from_the_same_process_as_the_corpus_domain(domain
     seen = len(target & corpus) / len(target)
     assert seen > 0.6  # (about 0.7 for prose, 0.8 for legal; another chain's: 0.002, 0.2)
     assert len(other & corpus) / len(other) < seen / 3
+
+
+def test_with_nothing_planted_no_empty_truth_table_is_written(tmp_path):
+    made = run_synth({}, dataclasses.replace(SMALL, near_dup_clusters=0, exact_dups=0), tmp_path / "out")
+    assert made.stats["planted_pairs"] == 0
+    assert not (tmp_path / "out" / "near_duplicates.parquet").exists()  # HF datasets refuses 0-row parquet

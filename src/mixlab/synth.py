@@ -1,9 +1,12 @@
 """A seeded synthetic multi-domain corpus with known structure, for tests, benchmarks and the demo.
 
 Writes ``documents/<domain>.parquet`` (documents contract), ``near_duplicates.parquet``
-(every planted duplicate pair with its exact Jaccard similarity on word 5-grams) and, when a
-target blend is given, ``target/documents.parquet`` plus ``target/blend.json``: held-out text
-drawn from a known blend of domains, so a mixture search should put its weight there.
+(every planted duplicate pair with its exact Jaccard similarity on word 5-grams; absent when
+none is planted) and, when a target blend is given, ``target/documents.parquet`` plus
+``target_blend.json``: held-out text drawn from a known blend of domains, so a mixture search
+should put its weight there.
+``documents/`` and ``target/`` are data folders (parquet only, so any parquet reader opens
+each whole); the planted answers (``near_duplicates.parquet``, ``target_blend.json``) sit beside.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from mixlab.stage import (
     run_stage,
     write_json,
 )
-from mixlab.tables import DOCUMENT_ROW_GROUP, write_table
+from mixlab.tables import DOCUMENT_ROW_GROUP, write_shard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,11 @@ class SynthConfig:
         if self.target_docs < 1:
             raise ConfigError("--target-docs: must be at least 1")
 
+
+TARGET_DIR = "target"  # the target's documents: a data folder, parquet only
+TARGET_BLEND = (
+    "target_blend.json"  # the planted answer, beside it: {"blend": {domain: weight}, "documents": n}
+)
 
 SHINGLE_WORDS = 5  # the ground truth's shingle: word 5-grams of the whitespace-split text
 
@@ -511,7 +519,7 @@ def run_synth(
         all_pairs: list[dict[str, Any]] = []
         for domain in cfg.domains:
             table, pairs = _domain_documents(cfg, domain, vocab)
-            write_table(
+            write_shard(
                 table, stage.out / "documents" / f"{domain}.parquet", row_group_size=DOCUMENT_ROW_GROUP
             )
             nbytes = int(pc.sum(pc.binary_length(table["text"])).as_py())
@@ -534,10 +542,11 @@ def run_synth(
                 ]
             ),
         )
-        write_table(truth, stage.out / "near_duplicates.parquet")
+        # none planted (--near-dup-clusters 0 --exact-dups 0): no file, as HF datasets refuses 0-row parquet
+        write_shard(truth, stage.out / "near_duplicates.parquet")
         stats: dict[str, Any] = {"domains": per_domain, "planted_pairs": len(all_pairs)}
         if cfg.target_blend:
-            stats["target"] = _write_target(cfg, vocab, stage.out / "target")
+            stats["target"] = _write_target(cfg, vocab, stage.out)
         return counts, stats
 
     return run_stage("synth", cfg, inputs, out_dir, body, force=force)
@@ -564,6 +573,6 @@ def _write_target(cfg: SynthConfig, vocab: _Vocab, out: Path) -> dict[str, Any]:
             "source_domain": pa.array(source, pa.string()),
         }
     )
-    write_table(table, out / "documents.parquet")
-    write_json(out / "blend.json", {"blend": dict(cfg.target_blend), "documents": len(ids)})
+    write_shard(table, out / TARGET_DIR / "documents.parquet")
+    write_json(out / TARGET_BLEND, {"blend": dict(cfg.target_blend), "documents": len(ids)})
     return {"blend": dict(cfg.target_blend), "documents": len(ids)}

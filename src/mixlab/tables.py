@@ -226,6 +226,20 @@ def write_table(
     os.replace(tmp, path)
 
 
+def write_shard(
+    table: pa.Table, path: Path, *, compression: str = "zstd", row_group_size: int | None = None
+) -> bool:
+    """Write one shard of a data folder, unless it has no rows; returns whether it was written.
+
+    A data folder holds parquet only and never a 0-row file: HF ``datasets`` refuses one
+    ("BatchSize must be greater than 0"). Readers of a folder cope with a part that wrote none.
+    """
+    if table.num_rows == 0:
+        return False
+    write_table(table, path, compression=compression, row_group_size=row_group_size)
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Partition:
     """Rows [start, stop) of one parquet file: a data-parallel stage's unit of work and of resume."""

@@ -16,7 +16,7 @@ from mixlab.stage import WORK, partial_dir
 from mixlab.tables import write_table
 from mixlab.tokenize.config import TokenizeConfig
 from mixlab.tokenize.corpus import run_tokenize
-from mixlab.tokenize.shards import domain_stream, read_token_counts, tokens_info
+from mixlab.tokenize.shards import domain_stream, read_token_counts, split_dir, stream_path, tokens_info
 
 from .conftest import HARD_TEXTS
 
@@ -68,7 +68,7 @@ def test_shards_decode_back_to_the_documents_with_eos_appended(
     tok = Tokenizer.from_file(str(tokens / "tokenizer" / "tokenizer.json"))
     texts = dict(zip(*_documents(target_corpus, hard_documents).select(["id", "text"]).to_pydict().values()))
     seen = 0
-    for shard in sorted(tokens.glob("*/*/shard_*.parquet")):
+    for shard in sorted((tokens / "tokens").glob("*/*/shard_*.parquet")):
         table = pq.read_table(shard)
         assert table.schema.field("tokens").type == pa.list_(pa.uint16())
         assert table["id"].to_pylist() == sorted(table["id"].to_pylist())
@@ -83,7 +83,7 @@ def test_token_counts_match_shards_and_streams(tokens: Path) -> None:
     counts = read_token_counts(tokens).to_pylist()
     for row in counts:
         stream = domain_stream(tokens, row["domain"], row["split"])
-        shards = pq.read_table(tokens / row["domain"] / row["split"])
+        shards = pq.read_table(split_dir(tokens, row["domain"], row["split"]))
         assert len(stream) == row["tokens"] == pc.sum(pc.list_value_length(shards["tokens"])).as_py()
         assert shards.num_rows == row["documents"]
         assert int((np.asarray(stream) == 0).sum()) == row["documents"]  # one EOS per document
@@ -107,14 +107,14 @@ def test_output_does_not_depend_on_partitioning_or_workers(
         )
     for domain in ("code", "target", "hard"):
         for split in ("train", "valid"):
-            a = pq.read_table(tokens / domain / split)
-            b = pq.read_table(tmp_path / "other" / domain / split)
+            a = pq.read_table(split_dir(tokens, domain, split))
+            b = pq.read_table(split_dir(tmp_path / "other", domain, split))
             assert a.equals(b)
             assert np.array_equal(
-                np.load(tokens / domain / split / "_stream.npy"),
-                np.load(tmp_path / "other" / domain / split / "_stream.npy"),
+                np.load(stream_path(tokens, domain, split)),
+                np.load(stream_path(tmp_path / "other", domain, split)),
             )
-    assert len(list((tmp_path / "other" / "code" / "train").glob("shard_*.parquet"))) > 1
+    assert len(list(split_dir(tmp_path / "other", "code", "train").glob("shard_*.parquet"))) > 1
 
 
 def test_valid_domains_put_the_target_set_wholly_in_valid(
@@ -191,8 +191,8 @@ def test_tokenize_on_a_local_cluster_of_processes_matches_in_process_workers(
     )  # mixlab starts (and stops) its own LocalCluster of processes
     assert read_token_counts(tmp_path / "procs").equals(read_token_counts(tokens))
     for domain in ("prose", "hard"):
-        assert pq.read_table(tokens / domain / "train").equals(
-            pq.read_table(tmp_path / "procs" / domain / "train")
+        assert pq.read_table(split_dir(tokens, domain, "train")).equals(
+            pq.read_table(split_dir(tmp_path / "procs", domain, "train"))
         )
 
 
@@ -216,16 +216,19 @@ def test_a_target_input_is_validation_only_and_matches_valid_domains(
         (r["domain"], r["split"]): r["documents"] for r in read_token_counts(tmp_path / "a").to_pylist()
     }
     assert counts[("target", "train")] == 0 and counts[("target", "valid")] == 30
-    assert not (tmp_path / "a" / "target" / "train").exists()  # no 0-row shard (HF datasets refuses them)
+    assert not split_dir(
+        tmp_path / "a", "target", "train"
+    ).exists()  # no 0-row shard (HF datasets refuses them)
     assert len(domain_stream(tmp_path / "a", "target", "train")) == 0
     assert as_target.stats["valid_only_domains"] == ["target"]
     assert read_token_counts(tmp_path / "a").equals(read_token_counts(tmp_path / "b"))
-    for shard in sorted((tmp_path / "b").glob("*/*/shard_*.parquet")):
+    for shard in sorted((tmp_path / "b" / "tokens").glob("*/*/shard_*.parquet")):
         rel = shard.relative_to(tmp_path / "b")
         assert pq.read_table(tmp_path / "a" / rel).equals(pq.read_table(shard))
-        stream = rel.parent / "_stream.npy"
-        assert (tmp_path / "a" / stream).read_bytes() == (tmp_path / "b" / stream).read_bytes()
-    assert not (tmp_path / "b" / "target" / "train").exists()
+        domain, split = rel.parts[1:3]
+        a, b = (stream_path(tmp_path / x, domain, split) for x in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
+    assert not split_dir(tmp_path / "b", "target", "train").exists()
 
 
 def test_a_target_domain_that_is_also_a_corpus_domain_is_refused_naming_both(
@@ -300,3 +303,87 @@ def test_relative_inputs_reach_the_workers_as_absolute_paths(
         m.stats["tokenizer"] == str(tmp_path / "tok")
         and (tmp_path / "out" / "token_counts.parquet").is_file()
     )
+
+
+# --- the layout: a data folder of parquet only, streams in _mixlab/ -------------------------------
+
+
+def test_shards_sit_in_one_parquet_only_folder_and_streams_in_mixlab(tokens: Path) -> None:
+    data = sorted(p.relative_to(tokens / "tokens").as_posix() for p in (tokens / "tokens").rglob("*"))
+    files = [p for p in data if "." in p]
+    assert files and all(p.endswith(".parquet") and "/shard_" in p for p in files)
+    assert sorted(p.name for p in tokens.iterdir()) == [
+        "_mixlab",
+        "token_counts.parquet",
+        "tokenizer",
+        "tokens",
+    ]
+    streams = sorted((tokens / "_mixlab" / "streams").glob("*/*.npy"))
+    counts = read_token_counts(tokens).to_pylist()
+    assert len(streams) == sum(1 for r in counts if r["documents"]) > 0
+
+
+def test_a_stream_is_a_npy_whose_header_a_raw_memmap_must_skip(tokens: Path) -> None:
+    path = stream_path(tokens, "code", "train")
+    loaded = np.load(path, mmap_mode="r")
+    with open(path, "rb") as fh:  # the header layout shards.py documents: magic, version, length, dict
+        assert fh.read(6) == b"\x93NUMPY" and fh.read(2) == b"\x01\x00"
+        header = int(np.frombuffer(fh.read(2), "<u2")[0])
+    offset = 10 + header
+    assert offset % 64 == 0
+    raw = np.memmap(path, dtype=loaded.dtype, mode="r", offset=offset)
+    assert loaded.dtype == np.uint16 and np.array_equal(raw, loaded)
+    assert np.array_equal(
+        loaded, pc.list_flatten(pq.read_table(split_dir(tokens, "code", "train"))["tokens"])
+    )
+
+
+def test_an_output_in_the_older_layout_reads_the_same_streams(tokens: Path, tmp_path: Path) -> None:
+    """Shards at <domain>/<split>/, the stream beside them as _stream.npy, no shards_dir recorded."""
+    import json
+
+    from mixlab.stage import manifest_path
+    from mixlab.tokenize.shards import TokenShards
+
+    old = tmp_path / "old"
+    shutil.copytree(tokens, old)
+    for split_folder in sorted((old / "tokens").glob("*/*")):
+        domain, split = split_folder.parts[-2:]
+        (old / domain).mkdir(exist_ok=True)
+        shutil.move(split_folder, old / domain / split)
+        shutil.move(
+            old / "_mixlab" / "streams" / domain / f"{split}.npy", old / domain / split / "_stream.npy"
+        )
+    shutil.rmtree(old / "tokens")
+    shutil.rmtree(old / "_mixlab" / "streams")
+    record = json.loads(manifest_path(old).read_text())
+    del record["stats"]["shards_dir"]
+    manifest_path(old).write_text(json.dumps(record))
+    assert stream_path(old, "code", "train") == old / "code" / "train" / "_stream.npy"
+    shards = TokenShards.open(old)
+    assert shards.scored_domains(8) == TokenShards.open(tokens).scored_domains(8)
+    for row in read_token_counts(tokens).to_pylist():
+        a = domain_stream(tokens, row["domain"], row["split"])
+        assert np.array_equal(shards.stream(row["domain"], row["split"]), a)
+
+
+def test_without_streams_the_shards_are_read_instead(
+    target_corpus: Path, bpe_dir: Path, dask_threads, tmp_path: Path
+) -> None:
+    inputs = {"documents": [target_corpus / "documents"], "tokenizer": bpe_dir}
+    run_tokenize(inputs, CFG, tmp_path / "with", dask_threads)
+    run_tokenize(inputs, dataclasses.replace(CFG, write_stream=False), tmp_path / "without", dask_threads)
+    assert not (tmp_path / "without" / "_mixlab" / "streams").exists()
+    for domain in ("code", "prose"):
+        for split in ("train", "valid"):
+            assert np.array_equal(
+                domain_stream(tmp_path / "with", domain, split),
+                domain_stream(tmp_path / "without", domain, split),
+            )
+
+
+def test_passing_the_data_folder_instead_of_the_output_names_the_output(tokens: Path) -> None:
+    from mixlab.tokenize.shards import TokenShards
+
+    with pytest.raises(InputError, match=f"this is its data folder: pass {tokens}$"):
+        TokenShards.open(tokens / "tokens")

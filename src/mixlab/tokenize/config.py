@@ -101,7 +101,9 @@ class TokenizeConfig:
         100_000, "documents longer than this are encoded in line-aligned chunks (ids joined back)"
     )
     shard_tokens: int = option(50_000_000, "tokens per output shard at most (whole documents)")
-    write_stream: bool = option(True, "also write _stream.npy per domain/split for memory-mapped training")
+    write_stream: bool = option(
+        True, "also write _mixlab/streams/<domain>/<split>.npy (a .npy per split) for memory-mapped training"
+    )
     eos_token: str | None = option(
         None, "end-of-document token, when the tokenizer directory does not say (default: from it)"
     )

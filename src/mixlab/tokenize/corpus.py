@@ -2,8 +2,9 @@
 
 Reads one or more documents tables, optional target tables (validation-only domains: every
 document goes to the valid split, none is ever trained on or mixed) and a tokenizer directory;
-writes the layout described in `mixlab.tokenize.shards` (shards sorted by document id,
-``_stream.npy`` per split, ``token_counts.parquet``, a copy of the tokenizer, manifest stats).
+writes the layout described in `mixlab.tokenize.shards` (shards sorted by document id under
+``tokens/``, a ``.npy`` stream per split under ``_mixlab/streams/``, ``token_counts.parquet``, a
+copy of the tokenizer, manifest stats).
 Phases: `plan_domains` (the seeded split, which domains are validation-only) -> `encode_parts`
 (one Dask task per row range, `mixlab.tables.plan_partitions`, leaving per-domain/split part
 files and a completion marker, so a killed run resumes) -> `merge_splits` (one task per
@@ -39,12 +40,13 @@ from mixlab.tables import (
     plan_partitions,
     read_partition,
     shard_name,
+    write_shard,
     write_table,
 )
 from mixlab.tokenize.config import TokenizeConfig
 from mixlab.tokenize.documents import split_table, valid_mask
 from mixlab.tokenize.encode import encode_texts, token_lists, worker_memory, worker_tokenizer
-from mixlab.tokenize.shards import SPLITS, STREAM, TOKEN_COUNTS, TOKENIZER_DIR, token_dtype
+from mixlab.tokenize.shards import SHARDS_DIR, SPLITS, STREAMS_DIR, TOKEN_COUNTS, TOKENIZER_DIR, token_dtype
 from mixlab.tokenize.tokenizer import HF_FILES, TokenizerInfo, load_tokenizer, tokenizer_file
 
 ENCODE = "encode"  # the kind of the encode tasks' completion markers
@@ -127,7 +129,7 @@ def encode_part(
 def assemble_split(
     domain: str, split: str, work: str, out: str, cfg: TokenizeConfig, dtype_name: str
 ) -> dict[str, Any]:
-    """Dask task: merge a domain/split's parts in id order into shards (and _stream.npy).
+    """Dask task: merge a domain/split's parts in id order into shards (and its ``.npy`` stream).
 
     Only a split with documents is merged (`merge_splits`), so it has parts and no shard is empty.
     """
@@ -139,17 +141,19 @@ def assemble_split(
     starts = np.cumsum(lengths) - lengths
     # A document goes to the shard its first token falls in; renumber so shards are contiguous.
     _, shard_of = np.unique(starts // cfg.shard_tokens, return_inverse=True)
-    directory = Path(out) / domain / split
+    directory = Path(out) / SHARDS_DIR / domain / split
     bounds = np.flatnonzero(np.diff(shard_of)) + 1
     pieces = np.split(np.arange(table.num_rows), bounds)
     for i, rows in enumerate(pieces):
-        write_table(table.slice(int(rows[0]), len(rows)), directory / shard_name(i))
+        write_shard(table.slice(int(rows[0]), len(rows)), directory / shard_name(i))
     if cfg.write_stream:
         flat = pc.list_flatten(table["tokens"]).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-        tmp = directory / f".{STREAM}.tmp"
+        stream = Path(out) / STREAMS_DIR / domain / f"{split}.npy"
+        stream.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stream.with_name(f".{stream.name}.tmp")
         with open(tmp, "wb") as fh:
             np.save(fh, flat)
-        os.replace(tmp, directory / STREAM)
+        os.replace(tmp, stream)
     return {
         "domain": domain,
         "split": split,
@@ -161,13 +165,12 @@ def assemble_split(
 
 
 def _check_domain_names(names: Sequence[str]) -> None:
-    bad = [
-        d for d in names if not d or "/" in d or "\\" in d or d.startswith((".", "_")) or d == TOKENIZER_DIR
-    ]
+    # parquet dataset readers skip folders named ".x" or "_x": such a domain's shards would vanish
+    bad = [d for d in names if not d or "/" in d or "\\" in d or d.startswith((".", "_"))]
     if bad:
         raise InputError(
-            f"domain name(s) {bad} cannot be folder names of the token shards (no '/', no leading '.' or '_', "
-            f"not {TOKENIZER_DIR!r}); rename them with `mixlab ingest --domain-column`"
+            f"domain name(s) {bad} cannot be folder names of the token shards (no '/', no leading '.' or '_'); "
+            "rename them with `mixlab ingest --domain-column`"
         )
 
 
@@ -336,6 +339,7 @@ def tokenize_stats(
         "eos_id": info.eos_id,
         "eos_token": info.eos_token,
         "token_dtype": token_dtype(info.vocab_size).name,
+        "shards_dir": SHARDS_DIR,  # where the shards are (older outputs: at the top level)
         "domains": list(names),
         "valid_only_domains": sorted(valid_only),
         "per_domain": per_domain,

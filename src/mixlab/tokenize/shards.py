@@ -2,20 +2,38 @@
 
 A tokenize output directory looks like::
 
-    manifest.json                 stats: vocab_size, eos_id, token_dtype, domains
-    tokenizer/                    copy of the tokenizer used (tokenizer.json, ...)
-    token_counts.parquet          domain, split, documents, tokens  (the mixture prior)
-    <domain>/<split>/shard_00000.parquet   id, domain, tokens: list<uint16|uint32> (EOS appended)
-    <domain>/<split>/_stream.npy  the split's tokens concatenated in shard order, for memory-mapping
-                                  (underscored so parquet dataset readers of the folder skip it)
+    tokens/<domain>/<split>/shard_00000.parquet   id, domain, tokens: list<uint16|uint32> (EOS appended)
+    token_counts.parquet                          domain, split, documents, tokens  (the mixture prior)
+    tokenizer/                                    copy of the tokenizer used (tokenizer.json, ...)
+    _mixlab/manifest.json                         stats: vocab_size, eos_id, token_dtype, domains, shards_dir
+    _mixlab/streams/<domain>/<split>.npy          the split's tokens concatenated in shard order
+
+``tokens/`` is the data folder: it holds parquet only, so ``pyarrow.dataset.dataset(OUT/tokens)``,
+``polars.scan_parquet("OUT/tokens/**/*.parquet")``, HF ``datasets.load_dataset("parquet",
+data_dir="OUT/tokens")`` and datatrove's ``ParquetReader("OUT/tokens")`` each give every token
+row exactly once (the domain is a column as well as a folder name).
 
 A split without documents (the train split of a validation-only domain such as a target) has
 no folder, since HF ``datasets`` refuses 0-row shards; token_counts.parquet still lists it with
 zeros, and `domain_stream` reads it as an empty stream.
 
+The streams are NumPy ``.npy`` files (format 1.0): the 6 bytes ``\\x93NUMPY``, 2 version bytes,
+a little-endian uint16 header length, then an ASCII dict such as ``{'descr': '<u2',
+'fortran_order': False, 'shape': (123456,)}`` padded to a multiple of 64 bytes; the token ids
+follow, little-endian, back to back. Read one with ``np.load(path, mmap_mode="r")``: a raw
+``np.memmap(path, dtype)`` would read the header as tokens. (A ``.npy`` rather than a headerless
+``.bin``: its dtype and length travel inside the file, so a stream copied out of its output still
+reads right, and outputs of older mixlab versions have the same format.) They are mixlab's
+cache, not data: the shards hold the same tokens, and `domain_stream` reads those when an
+output was made with ``--no-write-stream``.
+
+Outputs of older mixlab versions (no ``shards_dir`` in the manifest) kept the shards at
+``<domain>/<split>/`` and the stream beside them as ``<domain>/<split>/_stream.npy``; they are
+still read.
+
 Training reads a domain's split as one flat token stream (documents back to back, each
-ending in EOS): memory-mapped from ``_stream.npy`` when present, else read once from the
-shards, never re-parsed per batch.
+ending in EOS): memory-mapped from the stream when present, else read once from the shards,
+never re-parsed per batch.
 """
 
 from __future__ import annotations
@@ -29,11 +47,13 @@ import numpy as np
 import pyarrow as pa
 
 from mixlab.errors import InputError
-from mixlab.stage import MANIFEST, META, Manifest, has_manifest
+from mixlab.stage import MANIFEST, META, Manifest, has_manifest, manifest_path
 from mixlab.tables import parquet_files, read_table
 
 SPLITS = ("train", "valid")
-STREAM = "_stream.npy"
+SHARDS_DIR = "tokens"  # the data folder of token shards, inside a tokenize output
+STREAMS_DIR = f"{META}/streams"  # <domain>/<split>.npy, mixlab's memory-mapped copy of the shards
+LEGACY_STREAM = "_stream.npy"  # older outputs: <domain>/<split>/_stream.npy beside the shards
 TOKEN_COUNTS = "token_counts.parquet"
 TOKENIZER_DIR = "tokenizer"
 
@@ -43,8 +63,34 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
+@functools.lru_cache(maxsize=64)
+def _shards_dir_cached(path: str, mtime_ns: int) -> str | None:
+    return Manifest.load(path).stats.get("shards_dir")
+
+
+def shards_root(tokens_dir: Path | str) -> Path:
+    """The folder holding ``<domain>/<split>/shard_*.parquet``: ``tokens/``, or the output itself
+    for outputs of older mixlab versions (whose manifest names no ``shards_dir``)."""
+    tokens_dir = Path(tokens_dir)
+    manifest = manifest_path(tokens_dir)
+    if not manifest.is_file():
+        return tokens_dir
+    name = _shards_dir_cached(str(tokens_dir), manifest.stat().st_mtime_ns)
+    return tokens_dir / name if name else tokens_dir
+
+
 def split_dir(tokens_dir: Path | str, domain: str, split: str) -> Path:
-    return Path(tokens_dir) / domain / split
+    """The folder of one domain's split's shards (absent when the split has no documents)."""
+    return shards_root(tokens_dir) / domain / split
+
+
+def stream_path(tokens_dir: Path | str, domain: str, split: str) -> Path:
+    """Where the split's ``.npy`` stream is (it may be absent: ``--no-write-stream``)."""
+    tokens_dir = Path(tokens_dir)
+    root = shards_root(tokens_dir)
+    if root == tokens_dir:
+        return root / domain / split / LEGACY_STREAM
+    return tokens_dir / STREAMS_DIR / domain / f"{split}.npy"
 
 
 def domains(tokens_dir: Path | str) -> list[str]:
@@ -94,9 +140,14 @@ class TokenShards:
         if not has_manifest(path):
             missing.insert(0, f"{META}/{MANIFEST}")
         if missing:
+            within = path.name == SHARDS_DIR and (path.parent / TOKEN_COUNTS).is_file()
             raise InputError(
                 f"{path}: not a `mixlab tokenize` output (no {' or '.join(missing)}); "
-                "pass the output directory of `mixlab tokenize`"
+                + (
+                    f"this is its data folder: pass {path.parent}"
+                    if within
+                    else "pass the output directory of `mixlab tokenize`"
+                )
             )
         info = tokens_info(path)
         table = read_token_counts(path)
@@ -135,18 +186,20 @@ class TokenShards:
         return [
             d
             for d, n in self.tokens("valid").items()
-            if n >= seq_len + 1 and split_dir(self.path, d, "valid").is_dir()
+            if n >= seq_len + 1 and self.split_dir(d, "valid").is_dir()
         ]
+
+    def split_dir(self, domain: str, split: str) -> Path:
+        """The folder of one domain's split's shards (absent when the split has no documents)."""
+        return split_dir(self.path, domain, split)
 
     def stream(self, domain: str, split: str) -> np.ndarray:
         return domain_stream(self.path, domain, split)
 
 
 @functools.lru_cache(maxsize=64)
-def _stream_cached(path: str, mtime_ns: int) -> np.ndarray:
-    directory = Path(path)
-    stream = directory / STREAM
-    if stream.is_file():
+def _stream_cached(directory: str, stream: str, mtime_ns: int) -> np.ndarray:
+    if Path(stream).is_file():
         return np.load(stream, mmap_mode="r")
     parts = []
     for file in parquet_files(directory):
@@ -172,4 +225,5 @@ def domain_stream(tokens_dir: Path | str, domain: str, split: str) -> np.ndarray
         raise InputError(
             f"{tokens_dir}: no shards for domain {domain!r} split {split!r} (domains: {', '.join(domains(tokens_dir))})"
         )
-    return _stream_cached(str(directory), directory.stat().st_mtime_ns)
+    stream = stream_path(tokens_dir, domain, split)
+    return _stream_cached(str(directory), str(stream), directory.stat().st_mtime_ns)
