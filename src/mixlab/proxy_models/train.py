@@ -23,14 +23,16 @@ import torch.nn.functional as F
 from mixlab.console import StepProgress, log
 from mixlab.errors import ConfigError
 from mixlab.mixture import Target
-from mixlab.proxy_models.checkpoint import load_training_state, save_training_state
+from mixlab.proxy_models.checkpoint import (
+    CHECKPOINT,  # noqa: F401 (the stages name the resume point as train.CHECKPOINT)
+    check_same_model,
+    load_training_state,
+    save_training_state,
+)
 from mixlab.proxy_models.config import GPTConfig, Recipe
 from mixlab.proxy_models.data import MixtureLoader, eval_windows
 from mixlab.proxy_models.model import GPT
 from mixlab.proxy_models.ranks import Ranks, average, average_gradients, sliced_batches
-
-CHECKPOINT = "checkpoint"  # the resume point, in a stage's work dir
-
 
 # --- device and precision ---------------------------------------------------------------------
 
@@ -81,9 +83,46 @@ def lr_at(step: int, recipe: Recipe) -> float:
 
 
 def new_swarm(model_cfg: GPTConfig, seeds: Sequence[int], recipe: Recipe, device: str) -> tuple[GPT, Any]:
-    """M freshly initialised models (member m from seeds[m]) on `device`, and their AdamW."""
+    """M freshly initialised models (member m from seeds[m]) on `device`, and their AdamW.
+
+    With `recipe.activation_checkpointing` each block is recomputed in the backward pass; with
+    `recipe.compile` each block is torch.compile'd in place (its weights keep their names, so
+    checkpoints and model files do not change).
+    """
     model = GPT(model_cfg, seeds).to(device)
+    model.activation_checkpointing = recipe.activation_checkpointing
+    if recipe.compile:
+        for block in model.blocks:
+            block.compile()
     return model, model.configure_optimizer(recipe.lr, recipe.weight_decay)
+
+
+def check_compile(device: str) -> None:
+    """--compile needs what TorchInductor compiles with: a C++ compiler on CPU, Triton on CUDA.
+
+    Checked before any output exists, so the refusal is one line rather than a traceback from
+    the first training step.
+    """
+    import importlib.util
+    import os
+    import shutil
+
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(
+            f"--compile: torch.compile is not supported by this Python / torch {torch.__version__}; drop --compile"
+        )
+    if device == "cuda" and importlib.util.find_spec("triton") is None:
+        raise ConfigError(
+            "--compile: torch.compile on CUDA needs the triton package; pip install triton or drop --compile"
+        )
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if device == "cpu" and not any(c and shutil.which(c) for c in compilers):
+        raise ConfigError(
+            "--compile: torch.compile on CPU needs a C++ compiler (g++ or clang++, or $CXX) on PATH; "
+            "install one or drop --compile"
+        )
 
 
 def stacked_batches(loaders: Sequence[MixtureLoader], device: str) -> Callable[[], torch.Tensor]:
@@ -368,6 +407,7 @@ def _summary(row: Mapping[str, Any]) -> str:
 def _checkpoint(loop: TrainLoop, ckpt: Path, step: int, rows: list[dict[str, Any]], window: _Window) -> None:
     state = {
         "step": step,
+        "model": loop.model.cfg.to_dict(),  # a resume with another size is refused, naming both
         "metrics": rows,
         "window": {"loss": window.loss.tolist(), "steps": window.steps},
         "loaders": {
@@ -385,6 +425,7 @@ def _resume(
     M = len(loop.names)
     if ckpt is None or not ckpt.is_dir():
         return 0, [], _Window(torch.zeros(M, dtype=torch.float64, device=device))
+    check_same_model(ckpt, loop.model.cfg)
     state = load_training_state(ckpt, loop.model, loop.optimizer)
     for name, saved in state["loaders"].items():
         loader = loop.loaders[name]
