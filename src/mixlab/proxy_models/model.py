@@ -146,6 +146,12 @@ class GPT(nn.Module):
                 s = out_std if name.endswith(("wo", "w_down")) else std
                 p[m].copy_(torch.randn(p.shape[1:], generator=gen) * s)
 
+    def compile_blocks(self) -> None:
+        """torch.compile every transformer block in place (weights keep their names, so state
+        dicts and checkpoints are those of the eager model). One block's code serves them all."""
+        for block in self.blocks:
+            block.compile()
+
     # --- forward ----------------------------------------------------------------------------
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:

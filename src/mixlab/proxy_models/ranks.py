@@ -16,17 +16,18 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from mixlab.errors import ConfigError, MixlabError
-from mixlab.proxy_models.checkpoint import check_resume_model
-from mixlab.proxy_models.config import GPTConfig
-from mixlab.proxy_models.data import MixtureLoader
-from mixlab.proxy_models.loggers import stage_key
-from mixlab.stage import Manifest, OutDir, StageDir, run_stage
+from mixlab.proxy_models.step import check_compile, pick_device
+
+if TYPE_CHECKING:  # torch (and numpy) alone at import: benchmarks/swarm.py uses the ranks on a bare box
+    from mixlab.proxy_models.config import GPTConfig
+    from mixlab.proxy_models.data import MixtureLoader
+    from mixlab.stage import Manifest, OutDir, StageDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +201,9 @@ def run_data_parallel(
     exists. Then rank 0 runs `body(plan, stage dir, ranks, ready)` under `run_stage` (with the
     stage key without its runtime fields) and the others `train_only(plan, work, ranks)`.
     """
-    from mixlab.proxy_models.train import check_compile, pick_device  # train imports this module
+    from mixlab.proxy_models.checkpoint import check_resume_model
+    from mixlab.proxy_models.loggers import stage_key
+    from mixlab.stage import run_stage
 
     device = pick_device(cfg.device)
     ranks = init_ranks(device)  # under torchrun: this process's rank

@@ -5,7 +5,9 @@ cross-entropy, and distillation from a teacher), the evaluator and the training 
 caller trains a swarm of M models (a pack of proxies, a model beside its baselines, a student
 beside its scratch twin) from a `Recipe` and a `GPTConfig` (config.py), on batches from
 data.py, and gets metrics rows back. With a work dir the loop keeps a resume checkpoint
-there (checkpoint.py) and continues from it when one is present.
+there (checkpoint.py) and continues from it when one is present. Device set-up, precision and
+the next-token step live in step.py (torch only, so a benchmark runs on a bare GPU box) and
+are used from here as `train.setup_device`, `train.lm_step`, ...
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from mixlab.console import StepProgress, log
-from mixlab.errors import ConfigError
 from mixlab.mixture import Target
 from mixlab.proxy_models.checkpoint import (
     CHECKPOINT,  # noqa: F401 (the stages name the resume point as train.CHECKPOINT)
@@ -33,34 +34,7 @@ from mixlab.proxy_models.config import GPTConfig, Recipe
 from mixlab.proxy_models.data import MixtureLoader, eval_windows
 from mixlab.proxy_models.model import GPT
 from mixlab.proxy_models.ranks import Ranks, average, average_gradients, sliced_batches
-
-# --- device and precision ---------------------------------------------------------------------
-
-
-def pick_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device visible to this worker; use --device auto or cpu")
-    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-
-
-def setup_device(device: str, threads: int) -> str:
-    """The device to train on, set up alike for every stage: CPU threads, TF32 matmuls on CUDA."""
-    device = pick_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def autocast(device: str) -> torch.autocast:
-    """bf16 autocast on CUDA, full precision on CPU: the one place mixed precision is chosen."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-
-
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+from mixlab.proxy_models.step import autocast, device_name, lm_step, pick_device, setup_device  # noqa: F401
 
 
 def lr_at(step: int, recipe: Recipe) -> float:
@@ -92,37 +66,8 @@ def new_swarm(model_cfg: GPTConfig, seeds: Sequence[int], recipe: Recipe, device
     model = GPT(model_cfg, seeds).to(device)
     model.activation_checkpointing = recipe.activation_checkpointing
     if recipe.compile:
-        for block in model.blocks:
-            block.compile()
+        model.compile_blocks()
     return model, model.configure_optimizer(recipe.lr, recipe.weight_decay)
-
-
-def check_compile(device: str) -> None:
-    """--compile needs what TorchInductor compiles with: a C++ compiler on CPU, Triton on CUDA.
-
-    Checked before any output exists, so the refusal is one line rather than a traceback from
-    the first training step.
-    """
-    import importlib.util
-    import os
-    import shutil
-
-    import torch._dynamo
-
-    if not torch._dynamo.is_dynamo_supported():
-        raise ConfigError(
-            f"--compile: torch.compile is not supported by this Python / torch {torch.__version__}; drop --compile"
-        )
-    if device == "cuda" and importlib.util.find_spec("triton") is None:
-        raise ConfigError(
-            "--compile: torch.compile on CUDA needs the triton package; pip install triton or drop --compile"
-        )
-    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    if device == "cpu" and not any(c and shutil.which(c) for c in compilers):
-        raise ConfigError(
-            "--compile: torch.compile on CPU needs a C++ compiler (g++ or clang++, or $CXX) on PATH; "
-            "install one or drop --compile"
-        )
 
 
 def stacked_batches(loaders: Sequence[MixtureLoader], device: str) -> Callable[[], torch.Tensor]:
@@ -133,18 +78,6 @@ def stacked_batches(loaders: Sequence[MixtureLoader], device: str) -> Callable[[
 def shared_batches(loader: MixtureLoader, M: int, device: str) -> Callable[[], torch.Tensor]:
     """One stream for every member (M, B, T+1): they all see exactly the same tokens."""
     return lambda: torch.from_numpy(loader.next_batch()).to(device).unsqueeze(0).expand(M, -1, -1)
-
-
-def lm_step(model: GPT, device: str) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """Next-token cross-entropy: forward, backward (scaled for accumulation), the losses (M,)."""
-
-    def step(batch: torch.Tensor, scale: float) -> torch.Tensor:
-        with autocast(device):
-            _, loss = model(batch[..., :-1], batch[..., 1:])  # (M,)
-        (loss.sum() * scale).backward()  # members share no weights: each gets its own gradient
-        return loss
-
-    return step
 
 
 def distill_step(
