@@ -5,8 +5,8 @@ Prints tokens/s of each, their ratio and, on CUDA, the model FLOP utilisation; w
 --ddp the data-parallel pretrain step's tokens/s under torchrun (eager, and compiled with
 --compile). Everything trains with the stages' own code (`mixlab.proxy_models.step`: device
 set-up, bf16 autocast, the next-token step; `model`: the swarm GPT and its per-model clipping;
-`ranks`: the gradient all-reduce). It imports torch and mixlab's sources only (not even
-numpy, pyarrow, YAML or Dask), so it runs on a bare GPU box from a checkout:
+`ranks`: the gradient all-reduce). It imports torch, numpy and mixlab's torch-only modules
+(no pyarrow, safetensors, YAML or Dask), so it runs on a bare GPU box from a checkout:
 
     python benchmarks/swarm.py                    # M in {8, 32}, sizes picked for the device
     python benchmarks/swarm.py --m 8,32,128 --steps 30 --n-embd 128 --n-layer 5
