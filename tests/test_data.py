@@ -114,6 +114,75 @@ def test_a_state_of_another_stream_is_refused(tokens, mixture):
         MixtureStream(tokens, mixture, 16, 8, seed=2).load_state_dict(state)
 
 
+# The README's plain torch loop, run as written (the test checks README.md shows exactly this).
+README_LOOP = """\
+import torch
+from torch.utils.data import DataLoader
+from mixlab.data import MixtureStream
+
+stream = MixtureStream(tokens, "mixture.json", seq_len=128, batch_size=16, batches=steps)
+for step, batch in enumerate(DataLoader(stream, batch_size=None, num_workers=2)):  # (16 / world, 129)
+    logits = model(batch[:, :-1])  # your model: (B, T, vocab) logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step)  # your schedule
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    log(step, loss.item())
+    if step % 1000 == 0:  # the stream's place is a small dict: a resume continues it exactly
+        torch.save({"model": model.state_dict(), "data": stream.state_dict(batches=step + 1)}, "ckpt.pt")
+"""
+
+
+def test_the_readmes_plain_torch_loop_reproduces_pretrains_loss_curve(tokens, mixture, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from mixlab.proxy_models.config import PretrainConfig
+    from mixlab.proxy_models.data import run_init_seed
+    from mixlab.proxy_models.model import GPT
+    from mixlab.proxy_models.pretrain import plan_pretrain, run_pretrain
+    from mixlab.proxy_models.train import lr_at
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert README_LOOP in readme, "README.md's plain torch loop differs from the one this test runs"
+    # pretrain's defaults (seq_len 128, batch 16, grad clip 1.0) with a tiny model, evaluated every step.
+    cfg = PretrainConfig(n_layer=1, n_head=2, n_embd=32, steps=6, warmup_steps=2, lr=3e-3, eval_every=1,
+                         eval_sequences=2, device="cpu", threads=1)  # fmt: skip
+    run_pretrain({"tokens": tokens, "mixture": mixture}, cfg, tmp_path / "pre")
+    rows = pq.read_table(tmp_path / "pre" / "metrics.parquet").to_pylist()
+
+    class Model(torch.nn.Module):  # mixlab's GPT (one member) with pretrain's initial weights
+        def __init__(self) -> None:
+            super().__init__()
+            model_cfg = plan_pretrain(tokens, mixture, cfg).model
+            self.gpt = GPT(model_cfg, seeds=[run_init_seed(cfg.seed, "pretrain")])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.gpt(x.unsqueeze(0))[0][0]  # (B, T, V)
+
+    model = Model()
+    losses: list[float] = []
+    monkeypatch.chdir(tmp_path)  # where mixture.json is
+    namespace = {
+        "tokens": tokens,
+        "steps": cfg.steps,
+        "model": model,
+        "optimizer": model.gpt.configure_optimizer(cfg.lr, cfg.weight_decay),
+        "lr_at": lambda step: lr_at(step, cfg.recipe),
+        "log": lambda step, loss: losses.append(loss),
+    }
+    exec(README_LOOP, namespace)
+
+    assert [r["step"] for r in rows] == list(range(1, cfg.steps + 1))
+    np.testing.assert_allclose(losses, [r["train_loss"] for r in rows], rtol=1e-5, atol=1e-6)
+    saved = load_file(tmp_path / "pre" / "model.safetensors")
+    for name, value in model.gpt.member_state_dict(0).items():
+        torch.testing.assert_close(value, saved[name], rtol=1e-4, atol=1e-5)
+    assert torch.load(tmp_path / "ckpt.pt")["data"]["batches"] == 1
+
+
 def test_exported_bin_read_with_memmap_is_exactly_the_stream(tokens, mixture, tmp_path, cli):
     out = tmp_path / "stream"
     result = cli(

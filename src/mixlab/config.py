@@ -20,9 +20,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from mixlab.errors import ConfigError
+
+if typing.TYPE_CHECKING:  # imported by load_yaml: model shapes (config dataclasses) need no YAML
+    import yaml
 
 C = TypeVar("C")
 
@@ -181,6 +182,8 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -20,7 +20,12 @@ PROGRESS_EVERY_ENV = "MIXLAB_PROGRESS_EVERY"  # seconds between plain progress l
 
 
 def log(message: str) -> None:
-    """Progress and summaries go to stderr so stdout stays machine-readable."""
+    """Progress and summaries go to stderr so stdout stays machine-readable.
+
+    Under torchrun only rank 0 speaks: the other ranks would repeat its every line.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return
     tqdm.write(message, file=sys.stderr)
     sys.stderr.flush()
 

@@ -22,11 +22,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mixlab.errors import InputError
+from mixlab.proxy_models.config import GPTConfig, count_params
 from mixlab.proxy_models.model import GPT
 from mixlab.proxy_models.modeldir import CONFIG, FORMAT, WEIGHTS, read_model_config
-from mixlab.stage import publish, write_json
+from mixlab.stage import WORK, partial_dir, publish, write_json
 from mixlab.tokenize.shards import TOKENIZER_DIR
 
+CHECKPOINT = "checkpoint"  # the resume point, in a stage's work dir
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
 
@@ -129,3 +131,46 @@ def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
     sd["state"] = per_param
     optimizer.load_state_dict(sd)
     return state
+
+
+# --- a resume must be of the same model ----------------------------------------------------------
+
+
+def _size(cfg: GPTConfig, fields: list[str]) -> str:
+    return ", ".join(f"{f} {getattr(cfg, f)}" for f in fields) + f" ({count_params(cfg):,} params)"
+
+
+def check_same_model(ckpt: Path, model: GPTConfig, where: Path | None = None) -> None:
+    """Refuse to resume the training state in `ckpt` into a model of another size, naming both.
+
+    States written before they recorded their model are not checked here (their weights'
+    shapes still are, when loaded).
+    """
+    try:
+        state = json.loads((ckpt / STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # no readable state: load_training_state words that
+    saved = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        return
+    differ = [f for f, v in model.to_dict().items() if saved.get(f, v) != v]
+    if differ:
+        theirs = GPTConfig.from_dict(saved)
+        raise InputError(
+            f"{where or ckpt}: the resume checkpoint (step {state.get('step', '?')}) is of a model with "
+            f"{_size(theirs, differ)}, "
+            f"this run asks for {_size(model, differ)}; rerun with the checkpoint's sizes to resume it, "
+            "or pass --force to start over"
+        )
+
+
+def check_resume_model(out_dir: Path | str, model: GPTConfig) -> None:
+    """Before a stage starts: a killed run's checkpoint for `out_dir` must be of `model`'s size.
+
+    A rerun with other sizes would otherwise discard that run's partial output and start over;
+    it is refused instead (checkpoint kept), naming both sizes.
+    """
+    out_dir = Path(out_dir).absolute()
+    ckpt = partial_dir(out_dir) / WORK / CHECKPOINT
+    if (ckpt / STATE).is_file():
+        check_same_model(ckpt, model, out_dir)

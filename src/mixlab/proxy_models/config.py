@@ -24,6 +24,9 @@ from mixlab.errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")
 LOGGERS = ("none", "csv", "tensorboard", "wandb")  # --logger: metrics beside metrics.parquet
+# How pretrain / distill run, not what they train: left out of the stage key, so an output is
+# still up to date, and a killed run still resumes, with any of them changed.
+RUNTIME_FIELDS = ("logger", "compile", "activation_checkpointing")
 
 
 # --- model shape ------------------------------------------------------------------------------
@@ -157,6 +160,8 @@ class Recipe:
     decay_fraction: float = 0.2  # wsd only
     device: str = "auto"
     threads: int = 0
+    compile: bool = False  # torch.compile each transformer block
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_sequences", "checkpoint_every"):
@@ -303,6 +308,13 @@ class TrainConfig:
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
     logger: str = option(
         "none", "also log metrics to: csv, tensorboard or wandb (offline), under logs/", choices=LOGGERS
+    )
+    compile: bool = option(
+        False,
+        "torch.compile each transformer block (faster on GPU after a warm-up; CPU needs a C++ compiler)",
+    )
+    activation_checkpointing: bool = option(
+        False, "recompute each transformer block in the backward pass: less memory, ~1/3 more compute"
     )
 
     def __post_init__(self) -> None:

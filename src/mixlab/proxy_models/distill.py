@@ -26,7 +26,7 @@ from mixlab.errors import InputError
 from mixlab.mixture import Mixture, Target
 from mixlab.proxy_models.config import DistillConfig, GPTConfig, count_params, model_config
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
-from mixlab.proxy_models.loggers import open_logger, stage_key
+from mixlab.proxy_models.loggers import open_logger
 from mixlab.proxy_models.modeldir import read_model_config, tokenizer_json
 from mixlab.proxy_models.results import (
     compare,
@@ -36,7 +36,7 @@ from mixlab.proxy_models.results import (
     training_target,
     write_results,
 )
-from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs
 from mixlab.tokenize.shards import TOKENIZER_DIR, TokenShards
 
 SCRATCH_DIR = "scratch"
@@ -87,6 +87,11 @@ class DistillPlan:
     scored: list[str]  # the validation domains student and teacher are scored on
     warnings: list[str]
 
+    @property
+    def model(self) -> GPTConfig:
+        """The model this stage trains (as PretrainPlan.model): the student."""
+        return self.student
+
 
 def training_mixture(
     mixture_path: Path | None, teacher_meta: Mapping[str, Any], teacher_dir: Path, tokens: TokenShards
@@ -134,62 +139,93 @@ def run_distill(
 ) -> Manifest:
     """Distill; inputs: {"teacher": dir, "tokens": dir, "mixture": mixture.json or None (the teacher's)}.
 
-    A rerun with the same config and inputs continues a killed run from its last checkpoint;
+    Under torchrun, data-parallel over the ranks (`ranks.run_data_parallel`, as pretrain). A
+    rerun with the same config and inputs continues a killed run from its last checkpoint;
     `force` starts over.
     """
+    from mixlab.proxy_models import ranks as dp
+
     inputs = absolute_inputs(inputs)
     teacher_dir, tokens_dir = Path(inputs["teacher"]), Path(inputs["tokens"])  # type: ignore[arg-type]
     mixture_path = Path(inputs["mixture"]) if inputs.get("mixture") else None
-    plan = plan_distill(teacher_dir, tokens_dir, mixture_path, cfg)
-
-    def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        return _distill(plan, cfg, stage, force)
-
-    inputs_fp = {
-        "teacher": teacher_dir,
-        "tokens": tokens_dir,
-        "mixture": mixture_path,
-        "student": cfg.student,
-    }
-    return run_stage("distill", stage_key(cfg), inputs_fp, out_dir, body, force=force)
+    return dp.run_data_parallel(
+        "distill",
+        cfg,
+        {"teacher": teacher_dir, "tokens": tokens_dir, "mixture": mixture_path, "student": cfg.student},
+        out_dir,
+        force,
+        plan=lambda: plan_distill(teacher_dir, tokens_dir, mixture_path, cfg),
+        body=lambda plan, stage, ranks, ready: _distill(plan, cfg, stage, force, ranks, ready),
+        train_only=lambda plan, work, ranks: _train(plan, cfg, work, ranks),
+    )
 
 
-def _distill(
-    plan: DistillPlan, cfg: DistillConfig, stage: StageDir, force: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _members(cfg: DistillConfig) -> tuple[list[str], list[float]]:
+    """The students trained side by side and their KL weights: distilled, then scratch (alpha 0)."""
+    names = ["distilled"] + (["scratch"] if cfg.compare_scratch else [])
+    return names, [cfg.alpha] + [0.0] * (len(names) - 1)
+
+
+def _train(
+    plan: DistillPlan, cfg: DistillConfig, work: Path, ranks: Any, ready: Any = None, metrics: Any = None
+) -> Any:
+    """Train the students on this rank's slice (all of it in one process); (rows, student, teacher, device)."""
     from mixlab.proxy_models import checkpoint, train
+    from mixlab.proxy_models.ranks import sliced_batches
 
     teacher, _ = checkpoint.load_model(plan.teacher_dir)  # damaged weights fail here; nothing is kept
     recipe, seq_len, path = cfg.recipe, plan.student.seq_len, plan.tokens.path
     device = train.setup_device(cfg.device, cfg.threads)
     teacher.to(device).eval().requires_grad_(False)
-    names = ["distilled"] + (["scratch"] if cfg.compare_scratch else [])
+    names, alphas = _members(cfg)
     seeds = [run_init_seed(cfg.seed, "distill")] * len(names)
     student, optimizer = train.new_swarm(plan.student, seeds, recipe, device)
     # One stream for every member: the scratch student sees exactly the distilled one's tokens.
     loader = MixtureLoader(path, plan.weights, seq_len, cfg.batch_size, cfg.seed, "distill")
-    alphas = [cfg.alpha] + [0.0] * (len(names) - 1)
-    tokens = cfg.steps * recipe.tokens_per_step * seq_len
-    log(
-        f"distill: student {count_params(plan.student):,} params, teacher {count_params(plan.teacher):,}; "
-        f"{tokens:,} tokens on {device} [{', '.join(names)}]"
+    M = len(names)
+    batches = (
+        train.shared_batches(loader, M, device)
+        if ranks.world == 1
+        else sliced_batches([loader], device, ranks, M)
     )
     loop = train.TrainLoop(
         student,
         optimizer,
         names,
         {"distill": loader},
-        train.shared_batches(loader, len(names), device),
+        batches,
         train.distill_step(student, teacher, alphas, cfg.tau, cfg.logit_chunk, device),
         lambda: train.evaluate(student, path, plan.scored, seq_len, recipe, device),
         plan.target,
+        ranks,
+        metrics.log if metrics is not None else None,
+    )
+    if ready is not None:
+        ready(work)  # the other ranks start now (after --force removed the old checkpoint)
+    desc = "distill" if ranks.main else None
+    return train.train(loop, recipe, seq_len, work, desc=desc), student, teacher, device
+
+
+def _distill(
+    plan: DistillPlan, cfg: DistillConfig, stage: StageDir, force: bool, ranks: Any, ready: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Rank 0's stage body: train (beside the other ranks), then write the students and results."""
+    from mixlab.proxy_models import checkpoint, train
+    from mixlab.proxy_models.ranks import runtime_stats
+
+    recipe, seq_len, path = cfg.recipe, plan.student.seq_len, plan.tokens.path
+    names, alphas = _members(cfg)
+    tokens = cfg.steps * recipe.tokens_per_step * seq_len
+    on = f" on {ranks.world} ranks" if ranks.world > 1 else ""
+    log(
+        f"distill: student {count_params(plan.student):,} params, teacher {count_params(plan.teacher):,}; "
+        f"{tokens:,} tokens on {train.pick_device(cfg.device)}{on} [{', '.join(names)}]"
     )
     if force:
         shutil.rmtree(stage.work / train.CHECKPOINT, ignore_errors=True)  # --force starts over
     metrics = open_logger(cfg.logger, stage.out, "distill")
-    loop.on_rows = metrics.log if metrics is not None else None
     try:
-        rows = train.train(loop, recipe, seq_len, stage.work, desc="distill")
+        rows, student, teacher, device = _train(plan, cfg, stage.work, ranks, ready, metrics)
     finally:
         if metrics is not None:
             metrics.close()
@@ -226,5 +262,6 @@ def _distill(
         "target_loss": {n: float(final[n]["target"]) for n in final},
         "warnings": plan.warnings,
         "device": device,
+        **runtime_stats(cfg, ranks),
     }
     return counts, stats

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.errors import ConfigError
-from mixlab.proxy_models.config import LOGGERS
+from mixlab.proxy_models.config import LOGGERS, RUNTIME_FIELDS
 
 LOGS = "logs"
 
@@ -80,8 +80,10 @@ def open_logger(kind: str, out: Path, name: str) -> MetricLogger | None:
 
 
 def stage_key(cfg: Any) -> dict[str, Any]:
-    """The config as the stage's manifest records it: without `logger`, which changes no output,
-    so an output made without a logger is still up to date with one."""
+    """The config as the stage's manifest records it: without the fields that say how the run
+    executes (`RUNTIME_FIELDS`: logger, compile, activation checkpointing), so an output made
+    without them is up to date with them, and a run killed for memory resumes with
+    --activation-checkpointing. The manifest's stats say how it ran."""
     from mixlab.config import config_to_dict
 
-    return {k: v for k, v in config_to_dict(cfg).items() if k != "logger"}
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_FIELDS}

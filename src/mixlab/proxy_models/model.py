@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from mixlab.errors import ConfigError
 from mixlab.proxy_models.config import GPTConfig, count_params
@@ -121,6 +122,9 @@ class GPT(nn.Module):
         self.norm = _stacked(M, cfg.n_embd)  # (M, C)
         # Tied embeddings reuse wte as the output projection; otherwise a separate (M, V, C).
         self.lm_head = None if cfg.tie_embeddings else _stacked(M, cfg.vocab_size, cfg.n_embd)
+        # Recompute each block's activations in the backward pass instead of keeping them
+        # (memory for compute; the losses and gradients are the same). Set by train.new_swarm.
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     # --- initialisation ---------------------------------------------------------------------
@@ -142,6 +146,12 @@ class GPT(nn.Module):
                 s = out_std if name.endswith(("wo", "w_down")) else std
                 p[m].copy_(torch.randn(p.shape[1:], generator=gen) * s)
 
+    def compile_blocks(self) -> None:
+        """torch.compile every transformer block in place (weights keep their names, so state
+        dicts and checkpoints are those of the eager model). One block's code serves them all."""
+        for block in self.blocks:
+            block.compile()
+
     # --- forward ----------------------------------------------------------------------------
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
@@ -157,8 +167,12 @@ class GPT(nn.Module):
         offsets = (torch.arange(M, device=idx.device) * V).view(M, 1, 1)
         x = F.embedding((idx + offsets).view(M, B * T), self.wte.view(M * V, C))  # (M, B*T, C)
         cos, sin = rotary_cos_sin(self.cfg, T, idx.device)  # (T, hd)
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, B, T, cos, sin)
+            if recompute:  # keeps only the block's input (M, B*T, C); the rest is redone in backward
+                x = checkpoint(block, x, B, T, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, B, T, cos, sin)
         x = rms_norm(x, self.norm, self.cfg.norm_eps)
         return x.view(M, B, T, C)
 

@@ -30,7 +30,7 @@ from mixlab.proxy_models.config import (
     model_config,
 )
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
-from mixlab.proxy_models.loggers import open_logger, stage_key
+from mixlab.proxy_models.loggers import open_logger
 from mixlab.proxy_models.results import (
     compare,
     final_rows,
@@ -40,7 +40,7 @@ from mixlab.proxy_models.results import (
     val_losses,
     write_results,
 )
-from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
+from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs
 from mixlab.tokenize.shards import TokenShards
 
 BASELINES_DIR = "baselines"
@@ -81,28 +81,24 @@ def run_pretrain(
 ) -> Manifest:
     """Pretrain on the chosen mixture; inputs: {"tokens": dir, "mixture": mixture.json}.
 
-    `client` is accepted for the stage contract; training runs in this process on its device.
-    A rerun with the same config and inputs continues a killed run from its last checkpoint;
-    `force` starts over.
+    `client` is accepted for the stage contract; training runs in this process on its device
+    (under torchrun: data-parallel over the ranks, see `ranks.run_data_parallel`). A rerun with
+    the same config and inputs continues a killed run from its last checkpoint; `force` starts over.
     """
     from mixlab.proxy_models import ranks as dp
-    from mixlab.proxy_models.train import pick_device
 
     inputs = absolute_inputs(inputs)
     tokens_dir, mixture_path = Path(inputs["tokens"]), Path(inputs["mixture"])
-    ranks = dp.init_ranks(pick_device(cfg.device))  # under torchrun: this process's rank
-    with dp.quiet_on_other_ranks(ranks):
-        dp.check_batch(cfg.batch_size, ranks)
-        plan = plan_pretrain(tokens_dir, mixture_path, cfg)
-
-        def run_main(ready: Any) -> Manifest:
-            def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-                return _pretrain(plan, cfg, stage, force, ranks, ready)
-
-            inputs_fp = {"tokens": tokens_dir, "mixture": mixture_path, "model": cfg.model}
-            return run_stage("pretrain", stage_key(cfg), inputs_fp, out_dir, body, force=force)
-
-        return dp.stage_on_rank0(ranks, run_main, lambda work: _train(plan, cfg, work, ranks))
+    return dp.run_data_parallel(
+        "pretrain",
+        cfg,
+        {"tokens": tokens_dir, "mixture": mixture_path, "model": cfg.model},
+        out_dir,
+        force,
+        plan=lambda: plan_pretrain(tokens_dir, mixture_path, cfg),
+        body=lambda plan, stage, ranks, ready: _pretrain(plan, cfg, stage, force, ranks, ready),
+        train_only=lambda plan, work, ranks: _train(plan, cfg, work, ranks),
+    )
 
 
 def _train(
@@ -134,17 +130,12 @@ def _train(
 
 
 def _pretrain(
-    plan: PretrainPlan,
-    cfg: PretrainConfig,
-    stage: StageDir,
-    force: bool,
-    ranks: Any = None,
-    ready: Any = None,
+    plan: PretrainPlan, cfg: PretrainConfig, stage: StageDir, force: bool, ranks: Any, ready: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Rank 0's stage body: train (beside the other ranks), then write the models and results."""
     from mixlab.proxy_models import checkpoint, train
-    from mixlab.proxy_models.ranks import Ranks
+    from mixlab.proxy_models.ranks import runtime_stats
 
-    ranks = ranks or Ranks()
     recipe, model_cfg, names = cfg.recipe, plan.model, list(plan.mixtures)
     seq_len = model_cfg.seq_len
     tokens = cfg.steps * recipe.tokens_per_step * seq_len
@@ -187,7 +178,10 @@ def _pretrain(
         if cfg.seeds > 1:
             comparison.update(seed_gaps(per_member, members, "chosen"))
     write_results(stage.out, "pretrain", rows, comparison)
-    return _counts_and_stats(plan, cfg, final, loaders["chosen"].epochs(), device, tokens, comparison)
+    counts, stats = _counts_and_stats(
+        plan, cfg, final, loaders["chosen"].epochs(), device, tokens, comparison
+    )
+    return counts, {**stats, **runtime_stats(cfg, ranks)}
 
 
 def seed_members(names: list[str], seeds: int) -> dict[str, tuple[str, int]]:

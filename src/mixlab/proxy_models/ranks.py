@@ -5,6 +5,7 @@ state is every rank's, and resumes on any number of ranks) and gathers only its 
 [r*B/W, (r+1)*B/W); gradients and the logged loss are averaged over the ranks once per step.
 Rank 0 alone runs the stage (run_stage: lock, checkpoints, outputs); the others train beside
 it in the work dir it names and wait for its result; an error there makes every rank exit.
+`run_data_parallel` is that whole sequence, shared by `pretrain` and `distill`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import atexit
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from mixlab.errors import ConfigError, MixlabError
-from mixlab.proxy_models.data import MixtureLoader
+from mixlab.proxy_models.step import check_compile, pick_device
+
+if TYPE_CHECKING:  # torch (and numpy) alone at import: benchmarks/swarm.py uses the ranks on a bare box
+    from mixlab.proxy_models.config import GPTConfig
+    from mixlab.proxy_models.data import MixtureLoader
+    from mixlab.stage import Manifest, OutDir, StageDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,3 +170,64 @@ def stage_on_rank0(
     if "error" in message:
         raise SystemExit(1)  # rank 0 said what went wrong
     return message["manifest"]
+
+
+class TrainingPlan(Protocol):
+    """What a stage checked before any output exists; `model` is the network it trains."""
+
+    @property
+    def model(self) -> GPTConfig: ...
+
+
+Plan = TypeVar("Plan", bound=TrainingPlan)
+Ready = Callable[[Path], None]
+
+
+def run_data_parallel(
+    stage: str,
+    cfg: Any,
+    inputs: Mapping[str, Any],
+    out_dir: OutDir,
+    force: bool,
+    plan: Callable[[], Plan],
+    body: Callable[[Plan, StageDir, Ranks, Ready], tuple[dict[str, Any], dict[str, Any]]],
+    train_only: Callable[[Plan, Path, Ranks], Any],
+) -> Manifest:
+    """A training stage (`pretrain`, `distill`) in one process or on every torchrun rank.
+
+    Every rank checks the flags and inputs alike (`cfg`, a TrainConfig: its batch against the
+    world size, --compile's toolchain, `plan()`, a killed run's checkpoint against the model's
+    size), so bad input is one line from rank 0 and every rank exits non-zero before any output
+    exists. Then rank 0 runs `body(plan, stage dir, ranks, ready)` under `run_stage` (with the
+    stage key without its runtime fields) and the others `train_only(plan, work, ranks)`.
+    """
+    from mixlab.proxy_models.checkpoint import check_resume_model
+    from mixlab.proxy_models.loggers import stage_key
+    from mixlab.stage import run_stage
+
+    device = pick_device(cfg.device)
+    ranks = init_ranks(device)  # under torchrun: this process's rank
+    with quiet_on_other_ranks(ranks):
+        check_batch(cfg.batch_size, ranks)
+        if cfg.compile:
+            check_compile(device)
+        planned = plan()
+        if not force:
+            check_resume_model(out_dir, planned.model)
+
+        def run_main(ready: Ready) -> Manifest:
+            def run_body(stage_dir: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
+                return body(planned, stage_dir, ranks, ready)
+
+            return run_stage(stage, stage_key(cfg), inputs, out_dir, run_body, force=force)
+
+        return stage_on_rank0(ranks, run_main, lambda work: train_only(planned, work, ranks))
+
+
+def runtime_stats(cfg: Any, ranks: Ranks) -> dict[str, Any]:
+    """How a training stage ran, for its manifest's stats (these fields are not in its key)."""
+    return {
+        "ranks": ranks.world,
+        "compile": cfg.compile,
+        "activation_checkpointing": cfg.activation_checkpointing,
+    }

@@ -5,7 +5,9 @@ cross-entropy, and distillation from a teacher), the evaluator and the training 
 caller trains a swarm of M models (a pack of proxies, a model beside its baselines, a student
 beside its scratch twin) from a `Recipe` and a `GPTConfig` (config.py), on batches from
 data.py, and gets metrics rows back. With a work dir the loop keeps a resume checkpoint
-there (checkpoint.py) and continues from it when one is present.
+there (checkpoint.py) and continues from it when one is present. Device set-up, precision and
+the next-token step live in step.py (torch only, so a benchmark runs on a bare GPU box) and
+are used from here as `train.setup_device`, `train.lm_step`, ...
 """
 
 from __future__ import annotations
@@ -21,44 +23,18 @@ import torch
 import torch.nn.functional as F
 
 from mixlab.console import StepProgress, log
-from mixlab.errors import ConfigError
 from mixlab.mixture import Target
-from mixlab.proxy_models.checkpoint import load_training_state, save_training_state
+from mixlab.proxy_models.checkpoint import (
+    CHECKPOINT,  # noqa: F401 (the stages name the resume point as train.CHECKPOINT)
+    check_same_model,
+    load_training_state,
+    save_training_state,
+)
 from mixlab.proxy_models.config import GPTConfig, Recipe
 from mixlab.proxy_models.data import MixtureLoader, eval_windows
 from mixlab.proxy_models.model import GPT
 from mixlab.proxy_models.ranks import Ranks, average, average_gradients, sliced_batches
-
-CHECKPOINT = "checkpoint"  # the resume point, in a stage's work dir
-
-
-# --- device and precision ---------------------------------------------------------------------
-
-
-def pick_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device visible to this worker; use --device auto or cpu")
-    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-
-
-def setup_device(device: str, threads: int) -> str:
-    """The device to train on, set up alike for every stage: CPU threads, TF32 matmuls on CUDA."""
-    device = pick_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def autocast(device: str) -> torch.autocast:
-    """bf16 autocast on CUDA, full precision on CPU: the one place mixed precision is chosen."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-
-
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+from mixlab.proxy_models.step import autocast, device_name, lm_step, pick_device, setup_device  # noqa: F401
 
 
 def lr_at(step: int, recipe: Recipe) -> float:
@@ -81,8 +57,16 @@ def lr_at(step: int, recipe: Recipe) -> float:
 
 
 def new_swarm(model_cfg: GPTConfig, seeds: Sequence[int], recipe: Recipe, device: str) -> tuple[GPT, Any]:
-    """M freshly initialised models (member m from seeds[m]) on `device`, and their AdamW."""
+    """M freshly initialised models (member m from seeds[m]) on `device`, and their AdamW.
+
+    With `recipe.activation_checkpointing` each block is recomputed in the backward pass; with
+    `recipe.compile` each block is torch.compile'd in place (its weights keep their names, so
+    checkpoints and model files do not change).
+    """
     model = GPT(model_cfg, seeds).to(device)
+    model.activation_checkpointing = recipe.activation_checkpointing
+    if recipe.compile:
+        model.compile_blocks()
     return model, model.configure_optimizer(recipe.lr, recipe.weight_decay)
 
 
@@ -94,18 +78,6 @@ def stacked_batches(loaders: Sequence[MixtureLoader], device: str) -> Callable[[
 def shared_batches(loader: MixtureLoader, M: int, device: str) -> Callable[[], torch.Tensor]:
     """One stream for every member (M, B, T+1): they all see exactly the same tokens."""
     return lambda: torch.from_numpy(loader.next_batch()).to(device).unsqueeze(0).expand(M, -1, -1)
-
-
-def lm_step(model: GPT, device: str) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """Next-token cross-entropy: forward, backward (scaled for accumulation), the losses (M,)."""
-
-    def step(batch: torch.Tensor, scale: float) -> torch.Tensor:
-        with autocast(device):
-            _, loss = model(batch[..., :-1], batch[..., 1:])  # (M,)
-        (loss.sum() * scale).backward()  # members share no weights: each gets its own gradient
-        return loss
-
-    return step
 
 
 def distill_step(
@@ -368,6 +340,7 @@ def _summary(row: Mapping[str, Any]) -> str:
 def _checkpoint(loop: TrainLoop, ckpt: Path, step: int, rows: list[dict[str, Any]], window: _Window) -> None:
     state = {
         "step": step,
+        "model": loop.model.cfg.to_dict(),  # a resume with another size is refused, naming both
         "metrics": rows,
         "window": {"loss": window.loss.tolist(), "steps": window.steps},
         "loaders": {
@@ -385,6 +358,7 @@ def _resume(
     M = len(loop.names)
     if ckpt is None or not ckpt.is_dir():
         return 0, [], _Window(torch.zeros(M, dtype=torch.float64, device=device))
+    check_same_model(ckpt, loop.model.cfg)
     state = load_training_state(ckpt, loop.model, loop.optimizer)
     for name, saved in state["loaders"].items():
         loader = loop.loaders[name]
