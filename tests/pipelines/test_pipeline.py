@@ -130,7 +130,9 @@ def test_a_partial_pipeline_resumes_and_skips_finished_stages(tmp_path: Path) ->
     assert all(m.skipped for m in again.values())
     assert (run / "04_tokenize" / "_mixlab" / "manifest.json").read_text() == before
     # the target set is tokenized as a validation-only domain
-    counts = json.loads((run / "04_tokenize" / "_mixlab" / "manifest.json").read_text())["stats"]["per_domain"]
+    counts = json.loads((run / "04_tokenize" / "_mixlab" / "manifest.json").read_text())["stats"][
+        "per_domain"
+    ]
     assert counts["target"]["valid"]["documents"] > 0
     assert counts["target"].get("train", {}).get("documents", 0) == 0
 
@@ -374,9 +376,13 @@ def test_a_pipeline_with_a_target_corpus_keeps_it_out_of_dedup_and_the_tokenizer
     run_pipeline(yaml, run, until_stage="tokenize")
     dedup = json.loads((run / "02_dedup" / "_mixlab" / "manifest.json").read_text())
     assert "heldout" not in json.dumps(dedup["stats"])
-    sample = json.loads((run / "03_tokenizer_train" / "_mixlab" / "manifest.json").read_text())["stats"]["sample"]
+    sample = json.loads((run / "03_tokenizer_train" / "_mixlab" / "manifest.json").read_text())["stats"][
+        "sample"
+    ]
     assert "heldout" not in sample
-    counts = json.loads((run / "04_tokenize" / "_mixlab" / "manifest.json").read_text())["stats"]["per_domain"]
+    counts = json.loads((run / "04_tokenize" / "_mixlab" / "manifest.json").read_text())["stats"][
+        "per_domain"
+    ]
     assert counts["heldout"]["valid"]["documents"] == 6
     assert counts["heldout"].get("train", {}).get("documents", 0) == 0
 

@@ -111,5 +111,7 @@ def test_every_figure_has_axis_labels_and_domains_keep_their_colour(demo_run) ->
     )
     a, b = domain_colours(DOMAINS), domain_colours(list(reversed(DOMAINS)))
     assert a == b  # the same domain gets the same colour whatever order the domains come in
-    figures = json.loads((demo_run / "10_report" / "_mixlab" / "manifest.json").read_text())["stats"]["figures"]
+    figures = json.loads((demo_run / "10_report" / "_mixlab" / "manifest.json").read_text())["stats"][
+        "figures"
+    ]
     assert "swarm_target_vs_weight.png" in figures and "swarm_loss_vs_weight.png" in figures

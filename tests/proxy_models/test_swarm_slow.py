@@ -151,7 +151,9 @@ def test_a_killed_swarm_resumes_and_skips_finished_runs(tmp_path, tokens_dir, ca
         "1",
     ]
     out = tmp_path / "swarm"
-    markers = tmp_path / ".swarm.partial" / "_mixlab" / "work" / "markers" / "packs"  # one marker per finished pack
+    markers = (
+        tmp_path / ".swarm.partial" / "_mixlab" / "work" / "markers" / "packs"
+    )  # one marker per finished pack
     proc = subprocess.Popen(
         [
             sys.executable,

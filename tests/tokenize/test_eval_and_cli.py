@@ -83,7 +83,10 @@ def test_cli_trains_evaluates_and_tokenizes(cli, tiny_corpus: Path, dask_threads
         address,
     )
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "tokens" / "_mixlab" / "manifest.json").read_text())["stats"]["token_dtype"] == "uint16"
+    assert (
+        json.loads((tmp_path / "tokens" / "_mixlab" / "manifest.json").read_text())["stats"]["token_dtype"]
+        == "uint16"
+    )
 
 
 def test_cli_reports_bad_input_in_one_line(cli, tiny_corpus: Path, tmp_path: Path) -> None:
