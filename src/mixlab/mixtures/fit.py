@@ -155,6 +155,8 @@ def run_mixtures_fit(
     prior, prior_source, sampler = resolve_prior(cfg, runs, candidates)
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
+        for w in warnings:  # said here, once: an up-to-date rerun's summary says them instead
+            log(f"mixtures fit: warning: {w}")
         features = None
         result = fit_models(runs, cfg, features, history, step)
         fit = fit_record(result, prior, prior_source, sampler, needed, warnings)
@@ -341,7 +343,7 @@ def fit_record(
 
 
 def check_runs(runs: Runs, folds: int, where: Path) -> tuple[dict[str, int], list[str]]:
-    """Refuse too few runs or a constant target; the runs needed and the warnings to record."""
+    """Refuse too few runs or a constant target; the runs needed and the warnings to record (not logged)."""
     n, d = runs.weights.shape
     warnings: list[str] = []
     if runs.dropped_nan:
@@ -361,8 +363,6 @@ def check_runs(runs: Runs, folds: int, where: Path) -> tuple[dict[str, int], lis
         )
     if np.ptp(runs.target_loss) <= 0:
         raise InputError(f"{where}: the target loss is the same for every run; nothing to fit")
-    for w in warnings:
-        log(f"mixtures fit: warning: {w}")
     return {"minimum": minimum, "recommended": recommended}, warnings
 
 
