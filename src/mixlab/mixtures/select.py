@@ -440,8 +440,8 @@ def choice_warnings(
     if chosen_info["predicted_target_loss"] < lowest_run:
         warnings.append(
             f"the chosen mixture's predicted target loss {chosen_info['predicted_target_loss']:.4g} lies below "
-            f"every training run's (lowest {lowest_run:.4g}): the model extrapolates there; train proxies near "
-            "it (or --verify) before trusting the number"
+            f"every training run's (lowest {lowest_run:.4g}): the model extrapolates there, so take the number as "
+            "optimistic (--verify measures it; proxies near it sharpen the fit)"
         )
     if chosen_info["predicted_target_loss"] > min(
         natural_info["predicted_target_loss"], uniform_info["predicted_target_loss"]
