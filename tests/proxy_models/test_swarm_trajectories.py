@@ -111,3 +111,29 @@ def test_wandb_logger_runs_offline_with_steps_that_only_increase(
     assert list((tmp_path / "s" / "logs" / "wandb").glob("offline-run-*"))
     steps = [r["step"] for r in logged]
     assert steps == sorted(steps) and len(set(steps)) == 3  # packs end to end: 2, 4, 6
+
+
+def test_a_resumed_swarm_keeps_the_trajectories_of_the_packs_it_had_finished(
+    tmp_path, tokens_dir, client, monkeypatch
+) -> None:
+    from mixlab.stage import TaskMarkers
+
+    cands = _candidates(tmp_path / "c.parquet", MIXES[:3])
+    cfg = dataclasses.replace(CFG, pack_size=1, steps=4, eval_every=2)
+    inputs = {"candidates": cands, "tokens": tokens_dir}
+    mark = TaskMarkers.mark
+
+    def mark_then_stop(self, task, result):
+        mark(self, task, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TaskMarkers, "mark", mark_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_swarm_train(inputs, cfg, tmp_path / "swarm", client=client)
+    monkeypatch.setattr(TaskMarkers, "mark", mark)
+    run_swarm_train(inputs, cfg, tmp_path / "swarm", client=client)
+    run_swarm_train(inputs, cfg, tmp_path / "straight", client=client)
+    resumed, straight = (
+        pl.read_parquet(tmp_path / d / "trajectories.parquet") for d in ("swarm", "straight")
+    )
+    assert resumed.height == 3 * 2 and resumed.equals(straight)

@@ -161,6 +161,7 @@ def run_mixtures_fit(
         result = fit_models(runs, cfg, features, history, step)
         fit = fit_record(result, prior, prior_source, sampler, needed, warnings)
         fit["swarm_config"] = swarm_record(runs_path)
+        (stage.out / MODELS_DIR).mkdir(parents=True, exist_ok=True)
         files = {
             kind: save_models(kind, result.final[kind], result.cv[kind].fold_models, stage.out / MODELS_DIR)
             for kind in MODELS
