@@ -52,6 +52,15 @@ def test_predict_reads_a_mixture_json_and_a_csv(cli, fitted, tmp_path) -> None:
     assert result.stdout.splitlines()[1].split()[:3] == ["m", "0.500", "0.500"]  # absent domains weigh 0
     (tmp_path / "m.csv").write_text("name,w.prose,w.code,w.tabular,w.legal\na,0.25,0.25,0.25,0.25\n")
     assert cli("mixtures", "predict", fitted / "fit", tmp_path / "m.csv").exit_code == 0
+    # Columns named as the fit's domains (RegMix's and Olmix's mixture files) read too.
+    (tmp_path / "bare.csv").write_text("index,prose,code,tabular,legal\n7,0.25,0.25,0.25,0.25\n")
+    bare = cli("mixtures", "predict", fitted / "fit", tmp_path / "bare.csv")
+    assert bare.exit_code == 0, bare.output
+    assert bare.stdout.splitlines()[1].split()[0] == "7"
+    assert (
+        bare.stdout.splitlines()[1].split()[-2]
+        == cli("mixtures", "predict", fitted / "fit", tmp_path / "m.csv").stdout.splitlines()[1].split()[-2]
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,7 +68,7 @@ def test_predict_reads_a_mixture_json_and_a_csv(cli, fitted, tmp_path) -> None:
     [
         ("name,w.prose,w.klingon\na,0.5,0.5\n", "domain(s) ['klingon'] the fit never saw"),
         ("name,w.prose,w.code\na,0.5,0.4\n", "do not sum to 1"),
-        ("name,prose\na,1.0\n", "no w.<domain> weight columns"),
+        ("name,klingon\na,1.0\n", "no w.<domain> weight columns"),
     ],
 )
 def test_predict_refuses_bad_mixtures_in_one_line_and_writes_nothing(

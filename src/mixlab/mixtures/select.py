@@ -582,8 +582,9 @@ def plot_weights(domains: list[str], chosen: np.ndarray, prior: np.ndarray, path
 def read_mixtures(path: Path, domains: list[str], renormalize: bool = False) -> tuple[list[str], np.ndarray]:
     """(names, (n, D) weights in `domains` order) of the mixtures in a file.
 
-    A table (parquet or CSV: w.<domain> columns, named by run_id / name when present, e.g.
-    candidates.parquet or runs.parquet) or a mixture JSON (mixture.json, or {domain: weight}).
+    A table (parquet or CSV: w.<domain> columns, or columns named as the fit's domains; rows
+    named by run_id / name / run / index when present, e.g. candidates.parquet or runs.parquet)
+    or a mixture JSON (mixture.json, or {domain: weight}).
     Domains the file leaves out weigh 0; a domain the fit never saw is an error.
     """
     path = Path(path)
@@ -592,15 +593,20 @@ def read_mixtures(path: Path, domains: list[str], renormalize: bool = False) -> 
         names, found = [path.stem], dict(weights)
         table = {f"w.{d}": np.array([w]) for d, w in found.items()}
     else:
-        frame = read_csv(path) if path.suffix.lower() == ".csv" else None
-        arrow = frame.to_arrow() if frame is not None else read_table(path, fix="pass w.<domain> columns")
+        if path.suffix.lower() == ".csv":
+            arrow = read_csv(path).to_arrow()
+        else:
+            arrow = read_table(path, fix="pass w.<domain> columns")
+        if not any(c.startswith("w.") for c in arrow.column_names):
+            # A table in the fit's own domain names (RegMix's or Olmix's mixtures CSV).
+            arrow = arrow.rename_columns([f"w.{c}" if c in domains else c for c in arrow.column_names])
         cols = [c for c in arrow.column_names if c.startswith("w.")]
         if not cols:
             raise InputError(
                 f"{path}: no w.<domain> weight columns (columns: {', '.join(arrow.column_names)}); "
                 "pass candidates.parquet, runs.parquet, a CSV with w.<domain> columns or a mixture.json"
             )
-        label = next((c for c in ("run_id", "name") if c in arrow.column_names), None)
+        label = next((c for c in ("run_id", "name", "run", "index") if c in arrow.column_names), None)
         names = (
             [str(x) for x in arrow.column(label).to_pylist()]
             if label
