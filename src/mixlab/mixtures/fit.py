@@ -447,15 +447,18 @@ class FittedModels:
         return np.array([m.predict(x) for m in self.folds])
 
 
-def features_from_record(record: Mapping[str, Any] | None, fit_dir: Path) -> Features:
+def features_from_record(fit: Mapping[str, Any], fit_dir: Path) -> Features:
     """The model inputs fit.json's ``features`` describe (none: the weights alone)."""
+    record = fit.get("features")
     if not record:
         return Features()
     features = Features()
-    if "experts" in record:  # data-expert features (issue 16.2): built by their module
+    if "experts" in record:  # data-expert features (issue 16.2), rebuilt by their module
         from mixlab.mixtures import experts
 
-        features = experts.features_from_record(record, fit_dir)
+        featurize = experts.load_features(fit_dir, fit)  # (n, D) -> (n, D + 1): [w, experts' target loss]
+        own = {k: v for k, v in record.items() if k != "trajectory"}
+        features = Features(("experts.target",), lambda w: featurize(w)[:, w.shape[1] :], own)
     if "trajectory" in record:
         features = features.with_step(int(record["trajectory"]["step"]))
     return features
@@ -480,7 +483,7 @@ def load_fit(fit_dir: Path | str, model: str | None = None, num_threads: int = 0
         data = json.loads((fit_dir / entry["file"]).read_text())
         final = LinearModel.from_dict(data["final"])
         folds = [LinearModel.from_dict(m) for m in data["folds"]]
-    return FittedModels(fit, final, folds, features_from_record(fit.get("features"), fit_dir))
+    return FittedModels(fit, final, folds, features_from_record(fit, fit_dir))
 
 
 def write_predictions(path: Path, runs: Runs, folds: np.ndarray, cv: dict[str, CrossValidation]) -> None:
