@@ -7,6 +7,18 @@ feature), and scores both on the runs left out: Spearman and RMSE of the final t
 Prints one table; nothing is written.
 
     python benchmarks/trajectory_fit.py SWARM_DIR --target target --budgets 16,32,64
+
+Measured on the demo's swarm (quickstart, 128 candidates + repeats, 40 steps, trained with
+`--eval-every 5`; held-out Spearman of the final target loss, mean (sd) of 5 draws):
+
+    budget   final losses     trajectory
+        16   0.801 (0.113)   0.838 (0.037)
+        32   0.904 (0.040)   0.914 (0.035)
+        64   0.917 (0.012)   0.930 (0.019)
+       100   0.944 (0.031)   0.951 (0.011)
+
+A small gain at every budget (RMSE 5-17% lower), within the draws' spread above 16: so
+`--trajectory` stays off by default (it also needs a swarm evaluated along the way).
 """
 
 from __future__ import annotations
