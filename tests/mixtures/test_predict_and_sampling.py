@@ -131,3 +131,19 @@ def test_each_warning_is_printed_once(cli, tmp_path) -> None:
     assert result.output.count("held-out spearman") == 3  # once per model, by the summary
     again = cli("mixtures", "fit", tmp_path / "runs.parquet", "--max-rounds", 30, "--out", tmp_path / "fit")
     assert "already up to date" in again.output and again.output.count("only 20 runs") == 1
+
+
+def test_a_fit_in_memory_predicts_and_chooses_like_the_fit_on_disk(fitted) -> None:
+    from mixlab.mixtures.fit import fit_models
+    from mixlab.mixtures.select import choose_mixture
+    from mixlab.mixtures.targets import load_runs
+
+    runs = load_runs(fitted / "runs.parquet", QUICK.target)
+    memory = fit_models(runs, QUICK).fitted()
+    disk = load_fit(fitted / "fit")
+    w = runs.weights[:10]
+    np.testing.assert_allclose(memory.predict(w), disk.predict(w), rtol=1e-12)
+    np.testing.assert_allclose(memory.predict_folds(w), disk.predict_folds(w), rtol=1e-12)
+    cfg = SelectConfig(samples=3000, top_k=16)
+    a, b = choose_mixture(memory, cfg), choose_mixture(disk, cfg)
+    assert a["weights"] == pytest.approx(b["weights"], rel=1e-9)
