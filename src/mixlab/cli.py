@@ -26,7 +26,7 @@ from mixlab.config import field_help, field_types, resolve_config, unwrap_option
 from mixlab.errors import MixlabError
 from mixlab.pipelines.run import describe, pipeline_path, plan_json, plan_pipeline, run_pipeline, stage_dir
 from mixlab.stage import Manifest, check_output_dir
-from mixlab.stages import STAGES, Alert, Stage
+from mixlab.stages import STAGES, Alert, Stage, format_predictions, predict_file
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -343,14 +343,22 @@ add(
     STAGES["mixtures_fit"],
     """Fit weights -> target loss (LightGBM + baselines), cross-validated.
 
-    RUNS is a swarm output or runs.parquet. Writes fit.json (held-out Spearman, Pearson and
-    RMSE per model, the noise floor, the prior), the models and predicted-vs-actual plots.
+    RUNS is a swarm output, runs.parquet, a CSV of w.<domain> / loss.<name> columns, or a weights
+    CSV with --metrics (Olmix's ratios.csv + metrics.csv, joined on run_id, run or index; a folder
+    holding both works too). Writes fit.json (held-out Spearman, Pearson and RMSE per model, the
+    noise floor, the prior), the models and predicted-vs-actual plots.
     """,
     click.Argument(["runs"], type=click.Path(exists=True, path_type=Path)),
     path_option(
         "--candidates",
         "the `mixtures sample` output the runs came from (its prior and sampler are used by select)",
         required=False,
+    ),
+    path_option(
+        "--metrics",
+        "metrics CSV (one loss column per metric, lower is better) joined to the weights CSV RUNS by run id",
+        required=False,
+        file_okay=True,
     ),
 )
 add(
@@ -368,6 +376,40 @@ add(
         file_okay=True,
     ),
 )
+
+
+@GROUPS["mixtures"].command("predict", context_settings=CONTEXT)
+@click.argument("fit_dir", metavar="FIT", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("mixtures", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write every prediction to this .parquet file",
+)
+@click.option(
+    "--model",
+    type=click.Choice(["chosen", "lightgbm", "linear", "loglinear"]),
+    default="chosen",
+    show_default=True,
+    help="which fitted model predicts (chosen: the one fit chose)",
+)
+@click.option(
+    "--renormalize", is_flag=True, help="rescale weights that do not sum to 1 instead of refusing them"
+)
+def mixtures_predict(
+    fit_dir: Path, mixtures: Path, out_file: Path | None, model: str, renormalize: bool
+) -> None:
+    """Predict the target loss of given MIXTURES with FIT's model, best first.
+
+    MIXTURES: a parquet or CSV table of w.<domain> columns (e.g. candidates.parquet), or a
+    mixture JSON. Prints a table (with the CV models' spread); --out writes all rows as parquet.
+    """
+    table = predict_file(fit_dir, mixtures, out_file, model=model, renormalize=renormalize)
+    click.echo(format_predictions(table))
+    if out_file is not None:
+        click.echo(f"mixtures predict: wrote {out_file} ({table.num_rows} mixtures)", err=True)
 
 
 def mixture_option() -> click.Option:

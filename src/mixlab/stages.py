@@ -24,7 +24,7 @@ from mixlab.ingest import IngestConfig, run_ingest
 from mixlab.mixtures.config import FitConfig, SampleConfig, SelectConfig
 from mixlab.mixtures.fit import run_mixtures_fit
 from mixlab.mixtures.sample import run_mixtures_sample
-from mixlab.mixtures.select import run_mixtures_select
+from mixlab.mixtures.select import format_predictions, predict_file, run_mixtures_select  # noqa: F401 (cli)
 from mixlab.pipelines.report import ReportConfig, run_report
 from mixlab.proxy_models.config import (
     DistillConfig,
@@ -146,6 +146,10 @@ def _select_summary(manifest: Manifest) -> Iterable[str]:
 
 
 def _warnings(manifest: Manifest) -> Iterable[str]:
+    # --- search (issue 16.4): each warning once: a run logs its own as it goes ---
+    if not manifest.skipped:
+        return
+    # --- end search ---
     for warning in manifest.stats.get("warnings", []):
         yield Alert(f"warning: {warning}")
 
@@ -182,7 +186,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("tokenize",        TokenizeConfig,       run_tokenize,        ("documents", "tokenizer", "targets"), True,  _nothing),
     Stage("mixtures_sample", SampleConfig,         run_mixtures_sample, ("tokens",),                           False, _nothing),
     Stage("swarm_train",     SwarmConfig,          run_swarm_train,     ("candidates", "tokens"),              True,  _swarm_summary),
-    Stage("mixtures_fit",    FitConfig,            run_mixtures_fit,    ("runs", "candidates"),                False, _fit_summary),
+    Stage("mixtures_fit",    FitConfig,            run_mixtures_fit,    ("runs", "candidates", "metrics"),     False, _fit_summary),
     Stage("mixtures_select", SelectConfig,         _select_with_verify, ("fit", "tokens"),                     False, _select_summary),
     Stage("pretrain",        PretrainConfig,       run_pretrain,        ("tokens", "mixture"),                 False, _pretrain_summary),
     Stage("distill",         DistillConfig,        run_distill,         ("teacher", "tokens", "mixture"),      False, _comparison),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pytest
 from fault_harness import Case, case_ids, generic_cases
 
@@ -163,8 +164,71 @@ FIT_CASES = [
         ),
         (r"runs\.parquet", r"loss\.prose", r"number|numeric|float|type"),
     ),
+    # --- issue 16: trajectories, CSV runs, weights off their sum ---
+    Case(
+        "at-step-without-trajectories",
+        lambda s, b: [*FIT, swarm_without_trajectories(s, b), "--at-step", 2, "--out", "out"],
+        (r"trajectories\.parquet", r"--at-step"),
+    ),
+    Case(
+        "at-step-not-recorded",
+        fit_runs(None, "--at-step", 3),
+        (r"--at-step 3 was not recorded", r"recorded steps: 4"),
+    ),
+    Case(
+        "trajectory-with-one-recorded-step",
+        fit_runs(None, "--trajectory"),
+        (r"--trajectory", r"--eval-every"),
+    ),
+    Case(
+        "csv-ratios-without-run-id",
+        lambda s, b: [*FIT, csv_pair(b, "prose,code\n0.5,0.5\n"), "--metrics", "metrics.csv", "--out", "out"],
+        (r"ratios\.csv", r"run id"),
+    ),
+    Case(
+        "csv-metrics-without-run-id",
+        lambda s, b: [
+            *FIT,
+            csv_pair(b, metrics="id,x\nr1,1.0\n"),
+            "--metrics",
+            "metrics.csv",
+            "--out",
+            "out",
+        ],
+        (r"metrics\.csv", r"'run'"),
+    ),
+    Case(
+        "csv-runs-without-weight-columns",
+        lambda s, b: [*FIT, b.raw("runs.csv", "run,prose,code\nr1,0.5,0.5\n"), "--out", "out"],
+        (r"runs\.csv", r"w\.<domain>", r"--metrics"),
+    ),
+    Case(
+        "weights-not-summing-to-1",
+        fit_runs(
+            lambda t: t.set_column(
+                t.schema.get_field_index("w.prose"), "w.prose", pa.compute.multiply(t["w.prose"], 0.9)
+            )
+        ),
+        (r"runs\.parquet", r"do not sum to 1", r"--renormalize"),
+    ),
+    # --- end issue 16 ---
     *generic_cases(lambda s, b: [*FIT, s.runs], "folds"),
 ]
+
+
+def swarm_without_trajectories(s, b) -> str:
+    """A copy of the swarm output made before trajectories were kept (no trajectories.parquet)."""
+    name = b.copy(s.runs, "swarm")
+    (b.root / name / "trajectories.parquet").unlink(missing_ok=True)
+    return name
+
+
+def csv_pair(
+    b, ratios: str = "run,prose,code\nr1,0.5,0.5\nr2,0.2,0.8\n", metrics: str = "run,x\nr1,1.0\n"
+) -> str:
+    """Olmix-shaped ratios.csv and metrics.csv in the case's folder; returns the ratios' name."""
+    b.raw("metrics.csv", metrics)
+    return b.raw("ratios.csv", ratios)
 
 
 @pytest.mark.parametrize("case", FIT_CASES, ids=case_ids(FIT_CASES))

@@ -97,9 +97,22 @@ class FitConfig:
         1, "LightGBM training threads (swarms are small: more threads only add overhead; 0: all cores)"
     )
     seed: int = option(0, "seed for folds, early-stopping splits and LightGBM")
+    renormalize: bool = option(
+        False,
+        "rescale run weights that do not sum to 1 (e.g. rounded to 3 decimals) instead of refusing them",
+    )
+    at_step: int = option(
+        0, "fit the losses at this recorded step of the swarm's trajectories.parquet (0: the final losses)"
+    )
+    trajectory: bool = option(
+        False,
+        "also train on every earlier recorded step, the step as a feature (predictions at --at-step or the end)",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.at_step < 0:
+            raise ConfigError("--at-step: must not be negative (0: the runs' final losses)")
         if self.folds < 2:
             raise ConfigError("--folds: must be at least 2")
         if not 0 < self.learning_rate <= 1:
@@ -154,6 +167,16 @@ class SelectConfig:
     verify_seeds: int = option(2, "--verify: seeds per mixture")
     num_threads: int = option(0, "threads for LightGBM prediction (0: all cores)")
     seed: int = option(0, "seed of the simulated mixtures (and, plus 1000, of --verify's proxies)")
+    prior_power: float | None = option(
+        None,
+        "simulate around the fit's prior raised to this power (<1 flattens it; default: the candidates' "
+        "setting, 1 when the fit had no candidates)",
+    )
+    spread: tuple[float, ...] = option(
+        (),
+        "Dirichlet concentration scale of the simulated mixtures: one value, or MIN,MAX (log-spaced "
+        "levels between; small: sparse mixtures); default: the candidates'",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -169,6 +192,14 @@ class SelectConfig:
             raise ConfigError("--max-epochs: must be positive")
         if self.verify_scale <= 0 or self.verify_seeds < 1:
             raise ConfigError("--verify-scale / --verify-seeds: must be positive")
+        if self.prior_power is not None and self.prior_power < 0:
+            raise ConfigError("--prior-power: must not be negative")
+        if len(self.spread) > 2 or any(not x > 0 for x in self.spread):
+            raise ConfigError(
+                f"--spread: one positive value or MIN,MAX, got {','.join(map(str, self.spread))}"
+            )
+        if len(self.spread) == 2 and self.spread[0] > self.spread[1]:
+            raise ConfigError("--spread MIN,MAX: MIN must not exceed MAX")
         for key in ("min_weight", "max_weight"):
             bad = {k: v for k, v in getattr(self, key).items() if not 0 <= v <= 1}
             if bad:

@@ -1,10 +1,14 @@
 """`mixlab mixtures fit`: learn target loss from mixture weights, and say honestly how well.
 
-Reads a runs table (``runs.parquet`` of a swarm). Writes into the FIT directory:
-``fit.json`` (target, domains, prior, every model's held-out scores, the noise floor, the
-chosen model), ``models/`` (LightGBM text files, final and per fold; the baselines'
-coefficients as JSON), ``predictions.parquet`` (out-of-fold predictions per run) and a
-predicted-vs-actual PNG per model. `mixtures select` needs nothing but this directory.
+Reads a runs table (``runs.parquet`` of a swarm, a CSV, or Olmix's ratios.csv + metrics.csv;
+see `mixlab.mixtures.targets`), with ``--at-step`` the losses at a recorded step of the swarm's
+``trajectories.parquet``, and with ``--trajectory`` every earlier step too (the step as a
+feature). Writes into the FIT directory: ``fit.json`` (target, domains, prior, every model's
+held-out scores, the noise floor, the chosen model; optional ``features`` when models take
+more than the weights, ``at_step`` and ``trajectory_rows``), ``models/`` (LightGBM text
+files, final and per fold; the baselines' coefficients as JSON), ``predictions.parquet``
+(out-of-fold predictions per run) and a predicted-vs-actual PNG per model. `mixtures select`
+needs nothing but this directory. `fit_models` is the same fit in memory (no files).
 """
 
 from __future__ import annotations
@@ -25,12 +29,25 @@ from mixlab.mixtures.regression import (
     MODELS,
     BoosterModel,
     CrossValidation,
+    Features,
     LinearModel,
+    Regressor,
     cross_validate,
     fit_model,
     group_folds,
 )
-from mixlab.mixtures.targets import Runs, load_runs, mixture_groups, noise_floor
+from mixlab.mixtures.targets import (
+    Runs,
+    load_runs,
+    losses_at_step,
+    mixture_groups,
+    noise_floor,
+    read_runs,
+    read_trajectories,
+    recorded_steps,
+    runs_from_table,
+    trajectory_table,
+)
 from mixlab.stage import (
     Inputs,
     Manifest,
@@ -125,66 +142,209 @@ def run_mixtures_fit(
 ) -> Manifest:
     """Fit and cross-validate every model; save them, the prior and the chosen one's name.
 
-    `inputs`: {"runs": the runs table (file or swarm output), "candidates": the `mixtures
-    sample` output that supplies the prior and sampler settings, or None}. The fit is small
-    and runs in-process (no Dask client used).
+    `inputs`: {"runs": the runs table (file or swarm output, parquet or CSV), "candidates": the
+    `mixtures sample` output that supplies the prior and sampler settings, or None, "metrics":
+    the metrics CSV when "runs" is a ratios CSV, or None}. The fit is small and runs in-process
+    (no Dask client used).
     """
     inputs = absolute_inputs(inputs)
-    runs_path, candidates = inputs["runs"], inputs.get("candidates")
+    runs_path, candidates, metrics = inputs["runs"], inputs.get("candidates"), inputs.get("metrics")
+    # Read and checked before the output is locked: bad runs leave nothing behind.
+    runs, history, step = read_fit_runs(runs_path, cfg, metrics)
+    needed, warnings = check_runs(runs, cfg.folds, runs_path)
+    prior, prior_source, sampler = resolve_prior(cfg, runs, candidates)
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
-        runs = load_runs(runs_path, cfg.target)
-        needed, warnings = check_runs(runs, cfg.folds, runs_path)
-        prior, prior_source, sampler = resolve_prior(cfg, runs, candidates)
-        groups = mixture_groups(runs.weights)
-        folds = group_folds(groups, cfg.folds, cfg.seed)
-        settings = cfg.boost_settings()
-        cv = {
-            kind: cross_validate(kind, runs.weights, runs.target_loss, folds, groups, settings)
+        for w in warnings:  # said here, once: an up-to-date rerun's summary says them instead
+            log(f"mixtures fit: warning: {w}")
+        features = None
+        result = fit_models(runs, cfg, features, history, step)
+        fit = fit_record(result, prior, prior_source, sampler, needed, warnings)
+        fit["swarm_config"] = swarm_record(runs_path)
+        (stage.out / MODELS_DIR).mkdir(parents=True, exist_ok=True)
+        files = {
+            kind: save_models(kind, result.final[kind], result.cv[kind].fold_models, stage.out / MODELS_DIR)
             for kind in MODELS
         }
-        summaries = {kind: cv[kind].summary(runs.target_loss) for kind in MODELS}
-        chosen = cfg.model if cfg.model != "auto" else max(MODELS, key=lambda k: summaries[k]["spearman"])
-        floor = noise_floor(runs.weights, runs.target_loss)
-        files = save_final_models(runs, groups, cfg, cv, summaries, stage.out / MODELS_DIR)
-        write_predictions(stage.out / "predictions.parquet", runs, folds, cv)
-        plots = plot_models(runs, cv, summaries, floor, stage.out)
-        fit = {
-            "target": runs.target.to_record(),
-            "domains": runs.domains,
-            "prior": prior,
-            "prior_source": prior_source,
-            "sampler": sampler,
-            "swarm_config": swarm_record(runs_path),
-            "chosen": chosen,
-            "models": {kind: {**summaries[kind], **files[kind]} for kind in MODELS},
-            "noise_floor": floor,
-            "runs": len(runs.target_loss),
-            "dropped_nan": runs.dropped_nan,
-            "folds": int(folds.max()) + 1,
-            "runs_needed": needed,
-            "warnings": warnings,
-            "target_loss": {
-                "min": float(runs.target_loss.min()),
-                "max": float(runs.target_loss.max()),
-                "mean": float(runs.target_loss.mean()),
-            },
-            "weights_range": {
-                "min": runs.weights.min(axis=0).tolist(),
-                "max": runs.weights.max(axis=0).tolist(),
-            },
-            "plots": plots,
-        }
+        for kind in MODELS:
+            fit["models"][kind].update(files[kind])
+        write_predictions(stage.out / "predictions.parquet", runs, result.folds, result.cv)
+        fit["plots"] = plot_models(runs, result.cv, result.summaries, result.noise_floor, stage.out)
         write_json(stage.out / FIT_JSON, fit)
         return fit_counts_and_stats(fit)
 
-    return run_stage(
-        "mixtures_fit", cfg, {"runs": runs_path, "candidates": candidates}, out_dir, body, force=force
-    )
+    fingerprint = {"runs": runs_path, "candidates": candidates}
+    if metrics is not None:
+        fingerprint["metrics"] = metrics
+    return run_stage("mixtures_fit", cfg, fingerprint, out_dir, body, force=force)
+
+
+def read_fit_runs(
+    runs_path: Path, cfg: FitConfig, metrics: Path | None = None
+) -> tuple[Runs, Runs | None, int | None]:
+    """(runs at the fit's step, the earlier trajectory rows for --trajectory or None, the step or None)."""
+    if not cfg.at_step and not cfg.trajectory:
+        return load_runs(runs_path, cfg.target, renormalize=cfg.renormalize, metrics=metrics), None, None
+    table = read_runs(runs_path, metrics)
+    trajectories = read_trajectories(runs_path)
+    step = cfg.at_step or recorded_steps(trajectories)[-1]
+    at = losses_at_step(table, trajectories, step, runs_path)
+    runs = runs_from_table(at, cfg.target, where=str(runs_path), renormalize=cfg.renormalize)
+    if not cfg.trajectory:
+        return runs, None, step
+    rows = trajectory_table(table, trajectories, until=step - 1)
+    if rows.height == 0:
+        raise InputError(
+            f"{runs_path}: --trajectory: no step before {step} was recorded (recorded: "
+            f"{', '.join(map(str, recorded_steps(trajectories)))}); train the swarm with --eval-every"
+        )
+    history = runs_from_table(rows, cfg.target, where=str(runs_path), renormalize=cfg.renormalize, say=False)
+    return runs, history, step
+
+
+@dataclasses.dataclass
+class FitResult:
+    """A fit in memory: every model's cross-validation, its final model, and what select needs.
+
+    `runs` are the scored rows (one per run, at the fit's step); `cv[kind].predicted` is
+    aligned with them. `features` build a model input from weights alone (for select).
+    """
+
+    runs: Runs
+    groups: np.ndarray
+    folds: np.ndarray
+    cv: dict[str, CrossValidation]
+    summaries: dict[str, dict[str, Any]]
+    final: dict[str, Regressor]
+    chosen: str
+    noise_floor: dict[str, float] | None
+    features: Features
+    step: int | None = None  # the trajectory step fitted (None: the runs' final losses)
+    trajectory_rows: int = 0  # earlier-step rows trained on besides the runs (--trajectory)
+
+    def fitted(
+        self,
+        kind: str | None = None,
+        prior: Mapping[str, float] | None = None,
+        sampler: Mapping[str, Any] | None = None,
+    ) -> FittedModels:
+        """The `kind` model (default: the chosen one) ready to predict and select, without files.
+
+        `prior` and `sampler` default to the mean run weights and the sampler of that (as
+        `mixtures fit` without --candidates)."""
+        kind = kind or self.chosen
+        if prior is None:
+            prior = {d: float(w) for d, w in zip(self.runs.domains, self.runs.weights.mean(axis=0))}
+            sampler = sampler or {**SampleConfig().sampler(), "prior_power": 1.0}
+        record = fit_record(self, dict(prior), "given", dict(sampler or SampleConfig().sampler()), {}, [])
+        record["chosen"] = kind
+        return FittedModels(record, self.final[kind], list(self.cv[kind].fold_models), self.features)
+
+
+def fit_models(
+    runs: Runs,
+    cfg: FitConfig,
+    features: Features | None = None,
+    history: Runs | None = None,
+    step: int | None = None,
+) -> FitResult:
+    """Cross-validate and fit every model on `runs` (in memory: nothing is written or logged).
+
+    `features`: the model inputs beyond the weights (default: the weights alone). `history`:
+    earlier trajectory rows of the same runs (`Runs.steps` set), trained on beside the runs with
+    log(step) as the last feature; the runs' rows count as `step` and only they are scored.
+    """
+    features = features or Features()
+    groups = mixture_groups(runs.weights)
+    folds = group_folds(groups, cfg.folds, cfg.seed)
+    settings = cfg.boost_settings()
+    n = len(runs.target_loss)
+    x, y, row_groups, row_folds, scored = features.design(runs.weights), runs.target_loss, groups, folds, None
+    n_weights = len(runs.domains) if features.extra is not None else None
+    predict_with = features
+    extra_rows = 0
+    if history is not None:
+        if step is None or history.steps is None:
+            raise ValueError(
+                "fit_models: a trajectory fit needs the step of the runs and of every history row"
+            )
+        # Each history row joins its run's mixture group and fold: no leak between folds through steps.
+        row_of = {r: i for i, r in enumerate(runs.run_ids)}
+        keep = np.array([r in row_of for r in history.run_ids], dtype=bool) & (history.steps < step)
+        idx = np.array([row_of[r] for r, k in zip(history.run_ids, keep) if k], dtype=np.int64)
+        predict_with = features.with_step(step)
+        hx = np.hstack(
+            [features.design(history.weights[keep]), np.log(history.steps[keep])[:, None].astype(np.float64)]
+        )
+        x = np.vstack([predict_with.design(runs.weights), hx])
+        y = np.concatenate([runs.target_loss, history.target_loss[keep]])
+        row_groups = np.concatenate([groups, groups[idx]])
+        row_folds = np.concatenate([folds, folds[idx]])
+        scored = np.arange(len(y)) < n
+        n_weights = len(runs.domains)
+        extra_rows = int(keep.sum())
+    cv = {}
+    for kind in MODELS:
+        result = cross_validate(kind, x, y, row_folds, row_groups, settings, n_weights, scored)
+        cv[kind] = dataclasses.replace(result, predicted=result.predicted[:n])
+    summaries = {kind: cv[kind].summary(runs.target_loss) for kind in MODELS}
+    chosen = cfg.model if cfg.model != "auto" else max(MODELS, key=lambda k: summaries[k]["spearman"])
+    final = {}
+    for kind in MODELS:
+        final[kind] = fit_model(kind, x, y, row_groups, settings, cfg.seed + 10_007, n_weights)
+        if isinstance(final[kind], BoosterModel):
+            summaries[kind]["final_rounds"] = final[kind].rounds
+    floor = noise_floor(runs.weights, runs.target_loss)
+    return FitResult(runs, groups, folds, cv, summaries, final, chosen, floor, predict_with, step, extra_rows)
+
+
+def fit_record(
+    result: FitResult,
+    prior: dict[str, float],
+    prior_source: str,
+    sampler: dict[str, Any],
+    needed: dict[str, int],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """fit.json's content from a fit (models without their files, no plots yet), keys in their order."""
+    runs = result.runs
+    record: dict[str, Any] = {
+        "target": runs.target.to_record(),
+        "domains": runs.domains,
+        "prior": prior,
+        "prior_source": prior_source,
+        "sampler": sampler,
+        "swarm_config": None,
+        "chosen": result.chosen,
+        "models": {kind: dict(result.summaries[kind]) for kind in MODELS},
+        "noise_floor": result.noise_floor,
+        "runs": len(runs.target_loss),
+        "dropped_nan": runs.dropped_nan,
+        "folds": int(result.folds.max()) + 1,
+        "runs_needed": needed,
+        "warnings": warnings,
+        "target_loss": {
+            "min": float(runs.target_loss.min()),
+            "max": float(runs.target_loss.max()),
+            "mean": float(runs.target_loss.mean()),
+        },
+        "weights_range": {
+            "min": runs.weights.min(axis=0).tolist(),
+            "max": runs.weights.max(axis=0).tolist(),
+        },
+        "plots": {},
+    }
+    if result.features.record:
+        record["features"] = dict(result.features.record)
+    if result.step is not None:
+        record["at_step"] = result.step
+    if result.trajectory_rows:
+        record["trajectory_rows"] = result.trajectory_rows
+    return record
 
 
 def check_runs(runs: Runs, folds: int, where: Path) -> tuple[dict[str, int], list[str]]:
-    """Refuse too few runs or a constant target; the runs needed and the warnings to record."""
+    """Refuse too few runs or a constant target; the runs needed and the warnings to record (not logged)."""
     n, d = runs.weights.shape
     warnings: list[str] = []
     if runs.dropped_nan:
@@ -204,30 +364,7 @@ def check_runs(runs: Runs, folds: int, where: Path) -> tuple[dict[str, int], lis
         )
     if np.ptp(runs.target_loss) <= 0:
         raise InputError(f"{where}: the target loss is the same for every run; nothing to fit")
-    for w in warnings:
-        log(f"mixtures fit: warning: {w}")
     return {"minimum": minimum, "recommended": recommended}, warnings
-
-
-def save_final_models(
-    runs: Runs,
-    groups: np.ndarray,
-    cfg: FitConfig,
-    cv: Mapping[str, CrossValidation],
-    summaries: dict[str, dict[str, Any]],
-    models_dir: Path,
-) -> dict[str, dict[str, Any]]:
-    """Fit every model on all runs and save it with its fold models; the files, by model."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, dict[str, Any]] = {}
-    for kind in MODELS:
-        final = fit_model(
-            kind, runs.weights, runs.target_loss, groups, cfg.boost_settings(), split_seed=cfg.seed + 10_007
-        )
-        files[kind] = save_models(kind, final, cv[kind].fold_models, models_dir)
-        if isinstance(final, BoosterModel):
-            summaries[kind]["final_rounds"] = final.rounds
-    return files
 
 
 def plot_models(
@@ -237,17 +374,12 @@ def plot_models(
     floor: dict[str, float] | None,
     out: Path,
 ) -> dict[str, str]:
-    """A predicted-vs-actual PNG per model (and its held-out scores logged); the file names."""
+    """A predicted-vs-actual PNG per model; the file names. (The held-out scores are said once,
+    by the stage's summary.)"""
     plots = {kind: f"predicted_vs_actual_{kind}.png" for kind in MODELS}
     for kind in MODELS:
         plot_predicted_vs_actual(
             runs.target_loss, cv[kind].predicted, summaries[kind], floor, kind, out / plots[kind]
-        )
-    for kind in MODELS:
-        s = summaries[kind]
-        log(
-            f"mixtures fit: {kind:9s} held-out spearman {s['spearman']:.3f} pearson {s['pearson']:.3f} "
-            f"rmse {s['rmse']:.4g}" + (f" (noise floor {floor['rmse']:.4g})" if floor else "")
         )
     return plots
 
@@ -283,11 +415,15 @@ def save_models(kind: str, final: Any, folds: list[Any], models_dir: Path) -> di
 
 @dataclasses.dataclass
 class FittedModels:
-    """What select needs from a FIT directory: the chosen model, its fold models, and fit.json."""
+    """What select needs from a FIT directory: the chosen model, its fold models, and fit.json.
+
+    Models take `features.design(weights)`; `predict` and `predict_folds` take plain weights.
+    """
 
     fit: dict[str, Any]
     final: Any
     folds: list[Any]
+    features: Features = dataclasses.field(default_factory=Features)
 
     @property
     def domains(self) -> list[str]:
@@ -296,6 +432,36 @@ class FittedModels:
     @property
     def prior(self) -> np.ndarray:
         return np.array([self.fit["prior"][d] for d in self.domains])
+
+    def design(self, weights: np.ndarray) -> np.ndarray:
+        """(n, D) weights -> the models' (n, D + k) input rows."""
+        return self.features.design(np.atleast_2d(weights))
+
+    def predict(self, weights: np.ndarray) -> np.ndarray:
+        """(n,) the final model's predicted target loss of each mixture."""
+        return self.final.predict(self.design(weights))
+
+    def predict_folds(self, weights: np.ndarray) -> np.ndarray:
+        """(n_folds, n): each cross-validation model's prediction (their spread: the fit's uncertainty)."""
+        x = self.design(weights)
+        return np.array([m.predict(x) for m in self.folds])
+
+
+def features_from_record(fit: Mapping[str, Any], fit_dir: Path) -> Features:
+    """The model inputs fit.json's ``features`` describe (none: the weights alone)."""
+    record = fit.get("features")
+    if not record:
+        return Features()
+    features = Features()
+    if "experts" in record:  # data-expert features (issue 16.2), rebuilt by their module
+        from mixlab.mixtures import experts
+
+        featurize = experts.load_features(fit_dir, fit)  # (n, D) -> (n, D + 1): [w, experts' target loss]
+        own = {k: v for k, v in record.items() if k != "trajectory"}
+        features = Features(("experts.target",), lambda w: featurize(w)[:, w.shape[1] :], own)
+    if "trajectory" in record:
+        features = features.with_step(int(record["trajectory"]["step"]))
+    return features
 
 
 def load_fit(fit_dir: Path | str, model: str | None = None, num_threads: int = 0) -> FittedModels:
@@ -317,7 +483,7 @@ def load_fit(fit_dir: Path | str, model: str | None = None, num_threads: int = 0
         data = json.loads((fit_dir / entry["file"]).read_text())
         final = LinearModel.from_dict(data["final"])
         folds = [LinearModel.from_dict(m) for m in data["folds"]]
-    return FittedModels(fit, final, folds)
+    return FittedModels(fit, final, folds, features_from_record(fit, fit_dir))
 
 
 def write_predictions(path: Path, runs: Runs, folds: np.ndarray, cv: dict[str, CrossValidation]) -> None:

@@ -4,12 +4,16 @@ Three models: LightGBM (RegMix's choice), and two baselines fitted beside it: ``
 (loss linear in the weights) and ``loglinear`` (loss linear in log(weight + eps), the shape
 of a per-domain loss that falls with the log of its share). LightGBM models are saved in
 LightGBM's own text format, the baselines as coefficients in JSON; nothing is pickled.
+
+A model's input row is the mixture's weights, then any extra columns its `Features` compute
+from them (data-expert losses, or the step of a trajectory fit); without extras it is exactly
+the weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,44 +26,101 @@ LOG_EPS = 1e-3  # keeps log(weight) finite for domains a mixture leaves out
 
 
 class Regressor(Protocol):
-    def predict(self, weights: np.ndarray) -> np.ndarray: ...
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """How a model's input rows are made from mixture weights: the weights, then `extra(weights)`.
+
+    `extra` maps (n, D) weights to (n, k) more columns named `names`; `record` is how fit.json
+    stores them (``fit.json["features"]``) so `mixtures select` can rebuild them
+    (`mixlab.mixtures.fit.features_from_record`). The default is the weights alone.
+    """
+
+    names: tuple[str, ...] = ()
+    extra: Callable[[np.ndarray], np.ndarray] | None = None
+    record: Mapping[str, Any] | None = None
+
+    def design(self, weights: np.ndarray) -> np.ndarray:
+        """(n, D + k): the model input of each mixture."""
+        w = np.asarray(weights, dtype=np.float64)
+        if self.extra is None:
+            return w
+        return np.hstack([w, np.asarray(self.extra(w), dtype=np.float64).reshape(len(w), -1)])
+
+    def with_step(self, step: int) -> Features:
+        """These features and log(step) last, fixed at `step` when predicting (a trajectory fit's
+        training rows carry their own steps instead)."""
+        base, log_step = self, float(np.log(step))
+
+        def extra(w: np.ndarray) -> np.ndarray:
+            cols = base.design(w)[:, w.shape[1] :]
+            return np.hstack([cols, np.full((len(w), 1), log_step)])
+
+        record = {**(self.record or {}), "trajectory": {"step": int(step)}}
+        return Features((*self.names, "log_step"), extra, record)
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearModel:
-    """loss = intercept + coef . features(weights); features are the weights or log(weights + eps)."""
+    """loss = intercept + coef . features(x); the weights enter as they are, or as log(weight + eps).
+
+    `n_weights`: how many leading columns of x are weights (the rest, extra features, always
+    enter as they are); None: all of them.
+    """
 
     kind: str  # "linear" or "loglinear"
     intercept: float
     coef: np.ndarray
+    n_weights: int | None = None
 
-    def features(self, weights: np.ndarray) -> np.ndarray:
-        return np.log(weights + LOG_EPS) if self.kind == "loglinear" else weights
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return linear_features(x, self.kind, self.n_weights)
 
-    def predict(self, weights: np.ndarray) -> np.ndarray:
-        return self.intercept + self.features(np.asarray(weights, dtype=np.float64)) @ self.coef
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.intercept + self.features(np.asarray(x, dtype=np.float64)) @ self.coef
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "intercept": self.intercept,
             "coef": self.coef.tolist(),
             "log_eps": LOG_EPS,
         }
+        if self.n_weights is not None:
+            out["n_weights"] = self.n_weights
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LinearModel:
-        return cls(str(data["kind"]), float(data["intercept"]), np.asarray(data["coef"], dtype=np.float64))
+        n = data.get("n_weights")
+        return cls(
+            str(data["kind"]),
+            float(data["intercept"]),
+            np.asarray(data["coef"], dtype=np.float64),
+            None if n is None else int(n),
+        )
 
 
-def fit_linear(weights: np.ndarray, loss: np.ndarray, kind: str, ridge: float = 1e-6) -> LinearModel:
+def linear_features(x: np.ndarray, kind: str, n_weights: int | None) -> np.ndarray:
+    if kind != "loglinear":
+        return x
+    if n_weights is None or n_weights >= x.shape[1]:
+        return np.log(x + LOG_EPS)
+    return np.hstack([np.log(x[:, :n_weights] + LOG_EPS), x[:, n_weights:]])
+
+
+def fit_linear(
+    x: np.ndarray, loss: np.ndarray, kind: str, ridge: float = 1e-6, n_weights: int | None = None
+) -> LinearModel:
     """Least squares with a tiny ridge: the weights sum to one, so they are collinear with the intercept."""
-    x = np.log(weights + LOG_EPS) if kind == "loglinear" else weights
+    x = linear_features(x, kind, n_weights)
     x_mean, y_mean = x.mean(axis=0), loss.mean()
     xc = x - x_mean
     scale = max(float((xc**2).sum()) / max(x.shape[1], 1), 1e-12)
     coef = np.linalg.solve(xc.T @ xc + ridge * scale * np.eye(x.shape[1]), xc.T @ (loss - y_mean))
-    return LinearModel(kind, float(y_mean - x_mean @ coef), coef)
+    return LinearModel(kind, float(y_mean - x_mean @ coef), coef, n_weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +130,8 @@ class BoosterModel:
     booster: Any  # lightgbm.Booster
     num_threads: int = 0
 
-    def predict(self, weights: np.ndarray) -> np.ndarray:
-        return self.booster.predict(
-            np.ascontiguousarray(weights, dtype=np.float64), num_threads=self.num_threads
-        )
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(np.ascontiguousarray(x, dtype=np.float64), num_threads=self.num_threads)
 
     @property
     def rounds(self) -> int:
@@ -232,15 +291,17 @@ def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def fit_model(
     kind: str,
-    weights: np.ndarray,
+    x: np.ndarray,
     loss: np.ndarray,
     groups: np.ndarray,
     settings: BoostSettings,
     split_seed: int,
+    n_weights: int | None = None,
 ) -> Regressor:
+    """One model on input rows `x` (the weights, then any extra features: `n_weights` says where they end)."""
     if kind == "lightgbm":
-        return fit_lightgbm(weights, loss, groups, settings, split_seed)
-    return fit_linear(weights, loss, kind)
+        return fit_lightgbm(x, loss, groups, settings, split_seed)
+    return fit_linear(x, loss, kind, n_weights=n_weights)
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -307,29 +368,35 @@ class CrossValidation:
 
 def cross_validate(
     kind: str,
-    weights: np.ndarray,
+    x: np.ndarray,
     loss: np.ndarray,
     folds: np.ndarray,
     groups: np.ndarray,
     settings: BoostSettings,
+    n_weights: int | None = None,
+    scored: np.ndarray | None = None,
 ) -> CrossValidation:
+    """Out-of-fold predictions of every row of `x`; the folds' scores count only the `scored` rows
+    (a trajectory fit trains on every step but is judged at one), all rows by default."""
     predicted = np.empty_like(loss)
+    scored = np.ones(len(loss), dtype=bool) if scored is None else scored
     models: list[Regressor] = []
     fold_scores: list[dict[str, float]] = []
     for fold in range(int(folds.max()) + 1):
         held = folds == fold
         model = fit_model(
-            kind, weights[~held], loss[~held], groups[~held], settings, split_seed=settings.seed + fold
+            kind, x[~held], loss[~held], groups[~held], settings, settings.seed + fold, n_weights
         )
-        predicted[held] = model.predict(weights[held])
+        predicted[held] = model.predict(x[held])
         models.append(model)
+        judged = held & scored
         fold_scores.append(
-            scores(loss[held], predicted[held])
-            if held.sum() >= 3
+            scores(loss[judged], predicted[judged])
+            if judged.sum() >= 3
             else {
                 "spearman": float("nan"),
                 "pearson": float("nan"),
-                "rmse": float(np.sqrt(np.mean((loss[held] - predicted[held]) ** 2))),
+                "rmse": float(np.sqrt(np.mean((loss[judged] - predicted[judged]) ** 2))),
             }
         )
     return CrossValidation(kind, predicted, models, fold_scores)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from mixlab.console import log
@@ -24,8 +25,9 @@ from mixlab.mixtures.config import SelectConfig
 from mixlab.mixtures.fit import FIT_JSON, FittedModels, load_fit
 from mixlab.mixtures.regression import BoosterModel
 from mixlab.mixtures.sample import open_tokens
+from mixlab.mixtures.targets import read_csv, weight_domains
 from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
-from mixlab.tables import read_table
+from mixlab.tables import read_table, write_table
 
 CHUNK = 250_000  # mixtures simulated and scored at a time (bounds memory at a few tens of MB)
 
@@ -198,9 +200,9 @@ def score_lowest(
     """Merge the rows of `w` that can enter the running best `k` (LightGBM: pruned while scoring)."""
     if isinstance(fitted.final, BoosterModel):
         threshold = float(best[1][-1]) if best is not None and len(best[1]) >= k else np.inf
-        rows, scores = fitted.final.predict_lowest(w, k, threshold, ranges)
+        rows, scores = fitted.final.predict_lowest(fitted.design(w), k, threshold, ranges)
         return best_k(w[rows], scores, best, k)
-    return best_k(w, fitted.final.predict(w), best, k)
+    return best_k(w, fitted.predict(w), best, k)
 
 
 def search_top_k(
@@ -261,9 +263,9 @@ def local_search(
 def predict_with_spread(fitted: FittedModels, w: np.ndarray) -> dict[str, Any]:
     """The final model's prediction and the cross-validation models' spread around it."""
     w = np.atleast_2d(w)
-    folds = np.array([m.predict(w)[0] for m in fitted.folds])
+    folds = fitted.predict_folds(w)[:, 0]
     return {
-        "predicted_target_loss": float(fitted.final.predict(w)[0]),
+        "predicted_target_loss": float(fitted.predict(w)[0]),
         "spread": {
             "mean": float(folds.mean()),
             "std": float(folds.std()),
@@ -300,14 +302,11 @@ def run_mixtures_select(
 
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         fitted = load_fit(fit_dir, None if cfg.model == "chosen" else cfg.model, cfg.num_threads)
-        target = Target.from_record(fitted.fit["target"], None, where=str(fit_dir / FIT_JSON))
-        bounds = make_bounds(cfg, fitted.domains, tokens)
-        results, kept = search(fitted, cfg, bounds)
-        chosen = results[cfg.method]["weights"]
-        chosen = chosen / chosen.sum()
-        mixture = mixture_record(fitted, cfg, bounds, results, chosen, kept, target)
+        mixture, bounds = choose(fitted, cfg, tokens, where=str(fit_dir / FIT_JSON))
+        chosen = np.array([mixture["weights"][d] for d in fitted.domains])
         if cfg.verify:
             assert verify is not None and tokens is not None  # checked above and by make_bounds
+            target = Target.from_record(fitted.fit["target"], None, where=str(fit_dir / FIT_JSON))
             mixture["verification"] = verify_chosen(verify, tokens, fitted, chosen, mixture, target, cfg)
             mixture["warnings"].extend(verification_warnings(mixture["verification"]))
         path = stage.out / MIXTURE_JSON
@@ -323,9 +322,41 @@ def run_mixtures_select(
     return run_stage("mixtures_select", cfg, {"fit": fit_dir, "tokens": tokens}, out_dir, body, force=force)
 
 
+def choose_mixture(fitted: FittedModels, cfg: SelectConfig, tokens: Path | None = None) -> dict[str, Any]:
+    """The mixture.json record (without --verify) for a fit in memory or loaded: nothing is written.
+
+    For `mixlab search` and notebooks: `fitted` from `load_fit` or `FitResult.fitted()`.
+    """
+    return choose(fitted, cfg, tokens)[0]
+
+
+def choose(
+    fitted: FittedModels, cfg: SelectConfig, tokens: Path | None, where: str = "fit"
+) -> tuple[dict[str, Any], Bounds]:
+    target = Target.from_record(fitted.fit["target"], None, where=where)
+    bounds = make_bounds(cfg, fitted.domains, tokens)
+    results, kept = search(fitted, cfg, bounds)
+    chosen = results[cfg.method]["weights"]
+    chosen = chosen / chosen.sum()
+    return mixture_record(fitted, cfg, bounds, results, chosen, kept, target), bounds
+
+
+def sampling_law(recorded: Mapping[str, Any], cfg: SelectConfig) -> dict[str, Any]:
+    """The sampler the fit recorded (the candidates'), with --prior-power and --spread applied."""
+    sampler = dict(recorded)
+    if cfg.prior_power is not None:
+        sampler["prior_power"] = cfg.prior_power
+    if cfg.spread:
+        low, high = cfg.spread[0], cfg.spread[-1]
+        sampler.update(
+            spread_min=low, spread_max=high, spread_levels=1 if low == high else sampler["spread_levels"]
+        )
+    return sampler
+
+
 def search(fitted: FittedModels, cfg: SelectConfig, bounds: Bounds) -> tuple[dict[str, dict[str, Any]], int]:
     """The mean of the best `top_k` by method (topk, and near-prior when asked); how many topk kept."""
-    sampler, prior = fitted.fit["sampler"], fitted.prior
+    sampler, prior = sampling_law(fitted.fit["sampler"], cfg), fitted.prior
     top_w, top_s, kept = search_top_k(fitted, cfg, bounds, sampler, prior, None)
     results = {
         "topk": {"weights": top_w.mean(axis=0), "top_k_predicted": [float(top_s.min()), float(top_s.max())]}
@@ -368,7 +399,7 @@ def mixture_record(
     alternatives = {
         name: {
             "weights": {d: float(x) for d, x in zip(domains, r["weights"])},
-            "predicted_target_loss": float(fitted.final.predict(r["weights"][None, :])[0]),
+            "predicted_target_loss": float(fitted.predict(r["weights"][None, :])[0]),
         }
         for name, r in results.items()
         if name != cfg.method
@@ -377,7 +408,7 @@ def mixture_record(
         **chosen_info,
         "natural": natural_info,
         "uniform": uniform_info,
-        "method": method_record(cfg, kind, kept, fit["sampler"]),
+        "method": method_record(cfg, kind, kept, sampling_law(fit["sampler"], cfg)),
         "alternatives": alternatives,
         "target": target.to_record(),
         "constraints": constraints_record(cfg, bounds, domains, chosen),
@@ -404,6 +435,13 @@ def choice_warnings(
     if outside:
         warnings.append(
             f"the chosen weights of {outside} lie outside the range the runs covered (extrapolation)"
+        )
+    lowest_run = fit["target_loss"]["min"]
+    if chosen_info["predicted_target_loss"] < lowest_run:
+        warnings.append(
+            f"the chosen mixture's predicted target loss {chosen_info['predicted_target_loss']:.4g} lies below "
+            f"every training run's (lowest {lowest_run:.4g}): the model extrapolates there, so take the number as "
+            "optimistic (--verify measures it; proxies near it sharpen the fit)"
         )
     if chosen_info["predicted_target_loss"] > min(
         natural_info["predicted_target_loss"], uniform_info["predicted_target_loss"]
@@ -536,3 +574,126 @@ def plot_weights(domains: list[str], chosen: np.ndarray, prior: np.ndarray, path
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# --- predicting given mixtures (`mixlab mixtures predict`) -----------------------------------
+
+
+def read_mixtures(path: Path, domains: list[str], renormalize: bool = False) -> tuple[list[str], np.ndarray]:
+    """(names, (n, D) weights in `domains` order) of the mixtures in a file.
+
+    A table (parquet or CSV: w.<domain> columns, or columns named as the fit's domains; rows
+    named by run_id / name / run / index when present, e.g. candidates.parquet or runs.parquet)
+    or a mixture JSON (mixture.json, or {domain: weight}).
+    Domains the file leaves out weigh 0; a domain the fit never saw is an error.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        weights = Mixture.read(path).weights
+        names, found = [path.stem], dict(weights)
+        table = {f"w.{d}": np.array([w]) for d, w in found.items()}
+    else:
+        if path.suffix.lower() == ".csv":
+            arrow = read_csv(path).to_arrow()
+        else:
+            arrow = read_table(path, fix="pass w.<domain> columns")
+        if not any(c.startswith("w.") for c in arrow.column_names):
+            # A table in the fit's own domain names (RegMix's or Olmix's mixtures CSV).
+            arrow = arrow.rename_columns([f"w.{c}" if c in domains else c for c in arrow.column_names])
+        cols = [c for c in arrow.column_names if c.startswith("w.")]
+        if not cols:
+            raise InputError(
+                f"{path}: no w.<domain> weight columns (columns: {', '.join(arrow.column_names)}); "
+                "pass candidates.parquet, runs.parquet, a CSV with w.<domain> columns or a mixture.json"
+            )
+        label = next((c for c in ("run_id", "name", "run", "index") if c in arrow.column_names), None)
+        names = (
+            [str(x) for x in arrow.column(label).to_pylist()]
+            if label
+            else [str(i) for i in range(arrow.num_rows)]
+        )
+        table = {c: arrow.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in cols}
+        found = dict.fromkeys(weight_domains(cols))
+    unknown = [d for d in found if d not in domains]
+    if unknown:
+        raise InputError(
+            f"{path}: weights for domain(s) {unknown} the fit never saw (its domains: {', '.join(domains)}); "
+            "predict only mixtures of the fit's domains"
+        )
+    n = len(names)
+    w = np.column_stack([table.get(f"w.{d}", np.zeros(n)) for d in domains])
+    sums = w.sum(axis=1)
+    bad = ~np.isfinite(w).all(axis=1) | (w < 0).any(axis=1) | (sums <= 0)
+    if bad.any():
+        raise InputError(
+            f"{path}: mixture {names[int(np.flatnonzero(bad)[0])]!r} has negative, missing or all-zero weights"
+        )
+    off = np.abs(sums - 1) > 1e-3
+    if off.any() and not renormalize:
+        raise InputError(
+            f"{path}: the weights of {int(off.sum())} mixture(s) do not sum to 1 (e.g. {names[int(np.flatnonzero(off)[0])]!r}: "
+            f"{float(sums[off][0]):.4g}); pass --renormalize to rescale them"
+        )
+    return names, w / sums[:, None]
+
+
+def predict_mixtures(fitted: FittedModels, names: list[str], weights: np.ndarray) -> pa.Table:
+    """name, w.<domain>..., predicted_target_loss and the cross-validation models' spread (mean, std, min, max)."""
+    folds = fitted.predict_folds(weights)  # (n_folds, n)
+    columns: dict[str, Any] = {"name": pa.array(names, pa.string())}
+    for j, d in enumerate(fitted.domains):
+        columns[f"w.{d}"] = pa.array(weights[:, j], pa.float64())
+    columns["predicted_target_loss"] = pa.array(fitted.predict(weights), pa.float64())
+    for stat in ("mean", "std", "min", "max"):
+        columns[f"spread_{stat}"] = pa.array(getattr(folds, stat)(axis=0), pa.float64())
+    return pa.table(columns)
+
+
+def predict_file(
+    fit_dir: Path,
+    mixtures: Path,
+    out: Path | None = None,
+    *,
+    model: str = "chosen",
+    renormalize: bool = False,
+) -> pa.Table:
+    """`mixlab mixtures predict`: the predictions of the mixtures in a file, written to `out` (parquet) when given.
+
+    Everything is read and checked before `out` is written (atomically), so a refusal leaves nothing.
+    """
+    fitted = load_fit(fit_dir, None if model == "chosen" else model)
+    names, weights = read_mixtures(mixtures, fitted.domains, renormalize)
+    table = predict_mixtures(fitted, names, weights)
+    lowest = fitted.fit["target_loss"]["min"]
+    below = [n for n, p in zip(names, table.column("predicted_target_loss").to_pylist()) if p < lowest]
+    if below:
+        log(
+            f"mixtures predict: warning: {len(below)} mixture(s) (e.g. {below[0]!r}) are predicted below every "
+            f"training run's target loss (lowest {lowest:.4g}): the model extrapolates there"
+        )
+    if out is not None:
+        if out.suffix != ".parquet":
+            raise ConfigError(f"--out {out}: give a .parquet file name")
+        write_table(table, out)
+    return table
+
+
+def format_predictions(table: pa.Table, limit: int = 50) -> str:
+    """The predictions as a plain text table, best first (at most `limit` rows)."""
+    rows = sorted(table.to_pylist(), key=lambda r: r["predicted_target_loss"])
+    weight_cols = [c for c in table.column_names if c.startswith("w.")]
+    head = ["name", *weight_cols, "predicted", "+-std"]
+    body = [
+        [
+            str(r["name"]),
+            *(f"{r[c]:.3f}" for c in weight_cols),
+            f"{r['predicted_target_loss']:.4f}",
+            f"{r['spread_std']:.2g}",
+        ]
+        for r in rows[:limit]
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [head, *body]]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more (pass --out FILE.parquet for all)")
+    return "\n".join(lines)

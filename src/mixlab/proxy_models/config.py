@@ -222,6 +222,17 @@ class SwarmConfig:
     pack_size: int = option(32, "proxies trained together in one swarm (one Dask task)")
     repeats: int = option(1, "seeds per repeated mixture; above 1 measures the noise floor")
     repeat_mixtures: int = option(4, "how many candidates (the first ones) are trained --repeats times")
+    # --- search (issue 16.1, issue 15 --logger) ---
+    eval_every: int = option(
+        0,
+        "steps between validation passes kept in trajectories.parquet (and always at the end); 0: only at the end",
+    )
+    logger: str = option(
+        "none",
+        "also log each proxy's validation losses to: csv, tensorboard or wandb (offline), under logs/",
+        choices=LOGGERS,
+    )
+    # --- end search ---
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -230,6 +241,8 @@ class SwarmConfig:
                 raise ConfigError(f"{flag_name(name)}: must be at least 1")
         if self.repeat_mixtures < 0:
             raise ConfigError("--repeat-mixtures: must not be negative")
+        if self.eval_every < 0:
+            raise ConfigError("--eval-every: must not be negative (0: evaluate only at the end)")
         # Built once here so that a bad recipe flag, or sizes that do not divide, fail before
         # any data is read.
         _ = self.recipe, self.size
@@ -240,8 +253,9 @@ class SwarmConfig:
 
     @property
     def recipe(self) -> Recipe:
-        """One proxy's recipe: cosine schedule, evaluated once at the end, never checkpointed."""
-        return Recipe.of(self, eval_every=self.steps, checkpoint_every=self.steps)
+        """One proxy's recipe: cosine schedule, evaluated every --eval-every steps (0: once at the
+        end), never checkpointed. Evaluating draws nothing at random, so it changes no loss."""
+        return Recipe.of(self, eval_every=self.eval_every or self.steps, checkpoint_every=self.steps)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPTConfig of one proxy."""

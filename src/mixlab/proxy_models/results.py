@@ -1,6 +1,7 @@
 """What `pretrain` and `distill` write about the models they trained (torch-free).
 
-``metrics.parquet``: one row per model per evaluation (step, model, tokens, lr, train_loss,
+``trajectories.parquet`` (swarm): one row per proxy per evaluation (run_id, step, tokens,
+train_loss, loss.<domain>...). ``metrics.parquet``: one row per model per evaluation (step, model, tokens, lr, train_loss,
 loss.<domain>..., target). ``comparison.json`` / ``comparison.parquet``: every model's target
 and per-domain losses at equal tokens and each one's gap to the reference model; the report
 reads its keys (target, tokens, reference, models, gap_vs_reference, best, noise_floor,
@@ -26,6 +27,8 @@ METRICS = "metrics.parquet"
 COMPARISON = "comparison.parquet"
 COMPARISON_JSON = "comparison.json"
 METRIC_COLUMNS = ("step", "model", "tokens", "lr", "train_loss")
+TRAJECTORIES = "trajectories.parquet"
+TRAJECTORY_COLUMNS = ("run_id", "step", "tokens", "train_loss")
 
 
 def metrics_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -33,6 +36,29 @@ def metrics_table(rows: list[dict[str, Any]]) -> pa.Table:
     losses = sorted({k for row in rows for k in row if k.startswith(LOSS_PREFIX)})
     columns = [*METRIC_COLUMNS, *losses, *(["target"] if rows and "target" in rows[0] else [])]
     return pa.table({c: [row[c] for row in rows] for c in columns})
+
+
+def trajectory_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training loop's metrics rows as trajectory rows: the model is the run, the losses kept."""
+    return [
+        {
+            "run_id": r["model"],
+            "step": int(r["step"]),
+            "tokens": int(r["tokens"]),
+            "train_loss": float(r["train_loss"]),
+            **{k: v for k, v in r.items() if k.startswith(LOSS_PREFIX)},
+        }
+        for r in rows
+    ]
+
+
+def trajectories_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """trajectories.parquet's table: fixed columns first, then the losses by name."""
+    losses = sorted({k for row in rows for k in row if k.startswith(LOSS_PREFIX)})
+    types = {"run_id": pa.string(), "step": pa.int64(), "tokens": pa.int64(), "train_loss": pa.float64()}
+    columns = {c: pa.array([row[c] for row in rows], types[c]) for c in TRAJECTORY_COLUMNS}
+    columns.update({c: pa.array([row.get(c) for row in rows], pa.float64()) for c in losses})
+    return pa.table(columns)
 
 
 def final_rows(rows: list[dict[str, Any]], steps: int) -> dict[str, dict[str, Any]]:

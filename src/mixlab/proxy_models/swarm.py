@@ -4,9 +4,12 @@ Reads ``candidates.parquet`` (run_id, seed, w.<domain>) and a tokenize output di
 Candidates are packed into swarms (one Dask task per pack, ``resources={"GPU": 1}`` when the
 workers declare GPUs); every member is scored on each domain's validation split (fixed
 windows, the same for every run), including validation-only domains such as ``target``.
-Writes ``runs.parquet`` (one row per run), ``noise_floor.parquet`` when ``--repeats`` > 1.
-Each finished pack's rows are kept in the stage's work dir and its completion marker written
-after them (`TaskMarkers`), so a rerun of a killed swarm trains only the unfinished packs.
+Writes ``runs.parquet`` (one row per run), ``trajectories.parquet`` (every evaluation of every
+run: run_id, step, tokens, train_loss, loss.<domain>...; ``--eval-every`` sets how often, the
+last one is the runs' row) and ``noise_floor.parquet`` when ``--repeats`` > 1. Each finished
+pack's rows are kept in the stage's work dir and its completion marker written after them
+(`TaskMarkers`), so a rerun of a killed swarm trains only the unfinished packs. ``--logger``
+also logs each proxy's evaluations (csv, TensorBoard or offline W&B under logs/).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from mixlab.errors import ConfigError, InputError
 from mixlab.mixture import LOSS_PREFIX, WEIGHT_PREFIX, Mixture
 from mixlab.proxy_models.config import GPTConfig, SwarmConfig, count_params
 from mixlab.proxy_models.data import MixtureLoader, check_train_tokens, run_init_seed
-from mixlab.proxy_models.results import final_rows
+from mixlab.proxy_models.loggers import MetricLogger, open_logger, stage_key
+from mixlab.proxy_models.results import TRAJECTORIES, final_rows, trajectories_table, trajectory_rows
 from mixlab.stage import (
     Inputs,
     Manifest,
@@ -49,6 +53,7 @@ from mixlab.tokenize.shards import SPLITS, TokenShards
 RUNS = "runs.parquet"
 NOISE_FLOOR = "noise_floor.parquet"
 PACKS = "packs"  # the work dir's finished packs: markers/packs/<task>.json, packs/<task>.parquet
+TRAJECTORY_SUFFIX = ".trajectory.parquet"  # beside each pack's rows: packs/<task>.trajectory.parquet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +142,20 @@ def train_pack(
 
     `desc` shows its progress here; `on_step` gets the steps done (a Dask task reports them).
     """
+    return train_pack_with_trajectory(runs, cfg, tokens_dir, scored, threads, desc=desc, on_step=on_step)[0]
+
+
+def train_pack_with_trajectory(
+    runs: Sequence[RunSpec],
+    cfg: SwarmConfig,
+    tokens_dir: Path | str,
+    scored: Sequence[str],
+    threads: int = 0,
+    *,
+    desc: str | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`train_pack`, and every evaluation of every run: (runs.parquet rows, trajectories.parquet rows)."""
     from mixlab.proxy_models import train
 
     start = time.perf_counter()
@@ -149,10 +168,12 @@ def train_pack(
     }
     seeds = [run_init_seed(r.seed, r.run_id) for r in runs]
     loop = train.lm_loop(model_cfg, seeds, loaders, recipe, device, tokens_dir, scored)
-    final = final_rows(train.train(loop, recipe, cfg.seq_len, desc=desc, on_step=on_step), cfg.steps)
+    metrics = train.train(loop, recipe, cfg.seq_len, desc=desc, on_step=on_step)
+    final = final_rows(metrics, cfg.steps)
     wall_s = (time.perf_counter() - start) / len(runs)
     name = train.device_name(device)
-    return [_run_row(r, final[r.run_id], loaders[r.run_id], model_cfg, wall_s, name) for r in runs]
+    rows = [_run_row(r, final[r.run_id], loaders[r.run_id], model_cfg, wall_s, name) for r in runs]
+    return rows, trajectory_rows(metrics)
 
 
 def _run_row(
@@ -276,10 +297,11 @@ def _train_pack_task(
     scored: list[str],
     workers_per_host: dict[str, int],
     task: str = "",
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A pack on a Dask worker; with --threads 0 it takes its worker's share of the host's cores.
 
-    Its steps go to the client as `PROGRESS_TOPIC` events (see `_pack_progress`).
+    Returns its runs rows and trajectory rows. Its steps go to the client as `PROGRESS_TOPIC`
+    events (see `_pack_progress`).
     """
     threads = cfg.threads
     if threads == 0:
@@ -291,7 +313,9 @@ def _train_pack_task(
             host = None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, cores // max(1, workers_per_host.get(host, 1)))
-    return train_pack(runs, cfg, tokens_dir, scored, threads, on_step=_pack_progress(task, cfg.steps))
+    return train_pack_with_trajectory(
+        runs, cfg, tokens_dir, scored, threads, on_step=_pack_progress(task, cfg.steps)
+    )
 
 
 PROGRESS_TOPIC = "mixlab-swarm-progress"  # a pack's steps done, worker -> client (Dask events)
@@ -367,9 +391,10 @@ def run_swarm_train(
         if finished:
             log(f"swarm: {len(finished)} run(s) already finished; training the other {len(todo)}")
         if todo:
-            _train_packs(plan, cfg, todo, stage.work, markers, client)
+            _train_packs(plan, cfg, todo, stage, markers, client)
         table = _collect_runs(plan, stage.work, markers)
         write_table(table, stage.out / RUNS)
+        write_table(_collect_trajectories(plan, stage.work, markers), stage.out / TRAJECTORIES)
         floor = noise_floor(table)
         if floor:
             write_table(
@@ -387,17 +412,24 @@ def run_swarm_train(
         }
         return counts, stats
 
+    # Keyed without --logger (it changes no output): an output made without one is still up to date.
     return run_stage(
-        "swarm_train", cfg, {"candidates": candidates, "tokens": tokens_dir}, out_dir, body, force=force
+        "swarm_train",
+        stage_key(cfg),
+        {"candidates": candidates, "tokens": tokens_dir},
+        out_dir,
+        body,
+        force=force,
     )
 
 
 def _train_packs(
-    plan: SwarmPlan, cfg: SwarmConfig, todo: list[RunSpec], work: Path, markers: TaskMarkers, client: Any
+    plan: SwarmPlan, cfg: SwarmConfig, todo: list[RunSpec], stage: StageDir, markers: TaskMarkers, client: Any
 ) -> None:
     """Train `todo` in packs on Dask; each finished pack's rows go to the work dir, then its marker."""
     from distributed import as_completed
 
+    work = stage.work
     with dask_client(client) as dask:
         gpus = gpu_worker_count(dask)
         gpu = gpus > 0
@@ -410,6 +442,7 @@ def _train_packs(
         )
         futures = {}
         steps = _SwarmSteps(packs, cfg)
+        metrics = open_logger(cfg.logger, stage.out, "swarm")
         dask.subscribe_topic(PROGRESS_TOPIC, steps.event)
         for pack in packs:
             task = _pack_task(pack)
@@ -429,14 +462,35 @@ def _train_packs(
         try:
             for finished, future in enumerate(as_completed(futures), start=1):
                 task, pack = futures[future]
-                rows = future.result()
+                rows, trajectory = future.result()
                 write_table(_runs_table(rows), work / PACKS / f"{task}.parquet")
+                write_table(pa.Table.from_pylist(trajectory), work / PACKS / f"{task}{TRAJECTORY_SUFFIX}")
                 markers.mark(task, {"runs": [r.run_id for r in pack]})  # after its rows: a kill loses no run
                 steps.event((time.time(), {"task": task, "done": cfg.steps}))
                 log(f"swarm: pack of {len(rows)} finished ({finished}/{len(futures)})")
+                if metrics is not None:
+                    log_pack(metrics, trajectory, offset=(finished - 1) * cfg.steps)
         finally:
             dask.unsubscribe_topic(PROGRESS_TOPIC)
             steps.progress.close()
+            if metrics is not None:
+                metrics.close()
+
+
+def log_pack(metrics: MetricLogger, trajectory: Sequence[Mapping[str, Any]], offset: int) -> None:
+    """A finished pack's evaluations to --logger: one series per proxy (named by its run id).
+
+    W&B wants steps that only increase, so there the packs lie end to end on its step axis
+    (`offset` is the steps of the packs logged before); csv and TensorBoard keep each proxy's step.
+    """
+    shift = offset if metrics.kind == "wandb" else 0
+    rows = sorted(trajectory, key=lambda r: r["step"])  # each evaluation once, every proxy at it
+    metrics.log(
+        [
+            {"model": r["run_id"], **{k: v for k, v in r.items() if k != "run_id"}, "step": r["step"] + shift}
+            for r in rows
+        ]
+    )
 
 
 class _SwarmSteps:
@@ -456,6 +510,15 @@ class _SwarmSteps:
         self.done[task] = max(self.done[task], int(msg["done"]))
         tokens = sum(self.done[t] * self.size[t] * self.tokens_per_step for t in self.done)
         self.progress.set(sum(self.done.values()), tokens)
+
+
+def _collect_trajectories(plan: SwarmPlan, work: Path, markers: TaskMarkers) -> pa.Table:
+    """Every finished pack's evaluations, in candidate order then step, as trajectories.parquet's table."""
+    tables = [read_table(work / PACKS / f"{task}{TRAJECTORY_SUFFIX}") for task in markers.finished()]
+    order = {r.run_id: i for i, r in enumerate(plan.runs)}
+    rows = [row for t in tables for row in t.to_pylist()]
+    rows.sort(key=lambda r: (order[r["run_id"]], r["step"]))
+    return trajectories_table(rows)
 
 
 def _collect_runs(plan: SwarmPlan, work: Path, markers: TaskMarkers) -> pa.Table:
