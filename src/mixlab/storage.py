@@ -539,8 +539,10 @@ def check_writable(url: str, storage_options: Mapping[str, Any] | None = None) -
         if _protocol(fs) not in BUCKET_STORES:
             return  # memory://, hf://...: nothing to check before writing
         bucket = path.strip("/").split("/", 1)[0]
-        if not fs.exists(bucket):
-            raise FileNotFoundError("The specified bucket does not exist")
+        try:
+            fs.info(bucket)  # not exists(): it answers False for refused credentials too
+        except FileNotFoundError:
+            raise FileNotFoundError("The specified bucket does not exist") from None
 
 
 BUCKET_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
