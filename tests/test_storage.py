@@ -21,16 +21,24 @@ import fsspec
 import pyarrow as pa
 import pytest
 
+from mixlab import storage
+from mixlab.config import ConfigError, load_storage_options, resolve_config
+from mixlab.errors import InputError, MixlabError
+from mixlab.stage import (
+    Manifest,
+    check_output_dir,
+    fingerprint,
+    has_manifest,
+    output_lock,
+    partial_dir,
+    run_stage,
+)
+from mixlab.stages import STAGES
+from mixlab.synth import SynthConfig
+from mixlab.tables import parquet_files, plan_partitions, read_partition, read_table, write_table
+
 sys.path.insert(0, str(Path(__file__).parent))
 pytest_plugins = ["s3server"]  # the `s3` fixture: a real S3 API server on 127.0.0.1
-
-from mixlab import storage  # noqa: E402
-from mixlab.config import ConfigError, load_storage_options, resolve_config  # noqa: E402
-from mixlab.errors import InputError, MixlabError  # noqa: E402
-from mixlab.stage import Manifest, check_output_dir, fingerprint, has_manifest, run_stage  # noqa: E402
-from mixlab.stages import STAGES  # noqa: E402
-from mixlab.synth import SynthConfig  # noqa: E402
-from mixlab.tables import parquet_files, plan_partitions, read_partition, read_table, write_table  # noqa: E402
 
 if TYPE_CHECKING:
     from s3server import S3
@@ -54,7 +62,9 @@ def memory(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXLAB_CACHE", str(tmp_path / "cache"))
     name = f"memory://b{uuid.uuid4().hex[:8]}"
     yield name
-    fsspec.filesystem("memory").rm(name.removeprefix("memory://"), recursive=True)
+    fs = fsspec.filesystem("memory")
+    if fs.exists(name.removeprefix("memory://")):
+        fs.rm(name.removeprefix("memory://"), recursive=True)
 
 
 def table_body(rows: int = 3, fail_after: bool = False):
@@ -197,6 +207,34 @@ def test_a_deleted_manifest_makes_an_output_untrusted_for_readers_and_rebuilt_by
     fsspec.filesystem("memory").rm_file(f"{out.removeprefix('memory://')}/_mixlab/manifest.json")
     assert storage.localize(out) == out  # no manifest: not a mixlab output, never read from cache
     assert not run_stage("demo", {"a": 1}, {}, out, table_body()).skipped
+
+
+def test_a_killed_run_into_a_url_resumes_from_its_local_partial_keyed_by_the_url(memory):
+    out = f"{memory}/out"
+
+    def killed(stage):
+        (stage.work / "part_0.done").write_text("1")
+        raise RuntimeError("kill -9 stand-in")
+
+    with pytest.raises(RuntimeError):
+        run_stage("demo", {"a": 1}, {}, out, killed)
+    assert not has_manifest(out) and partial_dir(out).is_dir()
+    seen = []
+
+    def resumed(stage):
+        seen.append((stage.work / "part_0.done").is_file())
+        return table_body()(stage)
+
+    run_stage("demo", {"a": 1}, {}, out, resumed)
+    assert seen == [True] and has_manifest(out) and not partial_dir(out).exists()
+
+
+def test_a_second_run_into_the_same_url_on_this_machine_is_refused(memory):
+    out = f"{memory}/out"
+    with output_lock(out):
+        with pytest.raises(MixlabError, match=r"/out: another mixlab run is writing it"):
+            run_stage("demo", {"a": 1}, {}, out, table_body())
+    assert not has_manifest(out)
 
 
 def test_a_url_prefix_with_foreign_files_is_refused(memory):

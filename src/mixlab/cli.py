@@ -468,7 +468,8 @@ add(
     default=None,
     envvar="DASK_SCHEDULER_ADDRESS",
     show_envvar=True,
-    help="Dask scheduler for the Dask stages (default: the pipeline's scheduler_address, else a LocalCluster)",
+    help="Dask scheduler for the Dask stages (default: the pipeline's scheduler_address, then dask "
+    "config's scheduler-address, else a LocalCluster)",
 )
 @click.option(
     "--gpus",
