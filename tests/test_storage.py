@@ -375,3 +375,15 @@ def test_a_file_url_in_a_read_only_folder_is_a_permission_error(cli, tmp_path, m
     line = one_line_failure(cli(*[*SYNTH, "--out", url]))
     assert url in line and "permission denied" in line
     assert not target.exists()
+
+
+def test_a_pipeline_whose_input_url_does_not_exist_fails_before_any_stage(memory, tmp_path):
+    from mixlab.pipelines.run import run_pipeline
+
+    yaml = tmp_path / "p.yaml"
+    yaml.write_text(f"inputs: [{memory}/corpus/web.jsonl]\n")
+    with pytest.raises(
+        ConfigError, match=r"inputs: memory://.*/corpus/web\.jsonl: no such file or directory"
+    ):
+        run_pipeline(yaml, f"{memory}/run")
+    assert not storage.exists(f"{memory}/run")

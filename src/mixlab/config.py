@@ -230,11 +230,7 @@ def storage_options(data: Mapping[str, Any], source: str) -> dict[str, Any]:
 
     def expand(value: Any, where: str) -> Any:
         if isinstance(value, str):
-            for match in _VARIABLE.finditer(value):
-                name = match.group(1).strip("{}")
-                if name not in os.environ:
-                    raise ConfigError(f"{where}: uses ${{{name}}}, which is not set in the environment")
-            return os.path.expandvars(value)
+            return _expand_variables(value, where)
         if isinstance(value, Mapping):
             return {str(k): expand(v, f"{where}.{k}") for k, v in value.items()}
         if isinstance(value, list):

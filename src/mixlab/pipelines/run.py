@@ -325,7 +325,8 @@ def status(plan: Plan, index: int) -> str:
         except ValueError:
             return "unreadable manifest"
         wanted = json.loads(json.dumps(config_to_dict(step.cfg)))
-        changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+        # Keys a stage leaves out of its manifest (pretrain's `logger`) change no output.
+        changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
         if changed:
             return f"done with other settings ({', '.join(changed)}): needs --force"
         return "done" if index >= plan.first else "done (before --from)"
@@ -449,11 +450,12 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def check_paths_exist(plan: Plan) -> None:
-    """Every local path the pipeline file names (inputs, targets) exists, before any stage runs."""
+    """Every path or URL the pipeline file names (inputs, targets) exists, before any stage runs
+    (a URL that cannot be reached is one line naming it, see mixlab.storage)."""
     named = [("inputs", p) for p in plan.inputs or []]
     named += [(f"targets: {name}", p) for name, paths in plan.targets.items() for p in paths]
     for where, path in named:
-        if "://" not in str(path) and not Path(path).exists():
+        if not storage.exists(path):
             raise ConfigError(
                 f"{where}: {path}: no such file or directory; fix the path in the pipeline file"
             )
