@@ -387,3 +387,30 @@ def test_a_pipeline_whose_input_url_does_not_exist_fails_before_any_stage(memory
     ):
         run_pipeline(yaml, f"{memory}/run")
     assert not storage.exists(f"{memory}/run")
+
+
+@pytest.mark.slow
+def test_tokenize_workers_read_raw_parquet_from_s3_and_give_the_local_tokens(s3, cli, tiny_corpus, tmp_path):
+    s3.fs().put(str(tiny_corpus / "documents"), f"{s3.bucket}/raw/", recursive=True)  # no manifest: raw
+    tokenizer = tmp_path / "tok"
+    assert (
+        cli(
+            "tokenizer", "train", tiny_corpus / "documents", "--vocab-size", 300, "--out", tokenizer
+        ).exit_code
+        == 0
+    )
+    cfg = config_file(tmp_path, s3)
+    remote = cli(
+        "tokenize", f"{s3.url}/raw", "--tokenizer", tokenizer, "--config", cfg, "--out", f"{s3.url}/tok"
+    )
+    assert remote.exit_code == 0, remote.output
+    local = tmp_path / "tok-local"
+    assert cli("tokenize", tiny_corpus / "documents", "--tokenizer", tokenizer, "--out", local).exit_code == 0
+    with storage.using(s3.options):
+        there = Manifest.load(f"{s3.url}/tok")
+        assert there.counts == Manifest.load(local).counts
+        for rel in there.outputs:
+            if rel.endswith(".parquet"):
+                assert read_table(f"{s3.url}/tok/{rel}", allow_empty=True).equals(
+                    read_table(local / rel, allow_empty=True)
+                ), rel
