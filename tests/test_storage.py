@@ -414,3 +414,27 @@ def test_tokenize_workers_read_raw_parquet_from_s3_and_give_the_local_tokens(s3,
                 assert read_table(f"{s3.url}/tok/{rel}", allow_empty=True).equals(
                     read_table(local / rel, allow_empty=True)
                 ), rel
+
+
+def test_an_s3_upload_that_fails_midway_leaves_no_manifest_and_the_rerun_publishes(s3, monkeypatch):
+    import s3fs
+
+    real = s3fs.S3FileSystem._put_file
+    sent = []
+
+    async def failing(self, lpath, rpath, **kw):
+        sent.append(rpath)
+        if len(sent) == 2:
+            raise ConnectionResetError("connection reset by peer")
+        return await real(self, lpath, rpath, **kw)
+
+    out = f"{s3.url}/out"
+    with storage.using(s3.options):
+        monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", failing)
+        with pytest.raises(MixlabError, match=r"/out: "):
+            run_stage("demo", {"a": 1}, {}, out, table_body())
+        monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", real)
+        assert not has_manifest(out) and storage.localize(out) == out
+        assert not run_stage("demo", {"a": 1}, {}, out, table_body()).skipped
+        assert run_stage("demo", {"a": 1}, {}, out, table_body()).skipped
+    assert s3.fs().exists(f"{s3.bucket}/out/_mixlab/manifest.json")

@@ -577,8 +577,8 @@ def upload(
         stale = [f"{base}/{rel}" for rel in old if rel not in files and rel not in (MANIFEST, UPLOAD_MARKER)]
         if stale:
             fs.rm(stale)
-        for rel in files:  # one by one: each file is complete on the store before the next starts
-            fs.put_file(str(local / rel), f"{base}/{rel}")
+        if files:  # in one batch (s3fs and gcsfs send them concurrently); it returns once all are there
+            fs.put([str(local / rel) for rel in files], [f"{base}/{rel}" for rel in files])
         fs.put_file(str(local / MANIFEST), f"{base}/{MANIFEST}")
 
 
