@@ -362,18 +362,22 @@ def test_credentials_the_store_refuses_are_a_permission_error_and_nothing_is_pub
     assert not s3.fs().exists(f"{s3.bucket}/out")
 
 
-def test_a_file_url_in_a_read_only_folder_is_a_permission_error(cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("MIXLAB_CACHE", str(tmp_path / "cache"))
+def read_only_target(tmp_path: Path) -> Path:
     if os.geteuid() == 0:
-        target = Path("/sys/mixlab-test-out")  # root ignores file modes; sysfs refuses everyone
-    else:
-        locked = tmp_path / "locked"
-        locked.mkdir()
-        locked.chmod(0o500)
-        target = locked / "out"
-    url = f"file://{target}"
-    line = one_line_failure(cli(*[*SYNTH, "--out", url]))
-    assert url in line and "permission denied" in line
+        return Path("/sys/mixlab-test-out")  # root ignores file modes; sysfs refuses everyone
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return locked / "out"
+
+
+@pytest.mark.parametrize("as_url", [True, False], ids=["file-url", "local-path"])
+def test_an_output_in_a_read_only_folder_is_a_permission_error(cli, tmp_path, monkeypatch, as_url):
+    monkeypatch.setenv("MIXLAB_CACHE", str(tmp_path / "cache"))
+    target = read_only_target(tmp_path)
+    out = f"file://{target}" if as_url else str(target)
+    line = one_line_failure(cli(*[*SYNTH, "--out", out]))
+    assert out in line and "permission denied" in line
     assert not target.exists()
 
 

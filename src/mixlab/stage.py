@@ -287,8 +287,14 @@ def output_lock(out_dir: Location) -> Iterator[None]:
     taken over.
     """
     path = lock_file(out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, out_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, out_dir)
+    except PermissionError as exc:  # the first write of a run: where an unwritable --out shows
+        raise MixlabError(
+            f"{out_dir}: permission denied ({exc.filename or path.parent} is not writable); "
+            "choose another --out"
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
