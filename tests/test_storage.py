@@ -442,3 +442,12 @@ def test_an_s3_upload_that_fails_midway_leaves_no_manifest_and_the_rerun_publish
         assert not run_stage("demo", {"a": 1}, {}, out, table_body()).skipped
         assert run_stage("demo", {"a": 1}, {}, out, table_body()).skipped
     assert s3.fs().exists(f"{s3.bucket}/out/_mixlab/manifest.json")
+
+
+def test_without_storage_options_the_stores_own_environment_variables_apply(s3, cli, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)  # botocore reads these, as for any AWS tool
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    result = cli(*SYNTH, "--out", f"{s3.url}/from-env")
+    assert result.exit_code == 0, result.output
+    assert s3.fs().exists(f"{s3.bucket}/from-env/_mixlab/manifest.json")
