@@ -62,13 +62,6 @@ def name_of(path: Location) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(path) else Path(path).name
 
 
-def parent_of(path: Location) -> Location:
-    if is_url(path):
-        head, _, _ = str(path).rstrip("/").rpartition("/")
-        return head
-    return Path(path).parent
-
-
 # --- storage_options ---------------------------------------------------------------------------
 
 
@@ -137,10 +130,11 @@ def storage_error(url: str, exc: BaseException) -> MixlabError:
     text = " ".join(str(exc).split()) or name
     low = text.lower()
     chain = [type(e).__name__ for e in _causes(exc)]
-    if name == "NoCredentialsError" or "unable to locate credentials" in low:
+    if name in ("NoCredentialsError", "DefaultCredentialsError") or "unable to locate credentials" in low:
+        aws = url.startswith(("s3://", "s3a://"))
         return InputError(
-            f"{url}: no credentials found; set key and secret under storage_options in the YAML, "
-            "or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an AWS profile)"
+            f"{url}: no credentials found; set them under storage_options in the YAML"
+            + (", or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an AWS profile)" if aws else "")
         )
     if (
         any(n in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError") for n in chain)
@@ -199,6 +193,7 @@ def _is_storage_exception(exc: BaseException) -> bool:
         "s3fs",
         "gcsfs",
         "huggingface_hub",
+        "google",
         "requests",
         "fsspec",
     )
