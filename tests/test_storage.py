@@ -451,3 +451,15 @@ def test_without_storage_options_the_stores_own_environment_variables_apply(s3, 
     result = cli(*SYNTH, "--out", f"{s3.url}/from-env")
     assert result.exit_code == 0, result.output
     assert s3.fs().exists(f"{s3.bucket}/from-env/_mixlab/manifest.json")
+
+
+def test_a_documents_stage_output_url_reads_as_its_documents(memory):
+    def body(stage):
+        write_table(
+            pa.table({"id": ["a"], "domain": ["d"], "text": ["t"]}), stage.out / "documents" / "d.parquet"
+        )
+        write_table(pa.table({"id": ["b"], "kept_id": ["a"]}), stage.out / "duplicates.parquet")
+        return {}, {}
+
+    run_stage("dedup", {}, {}, f"{memory}/dedup", body)
+    assert parquet_files(f"{memory}/dedup") == [f"{memory}/dedup/documents/d.parquet"]

@@ -50,6 +50,9 @@ def parquet_files(path: Location) -> list[Path] | list[Location]:
     For a URL, the files' URLs (listed through fsspec, nothing downloaded).
     """
     if is_url(path):
+        docs = storage.join(path, "documents")  # a documents-producing stage's output: its documents
+        if storage.is_file(storage.join(path, storage.MANIFEST)) and storage.exists(docs):
+            path = docs
         found = storage.expand(path)
         if len(found) == 1 and found[0] == path:
             return found  # a single file, whatever its name
