@@ -463,3 +463,27 @@ def test_a_documents_stage_output_url_reads_as_its_documents(memory):
 
     run_stage("dedup", {}, {}, f"{memory}/dedup", body)
     assert parquet_files(f"{memory}/dedup") == [f"{memory}/dedup/documents/d.parquet"]
+
+
+def test_an_input_in_a_bucket_that_does_not_exist_is_one_line_naming_it(s3, cli, tmp_path):
+    url = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/tokens"
+    cfg = config_file(tmp_path, s3)
+    line = one_line_failure(cli("mixtures", "sample", url, "--config", cfg, "--out", tmp_path / "cands"))
+    assert url in line and "no such bucket" in line
+    assert not (tmp_path / "cands").exists()
+
+
+def test_a_url_that_only_mixlab_reads_is_fetched_once_and_again_when_it_changes(memory):
+    fs = fsspec.filesystem("memory")
+    url = f"{memory}/mine/mixture.json"
+    fs.pipe_file(url.removeprefix("memory://"), b'{"a": 0.5, "b": 0.5}')
+    first = storage.localize(url, raw=False)
+    assert isinstance(first, Path) and first.name == "mixture.json" and first.read_bytes().startswith(b'{"a"')
+    assert storage.localize(url, raw=False) == first
+    fs.pipe_file(url.removeprefix("memory://"), b'{"a": 1.0}')
+    again = storage.localize(url, raw=False)
+    assert again != first and again.read_bytes() == b'{"a": 1.0}'
+    fs.pipe_file(f"{memory.removeprefix('memory://')}/tok/tokenizer.json", b"{}")
+    folder = storage.localize(f"{memory}/tok", raw=False)
+    assert (folder / "tokenizer.json").is_file()
+    assert storage.localize(url) == url  # a corpus input: kept for the workers

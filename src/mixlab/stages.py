@@ -46,6 +46,10 @@ from mixlab.tokenize.corpus import run_tokenize
 from mixlab.tokenize.evaluate import format_table, read_eval, run_tokenizer_eval
 from mixlab.tokenize.train import run_tokenizer_train
 
+# Inputs that may be raw corpora at a URL, opened where they are read (on the workers); any
+# other URL input is read from a local copy (mixlab.storage.localize).
+CORPUS_INPUTS = ("sources", "documents", "targets")
+
 
 class Alert(str):
     """A summary line meant for stderr (a warning, or what was skipped)."""
@@ -94,8 +98,8 @@ class Stage:
         if unknown:
             raise TypeError(f"{self.name} takes inputs {self.inputs}, not {sorted(unknown)}")
         # A URL input that is a mixlab output (tokens, tokenizer, model, fit, mixture) is read
-        # from a local copy; a raw URL (a corpus in a bucket) is passed on for workers to open.
-        given = {name: localize(inputs.get(name)) for name in self.inputs}
+        # from a local copy; a raw corpus in a bucket is passed on for workers to open.
+        given = {name: localize(inputs.get(name), raw=name in CORPUS_INPUTS) for name in self.inputs}
         return self.run(given, cfg, out_dir, client, force=force)
 
 

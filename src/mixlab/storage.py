@@ -335,7 +335,16 @@ def fingerprint_url(url: str, storage_options: Mapping[str, Any] | None = None) 
         version = next(
             (
                 str(meta[k])
-                for k in ("ETag", "etag", "md5", "crc32c", "mtime", "LastModified", "last_modified")
+                for k in (
+                    "ETag",
+                    "etag",
+                    "md5",
+                    "crc32c",
+                    "mtime",
+                    "LastModified",
+                    "last_modified",
+                    "created",
+                )
                 if meta.get(k)
             ),
             "",
@@ -480,22 +489,48 @@ def _download(root: str, manifest: bytes, local: Path, storage_options: Mapping[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def localize(value: Any, storage_options: Mapping[str, Any] | None = None) -> Any:
+def localize(value: Any, storage_options: Mapping[str, Any] | None = None, *, raw: bool = True) -> Any:
     """A stage's input value with every URL of a mixlab output materialised (see `materialise`).
 
-    Lists and mappings are walked; raw URLs (a corpus in a bucket) and local paths are kept.
+    Lists and mappings are walked; local paths are kept. A URL that is not a mixlab output is
+    kept as it is when `raw` (a corpus in a bucket, which the workers open themselves); else
+    (inputs only mixlab reads, such as a mixture.json or a tokenizer folder) it is downloaded
+    into the cache under its metadata fingerprint (`download`).
     """
     if value is None:
         return None
     if is_url(value):
-        return materialise(str(value), storage_options)
+        local = materialise(str(value), storage_options)
+        return local if raw or not is_url(local) else download(str(value), storage_options)
     if isinstance(value, (str, Path)):
         return value
     if isinstance(value, Mapping):
-        return {k: localize(v, storage_options) for k, v in value.items()}
+        return {k: localize(v, storage_options, raw=raw) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(localize(v, storage_options) for v in value)
+        return type(value)(localize(v, storage_options, raw=raw) for v in value)
     return value
+
+
+def download(url: str, storage_options: Mapping[str, Any] | None = None) -> Path:
+    """A local copy of the file or folder at `url` (not a mixlab output), in the cache under
+    its metadata fingerprint, so a changed file is fetched again and an unchanged one never."""
+    local = cache_dir() / "files" / fingerprint_url(url, storage_options) / name_of(url)
+    if local.exists():
+        return local
+    fs, path = filesystem(url, storage_options)
+    tmp = local.parent.with_name(f".{local.parent.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with worded(url):
+        if fs.isdir(path):
+            fs.get(path.rstrip("/") + "/", str(tmp / name_of(url)) + "/", recursive=True)
+        else:
+            fs.get_file(path, str(tmp / name_of(url)))
+    try:
+        os.replace(tmp, local.parent)
+    except OSError:  # another process fetched it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
 
 
 # --- writing: publish a local directory to a URL prefix, manifest last ---------------------------
