@@ -97,6 +97,34 @@ def test_the_scheduler_address_order_is_flag_environment_pipeline_dask_config(mo
     assert scheduler_address_from() is None
 
 
+def test_a_scheduler_named_only_in_dask_config_is_connected_to(user_cluster, monkeypatch, capsys):
+    import dask
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask.config.set({"scheduler-address": user_cluster.scheduler_address}):
+        with dask_client() as client:
+            assert client.scheduler.address == user_cluster.scheduler_address
+            assert client.submit(min, [4, 9]).result() == 4
+    assert user_cluster.status.name == "running"
+    assert f"connected to {user_cluster.scheduler_address}" in capsys.readouterr().err
+
+
+def test_a_dask_config_file_names_the_scheduler_and_the_flag_and_environment_win_over_it(tmp_path):
+    (tmp_path / "cluster.yaml").write_text("scheduler-address: tcp://from-config-file:8786\n")
+    code = (
+        f"import sys; sys.path.insert(0, {SRC!r}); from mixlab.cluster import scheduler_address_from; "
+        "print(scheduler_address_from(), scheduler_address_from('tcp://flag:1'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    env["DASK_CONFIG"] = str(tmp_path)  # where dask reads the user's YAML config files
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["tcp://from-config-file:8786", "tcp://flag:1"]
+    env["DASK_SCHEDULER_ADDRESS"] = "tcp://env:1"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["tcp://env:1", "tcp://flag:1"]
+
+
 NOISY_SHUTDOWN = """
 import logging, sys
 sys.path.insert(0, {src!r})

@@ -20,9 +20,9 @@ from typing import Any
 
 import click
 
-from mixlab import __version__
+from mixlab import __version__, storage
 from mixlab.cluster import dask_client
-from mixlab.config import field_help, field_types, resolve_config, unwrap_optional
+from mixlab.config import field_help, field_types, load_storage_options, resolve_config, unwrap_optional
 from mixlab.errors import MixlabError
 from mixlab.pipelines.run import describe, pipeline_path, plan_json, plan_pipeline, run_pipeline, stage_dir
 from mixlab.stage import Manifest, check_output_dir
@@ -70,6 +70,27 @@ class StageGroup(click.Group):
             return super().invoke(ctx)
         except MixlabError as exc:
             raise click.ClickException(str(exc)) from None
+
+
+# --- paths or URLs ---------------------------------------------------------------------------------
+
+
+class Location(click.ParamType):
+    """A local path (checked like click.Path, given as a Path) or an fsspec URL (kept a str).
+
+    A URL is not checked here: reaching the store is the stage's job, and its errors are one
+    line naming the URL and the cause (mixlab.storage).
+    """
+
+    name = "path"
+
+    def __init__(self, **path_kwargs: Any) -> None:
+        self.path = click.Path(path_type=Path, **path_kwargs)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if storage.is_url(value):
+            return value
+        return self.path.convert(value, param, ctx)
 
 
 # --- flags from a config dataclass ---------------------------------------------------------------
@@ -125,8 +146,9 @@ def out_params(default: str | None = None) -> list[click.Parameter]:
         click.Option(
             ["--out", "out_dir"],
             required=default is None,
-            type=click.Path(path_type=Path),
-            help="output directory (written atomically)" + (f" [default: {default}]" if default else ""),
+            type=Location(),
+            help="output directory or URL (s3://bucket/prefix), written atomically"
+            + (f" [default: {default}]" if default else ""),
         ),
         click.Option(
             ["--force"],
@@ -158,7 +180,7 @@ def gpus_param() -> click.Option:
 
 
 def documents_argument(name: str = "documents") -> click.Argument:
-    return click.Argument([name], nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+    return click.Argument([name], nargs=-1, required=True, type=Location(exists=True))
 
 
 def path_option(decl: str, help_text: str, *, required: bool = True, file_okay: bool = False) -> click.Option:
@@ -166,7 +188,7 @@ def path_option(decl: str, help_text: str, *, required: bool = True, file_okay: 
         [decl],
         required=required,
         default=None,
-        type=click.Path(exists=True, file_okay=file_okay, path_type=Path),
+        type=Location(exists=True, file_okay=file_okay),
         help=help_text,
     )
 
@@ -234,14 +256,15 @@ def stage_command(
         out = out_dir if out_dir is not None else out_default[1](inputs)  # type: ignore[index]
         address = kwargs.pop("scheduler_address", None)
         gpus = kwargs.pop("gpus", None)
-        if stage.uses_dask:
-            check_output_dir(Path(out))  # a refusal before a Dask cluster is started for nothing
-        with (
-            dask_client(scheduler_address=address, gpus=gpus)
-            if stage.uses_dask
-            else contextlib.nullcontext() as client
-        ):
-            manifest = stage.invoke(inputs, cfg, out, client, force=force)
+        with storage.using(load_storage_options(config_file)):
+            if stage.uses_dask:
+                check_output_dir(out)  # a refusal before a Dask cluster is started for nothing
+            with (
+                dask_client(scheduler_address=address, gpus=gpus)
+                if stage.uses_dask
+                else contextlib.nullcontext() as client
+            ):
+                manifest = stage.invoke(inputs, cfg, out, client, force=force)
         if _main_rank():
             say(stage, manifest)
 
@@ -282,7 +305,7 @@ RESUME = click.Option(
     ["--resume"], is_flag=True, hidden=True, help="accepted and ignored: an interrupted run always resumes"
 )
 TOKENS = "tokenize output directory (token shards, token counts, tokenizer)"
-EVAL_DOCUMENTS = click.Argument(["documents"], type=click.Path(exists=True, path_type=Path))
+EVAL_DOCUMENTS = click.Argument(["documents"], type=Location(exists=True))
 
 
 def add(stage: Stage, help_text: str, *params: click.Parameter, **kwargs: Any) -> None:
@@ -296,7 +319,7 @@ add(
     STAGES["ingest"],
     "Read SOURCES (paths or URLs: parquet, JSONL[.gz|.zst|.bz2|.xz], Arrow IPC, text folders or --glob, "
     "hf://datasets/ORG/NAME) into a documents table (id, domain, text).",
-    click.Argument(["sources"], nargs=-1, required=True, type=click.Path(path_type=Path)),
+    click.Argument(["sources"], nargs=-1, required=True, type=Location()),
 )
 add(
     STAGES["dedup"],
@@ -311,7 +334,7 @@ add(
 add(
     STAGES["tokenizer_eval"],
     "Compare TOKENIZERS (one or more directories) per domain on held-out DOCUMENTS.",
-    LeadingList("tokenizers", then=EVAL_DOCUMENTS, type=click.Path(exists=True, path_type=Path)),
+    LeadingList("tokenizers", then=EVAL_DOCUMENTS, type=Location(exists=True)),
     EVAL_DOCUMENTS,
 )
 add(
@@ -324,20 +347,20 @@ add(
     click.Option(
         ["--targets"],
         multiple=True,
-        type=click.Path(exists=True, path_type=Path),
+        type=Location(exists=True),
         help="documents table of a target corpus, validation only and never mixed (repeatable)",
     ),
 )
 add(
     STAGES["mixtures_sample"],
     "Sample candidate mixtures around the token prior of TOKENS (RegMix style).",
-    click.Argument(["tokens"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    click.Argument(["tokens"], type=Location(exists=True, file_okay=False)),
 )
 add(
     STAGES["swarm_train"],
     "Train one proxy per candidate (in packs, on Dask) and score it on every validation domain.",
-    click.Argument(["candidates"], type=click.Path(exists=True, path_type=Path)),
-    click.Argument(["tokens"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    click.Argument(["candidates"], type=Location(exists=True)),
+    click.Argument(["tokens"], type=Location(exists=True, file_okay=False)),
 )
 add(
     STAGES["mixtures_fit"],
@@ -348,7 +371,7 @@ add(
     holding both works too). Writes fit.json (held-out Spearman, Pearson and RMSE per model, the
     noise floor, the prior), the models and predicted-vs-actual plots.
     """,
-    click.Argument(["runs"], type=click.Path(exists=True, path_type=Path)),
+    click.Argument(["runs"], type=Location(exists=True)),
     path_option(
         "--candidates",
         "the `mixtures sample` output the runs came from (its prior and sampler are used by select)",
@@ -368,7 +391,7 @@ add(
     Writes mixture.json (weights, predicted target loss with its spread across the CV models,
     natural and uniform mixtures for comparison) and a plot of the weights against the prior.
     """,
-    click.Argument(["fit"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    click.Argument(["fit"], type=Location(exists=True, file_okay=False)),
     path_option(
         "--tokens",
         "tokenize output (or its token_counts.parquet): each domain's tokens, for --token-budget / --verify",
@@ -416,7 +439,7 @@ def mixture_option() -> click.Option:
     return click.Option(
         ["--mixture"],
         required=True,
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=Location(exists=True, dir_okay=False),
         help="mixture.json from `mixlab mixtures select`, or a JSON {domain: weight}",
     )
 
@@ -435,7 +458,7 @@ add(
     path_option("--tokens", "tokenize output directory made with the teacher's tokenizer"),
     click.Option(
         ["--mixture"],
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=Location(exists=True, dir_okay=False),
         default=None,
         help="mixture.json to train on [default: the teacher's training mixture]",
     ),
@@ -444,7 +467,7 @@ add(
 add(
     STAGES["export_hf"],
     "Write MODEL as a Hugging Face Llama checkpoint (config.json, model.safetensors, tokenizer).",
-    click.Argument(["model"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    click.Argument(["model"], type=Location(exists=True, file_okay=False)),
 )
 add(
     STAGES["export_stream"],
@@ -455,7 +478,7 @@ add(
 add(
     STAGES["report"],
     "Write a one-page HTML + markdown report of a pipeline RUN directory.",
-    click.Argument(["run"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    click.Argument(["run"], type=Location(exists=True, file_okay=False)),
     out_default=("RUN/NN_report", lambda inputs: stage_dir(inputs["run"], "report")),
 )
 
@@ -468,9 +491,10 @@ add(
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=Location(),
     default=None,
-    help="run root; each stage writes <out>/NN_<stage> [default: runs/<pipeline name>]",
+    help="run root, a directory or URL (s3://bucket/run); each stage writes <out>/NN_<stage> "
+    "[default: runs/<pipeline name>]",
 )
 @click.option(
     "--from",
@@ -487,7 +511,8 @@ add(
     default=None,
     envvar="DASK_SCHEDULER_ADDRESS",
     show_envvar=True,
-    help="Dask scheduler for the Dask stages (default: the pipeline's scheduler_address, else a LocalCluster)",
+    help="Dask scheduler for the Dask stages (default: the pipeline's scheduler_address, then dask "
+    "config's scheduler-address, else a LocalCluster)",
 )
 @click.option(
     "--gpus",
@@ -527,7 +552,7 @@ def pipeline_run(
         )
     report = manifests.get("report")
     if report is not None:
-        click.echo(f"report: {Path(report.path or root) / 'report.html'}")
+        click.echo(f"report: {storage.join(report.path or root, 'report.html')}")
     else:
         click.echo(f"pipeline: outputs under {root}")
 

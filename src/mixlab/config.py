@@ -30,7 +30,9 @@ C = TypeVar("C")
 # Top-level settings of a pipeline YAML (beside one section per stage). A file holding any of
 # them other than `seed`, or any stage's section, is a pipeline file: a single stage given it
 # as `--config` reads its own section (and the global `seed`).
-PIPELINE_SETTINGS = ("description", "seed", "inputs", "targets", "scheduler_address")
+PIPELINE_SETTINGS = ("description", "seed", "inputs", "targets", "scheduler_address", "storage_options")
+# Settings a single stage's flat `--config` file may also hold, without making it a pipeline file.
+SHARED_SETTINGS = ("seed", "storage_options")
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -104,11 +106,23 @@ def expand_path(text: str | Path, where: str) -> Path:
     raw = str(text)
     if "://" in raw:
         return Path(raw)  # a URL is passed through as written
+    return Path(_expand_variables(raw, where)).expanduser()
+
+
+def expand_location(text: str | Path, where: str) -> Path | str:
+    """`expand_path` for a setting that may also be a URL (kept a str, `${VAR}` expanded)."""
+    raw = str(text)
+    if "://" in raw:
+        return _expand_variables(raw, where)
+    return expand_path(raw, where)
+
+
+def _expand_variables(raw: str, where: str) -> str:
     for match in _VARIABLE.finditer(raw):
         name = match.group(1).strip("{}")
         if name not in os.environ:
             raise ConfigError(f"{where}: {raw!r} uses ${{{name}}}, which is not set in the environment")
-    return Path(os.path.expandvars(raw)).expanduser()
+    return os.path.expandvars(raw)
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:
@@ -200,10 +214,38 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def is_pipeline_file(data: Mapping[str, Any], sections: Iterable[str] = ()) -> bool:
     """True when a YAML mapping is a pipeline (settings and stage sections), not one stage's keys.
 
-    `seed` alone does not count: it is also a key of most stages.
+    `seed` alone does not count: it is also a key of most stages; nor does `storage_options`,
+    which any config file may hold.
     """
     names = set(sections)
-    return any((k in PIPELINE_SETTINGS and k != "seed") or k in names for k in data)
+    return any((k in PIPELINE_SETTINGS and k not in SHARED_SETTINGS) or k in names for k in data)
+
+
+def storage_options(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A YAML file's top-level `storage_options:` (fsspec keyword arguments: endpoint_url, key,
+    secret, client_kwargs...), with `${VAR}` expanded in string values so secrets can stay in
+    the environment. Never recorded in a manifest."""
+    raw = data.get("storage_options")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: storage_options: expected a mapping of fsspec options, got {raw!r}")
+
+    def expand(value: Any, where: str) -> Any:
+        if isinstance(value, str):
+            return _expand_variables(value, where)
+        if isinstance(value, Mapping):
+            return {str(k): expand(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v, where) for v in value]
+        return value
+
+    return expand(dict(raw), f"{source}: storage_options")
+
+
+def load_storage_options(config_file: Path | None) -> dict[str, Any]:
+    """The `storage_options:` of a `--config` file (pipeline or single stage); {} without one."""
+    return {} if config_file is None else storage_options(load_yaml(Path(config_file)), str(config_file))
 
 
 def section_values(cls: type, data: Mapping[str, Any], section: str, source: str) -> dict[str, Any]:
@@ -245,7 +287,8 @@ def resolve_config(
         elif is_pipeline_file(data, sections):
             raise ConfigError(f"{config_file}: a pipeline file; pass section= to read one stage's section")
         else:
-            values = _coerce_values(cls, data, str(config_file), label)
+            flat = {k: v for k, v in data.items() if k != "storage_options"}  # read by the CLI
+            values = _coerce_values(cls, flat, str(config_file), label)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given:
         types_ = field_types(cls)

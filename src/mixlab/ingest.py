@@ -37,6 +37,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import xxhash
 
+from mixlab import storage
 from mixlab.config import check_choices, option
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError, MixlabError
@@ -138,19 +139,10 @@ def _compression(name: str) -> str | None:
 def _filesystem(url: str, options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """(fsspec filesystem, path in it) for a local path or URL: the one place ingest resolves one.
 
-    (Becomes `mixlab.storage.filesystem` once that module is in; `options` are its storage_options.)
+    `options` are the storage_options; None means this process's (`storage.using`). A worker
+    has none of the client's, so files carry theirs (`SourceFile.storage_options`).
     """
-    import fsspec.core
-
-    try:
-        return fsspec.core.url_to_fs(url, **dict(options or {}))
-    except ImportError as exc:
-        raise InputError(
-            f"{url}: reading {url.split('://', 1)[0]}:// needs a package that is not installed ({exc}); "
-            "install it (s3fs for s3://, gcsfs for gs://, huggingface_hub for hf://)"
-        ) from None
-    except ValueError as exc:
-        raise InputError(f"{url}: not a usable path or URL ({exc}); check how it is spelt") from None
+    return storage.filesystem(url, options)
 
 
 def _is_url(path: Any) -> bool:
@@ -168,6 +160,8 @@ class SourceFile:
     folder: str  # its domain by --domain-from folder
     stem: str  # its domain by --domain-from file
     fallback: str  # its domain by auto, when neither a column nor --domain gives one
+    # The client's storage_options for a URL (a worker does not share the client's); {} locally.
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
 
 def _hidden(parts: Sequence[str]) -> bool:
@@ -262,6 +256,7 @@ def discover(inputs: Sequence[Path | str], glob: str | None = None) -> list[Sour
                     parent,
                     _strip_suffix(name),
                     fallback,
+                    {} if local else storage.current_options(),
                 )
             )
             continue
@@ -305,6 +300,7 @@ def discover(inputs: Sequence[Path | str], glob: str | None = None) -> list[Sour
                     folder,
                     _strip_suffix(parts[-1]),
                     fallback,
+                    {} if local else storage.current_options(),
                 )
             )
     return found
@@ -360,7 +356,7 @@ def _open(file: SourceFile) -> Any:
     try:
         if not _is_url(file.url):
             return pa.OSFile(file.url, "rb")
-        fs, path = _filesystem(file.url)
+        fs, path = _filesystem(file.url, file.storage_options)
         return fs.open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{file.url}: no such file or directory (it was listed a moment ago)") from None
@@ -870,7 +866,7 @@ def _url_fingerprints(files: Sequence[SourceFile]) -> dict[str, str]:
     h: dict[str, Any] = {}
     for file in files:
         if _is_url(file.url):
-            fs, path = _filesystem(file.url)
+            fs, path = _filesystem(file.url, file.storage_options)
             try:
                 version = str(fs.ukey(path))
             except Exception:  # a store without a version tag: name and size only

@@ -10,6 +10,11 @@ everything that is mixlab's bookkeeping (manifest, resume markers, scratch, memo
 streams) under ``_mixlab/``, so pyarrow, polars, HF ``datasets`` and datatrove open the
 data folders whole. Outputs written before this layout (a top-level ``manifest.json``)
 still read.
+
+``out_dir`` may be a URL (``s3://bucket/run/04_tokenize``): the stage body still writes a
+local partial directory (in the cache, keyed by the URL, so a killed run resumes), which is
+then uploaded with the manifest written last; a remote output is trusted only once its
+manifest exists (see ``mixlab.storage.upload``).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from mixlab import storage
 from mixlab.config import config_to_dict
 from mixlab.console import log
 from mixlab.errors import InputError, MixlabError
+from mixlab.storage import Location, is_url
 
 MANIFEST = "manifest.json"
 META = "_mixlab"  # mixlab's own files inside an output: manifest, markers, scratch, streams
@@ -40,16 +47,20 @@ WORK = f"{META}/work"  # scratch inside a partial dir (markers, signatures); del
 PARTIAL_KEY = f"{META}/partial.json"  # what a partial dir is being built for (resume check)
 
 
-def manifest_path(out_dir: Path | str) -> Path:
+def manifest_path(out_dir: Location) -> Location:
     """Where an output's manifest is (or, for an output of an older mixlab, was) written."""
+    if is_url(out_dir):
+        return storage.join(out_dir, META, MANIFEST)
     out_dir = Path(out_dir)
     current = out_dir / META / MANIFEST
     legacy = out_dir / MANIFEST
     return legacy if not current.is_file() and _is_mixlab_manifest(legacy) else current
 
 
-def has_manifest(out_dir: Path | str) -> bool:
+def has_manifest(out_dir: Location) -> bool:
     """Whether `out_dir` holds a manifest (a finished output, or a foreign file to refuse)."""
+    if is_url(out_dir):
+        return storage.is_file(storage.join(out_dir, META, MANIFEST))
     out_dir = Path(out_dir)
     return (out_dir / META / MANIFEST).is_file() or _is_mixlab_manifest(out_dir / MANIFEST)
 
@@ -65,12 +76,15 @@ def _is_mixlab_manifest(path: Path) -> bool:
     )
 
 
-def fingerprint(path: Path | str) -> str:
+def fingerprint(path: Location) -> str:
     """A content fingerprint of a file or directory tree.
 
     A directory written by a mixlab stage is fingerprinted by its manifest (outputs are
-    atomic, so the manifest identifies the content); anything else by hashing its bytes.
+    atomic, so the manifest identifies the content); anything else by hashing its bytes. A
+    URL is never downloaded for this: see `storage.fingerprint_url`.
     """
+    if is_url(path):
+        return storage.fingerprint_url(str(path))
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -127,7 +141,7 @@ class Manifest:
     created: str
     # Every file of the output (relative path -> bytes), so "up to date" can mean "complete".
     outputs: dict[str, int] = dataclasses.field(default_factory=dict)
-    path: Path | None = dataclasses.field(default=None, compare=False)
+    path: Location | None = dataclasses.field(default=None, compare=False)  # a Path, or a URL str
     skipped: bool = dataclasses.field(default=False, compare=False)
 
     def to_json(self) -> str:
@@ -137,11 +151,14 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True, default=_json_default)
 
     @classmethod
-    def load(cls, out_dir: Path | str) -> Manifest:
-        out_dir = Path(out_dir)
+    def load(cls, out_dir: Location) -> Manifest:
+        out_dir = storage.location(out_dir)
         file = manifest_path(out_dir)
         try:
-            data = json.loads(file.read_text())
+            raw = storage.read_if_exists(file) if is_url(file) else Path(file).read_bytes()
+            if raw is None:
+                raise FileNotFoundError(file)
+            data = json.loads(raw)
         except FileNotFoundError:
             raise InputError(
                 f"{out_dir}: no {META}/{MANIFEST}, so not a finished mixlab stage output; pass the output "
@@ -162,9 +179,18 @@ class Manifest:
         values.setdefault("created", "")
         return cls(**values, path=out_dir)
 
+    def local_dir(self) -> Path:
+        """A local directory with this output's files: its own, or for a URL the cached copy."""
+        if not is_url(self.path):
+            return Path(self.path or ".")
+        return Path(storage.materialise(str(self.path)))
+
     def missing_outputs(self) -> list[str]:
         """Files the manifest lists that are absent (or of another size) in its directory."""
         assert self.path is not None
+        if is_url(self.path):
+            there = storage.remote_listing(str(self.path))
+            return [rel for rel, size in self.outputs.items() if there.get(rel) != size]
         missing = []
         for rel, size in self.outputs.items():
             file = self.path / rel
@@ -229,25 +255,46 @@ def absolute_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {name: absolute(value) for name, value in inputs.items()}
 
 
-def partial_dir(out_dir: Path) -> Path:
+def partial_dir(out_dir: Location) -> Path:
+    """Where a run builds `out_dir`: a hidden sibling, or for a URL a local directory in the
+    cache keyed by the URL (so a killed run finds it again and resumes)."""
+    if is_url(out_dir):
+        return storage.cache_dir() / "partial" / storage.url_key(str(out_dir)) / ".out.partial"
+    out_dir = Path(out_dir)
     return out_dir.with_name(f".{out_dir.name}.partial")
 
 
-def lock_file(out_dir: Path) -> Path:
+def lock_file(out_dir: Location) -> Path:
+    """The lock of one output: a sibling file, or for a URL a local file keyed by the URL.
+
+    The lock of a URL output is local to this machine: it serialises runs on one machine only.
+    Object stores have no lock, so two machines writing one URL are not stopped (the one
+    whose manifest lands last wins, each upload whole).
+    """
+    if is_url(out_dir):
+        return storage.cache_dir() / "locks" / f"{storage.url_key(str(out_dir))}.lock"
+    out_dir = Path(out_dir)
     return out_dir.with_name(f".{out_dir.name}.lock")
 
 
 @contextlib.contextmanager
-def output_lock(out_dir: Path) -> Iterator[None]:
+def output_lock(out_dir: Location) -> Iterator[None]:
     """An exclusive lock on one output: a second mixlab run into the same --out is refused.
 
-    The lock is an ``fcntl`` lock on a sibling ``.<name>.lock`` file holding the owner's pid.
-    The kernel releases it when its process dies, so a lock file left by a killed run is
-    stale by construction and simply taken over.
+    The lock is an ``fcntl`` lock on a sibling ``.<name>.lock`` file holding the owner's pid
+    (for a URL, a file in the local cache; see `lock_file`). The kernel releases it when its
+    process dies, so a lock file left by a killed run is stale by construction and simply
+    taken over.
     """
     path = lock_file(out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, out_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, out_dir)
+    except PermissionError as exc:  # the first write of a run: where an unwritable --out shows
+        raise MixlabError(
+            f"{out_dir}: permission denied ({exc.filename or path.parent} is not writable); "
+            "choose another --out"
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -263,7 +310,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _acquire(path: Path, out_dir: Path) -> int:
+def _acquire(path: Path, out_dir: Location) -> int:
     """An fd holding the exclusive lock on the file now at `path`, or the refusal."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -289,7 +336,7 @@ def run_stage(
     stage: str,
     cfg: Any,
     inputs: Mapping[str, Path | str | Iterable[Path | str]],
-    out_dir: Path | str,
+    out_dir: Location,
     body: StageBody,
     *,
     force: bool = False,
@@ -304,8 +351,11 @@ def run_stage(
       it can skip finished partitions; one from a different config is discarded.
     - A user error (MixlabError) discards the partial directory: nothing is left behind.
     - The whole run holds an exclusive lock on `out_dir` (see `output_lock`).
+    - A URL `out_dir` is built locally and uploaded, manifest last (`storage.upload`).
     """
-    out_dir = Path(out_dir).absolute()
+    out_dir = storage.location(out_dir)
+    if not is_url(out_dir):
+        out_dir = Path(out_dir).absolute()
     config = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     fingerprints = _fingerprint_inputs(inputs)
     key = {"stage": stage, "config": config, "inputs": fingerprints, **(extra_key or {})}
@@ -318,7 +368,7 @@ def _run_locked(
     config: dict[str, Any],
     fingerprints: dict[str, str],
     key: dict[str, Any],
-    out_dir: Path,
+    out_dir: Location,
     body: StageBody,
     force: bool,
 ) -> Manifest:
@@ -362,7 +412,10 @@ def _run_locked(
     )
     # The manifest is written last: a directory with a manifest is a complete output.
     write_text_atomic(partial / META / MANIFEST, manifest.to_json())
-    publish(partial, out_dir)
+    if is_url(out_dir):
+        publish_url(partial, str(out_dir), manifest)
+    else:
+        publish(partial, out_dir)
     manifest.path = out_dir
     return manifest
 
@@ -374,7 +427,7 @@ def _listing(root: Path) -> dict[str, int]:
 
 
 def _existing_output(
-    stage: str, config: dict[str, Any], fingerprints: dict[str, str], out_dir: Path, force: bool
+    stage: str, config: dict[str, Any], fingerprints: dict[str, str], out_dir: Location, force: bool
 ) -> Manifest | None:
     """The finished output to reuse (same stage, config and inputs, complete), else None.
 
@@ -407,11 +460,13 @@ def _existing_output(
     return None
 
 
-def check_output_dir(out_dir: Path | str) -> Manifest | None:
+def check_output_dir(out_dir: Location) -> Manifest | None:
     """Refuse an --out mixlab may never write into; the manifest of an earlier mixlab output, if any.
 
     Cheap, so the CLI calls it before starting anything (a Dask cluster) that a refusal wastes.
     """
+    if is_url(out_dir):
+        return _check_output_url(str(out_dir))
     out_dir = Path(out_dir)
     if not out_dir.exists():
         return None
@@ -438,6 +493,28 @@ def check_output_dir(out_dir: Path | str) -> Manifest | None:
     return None
 
 
+def _check_output_url(url: str) -> Manifest | None:
+    """`check_output_dir` for a URL prefix: its manifest, None when empty or left by a killed
+    upload (the upload marker says the prefix is mixlab's), else the refusal."""
+    storage.check_writable(url)
+    there = storage.remote_listing(url)
+    if not there:
+        return None
+    if f"{META}/{MANIFEST}" in there:
+        try:
+            return Manifest.load(url)
+        except InputError as exc:
+            raise MixlabError(
+                f"{exc}; refusing to overwrite it: choose another --out or remove it yourself"
+            ) from None
+    if storage.UPLOAD_MARKER in there:
+        return None  # an upload that never finished: not trusted, replaced by this run
+    raise MixlabError(
+        f"{url}: holds files and no {META}/{MANIFEST} (not a mixlab stage output); "
+        "choose another --out or remove them yourself"
+    )
+
+
 def publish(src: Path, out_dir: Path) -> None:
     """Rename a finished directory into place, replacing (after the rename) any old one."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -448,6 +525,19 @@ def publish(src: Path, out_dir: Path) -> None:
     os.replace(src, out_dir)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_url(src: Path, url: str, manifest: Manifest) -> None:
+    """Upload a finished directory to `url` (manifest last), then keep it as the cached copy
+    of that output, so a later stage reading `url` on this machine downloads nothing."""
+    storage.upload(src, url, manifest.outputs)  # a failure leaves no remote manifest
+    cached = storage.cached_output((src / META / MANIFEST).read_bytes())
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    if cached.exists():
+        shutil.rmtree(src, ignore_errors=True)
+    else:
+        os.replace(src, cached)
+    shutil.rmtree(src.parent, ignore_errors=True)  # the URL's slot in cache/partial
 
 
 def _fingerprint_inputs(inputs: Mapping[str, Any]) -> dict[str, str]:

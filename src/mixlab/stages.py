@@ -39,11 +39,16 @@ from mixlab.proxy_models.pretrain import run_pretrain
 from mixlab.proxy_models.swarm import run_swarm_train
 from mixlab.proxy_models.verify import verify_mixtures
 from mixlab.stage import Manifest
+from mixlab.storage import join, localize
 from mixlab.synth import SynthConfig, run_synth
 from mixlab.tokenize.config import TokenizeConfig, TokenizerEvalConfig, TokenizerTrainConfig
 from mixlab.tokenize.corpus import run_tokenize
 from mixlab.tokenize.evaluate import format_table, read_eval, run_tokenizer_eval
 from mixlab.tokenize.train import run_tokenizer_train
+
+# Inputs that may be raw corpora at a URL, opened where they are read (on the workers); any
+# other URL input is read from a local copy (mixlab.storage.localize).
+CORPUS_INPUTS = ("sources", "documents", "targets")
 
 
 class Alert(str):
@@ -80,13 +85,22 @@ class Stage:
         return " ".join(self.command)
 
     def invoke(
-        self, inputs: Mapping[str, Any], cfg: Any, out_dir: Path, client: Any = None, *, force: bool = False
+        self,
+        inputs: Mapping[str, Any],
+        cfg: Any,
+        out_dir: Path | str,
+        client: Any = None,
+        *,
+        force: bool = False,
     ) -> Manifest:
         """Run the stage with exactly its inputs (those not given are None)."""
         unknown = set(inputs) - set(self.inputs)
         if unknown:
             raise TypeError(f"{self.name} takes inputs {self.inputs}, not {sorted(unknown)}")
-        return self.run({name: inputs.get(name) for name in self.inputs}, cfg, out_dir, client, force=force)
+        # A URL input that is a mixlab output (tokens, tokenizer, model, fit, mixture) is read
+        # from a local copy; a raw corpus in a bucket is passed on for workers to open.
+        given = {name: localize(inputs.get(name), raw=name in CORPUS_INPUTS) for name in self.inputs}
+        return self.run(given, cfg, out_dir, client, force=force)
 
 
 # --- what each stage says when it finishes (read from its manifest and outputs) ---------------
@@ -102,12 +116,12 @@ def _dedup_summary(manifest: Manifest) -> Iterable[str]:
         cand = manifest.stats["candidates"]
         yield (
             f"{cand['pairs']} candidate pairs checked, {cand['rejected']} rejected; kept documents in "
-            f"{Path(manifest.path or '.') / 'documents'}, removed ones in duplicates.parquet"
+            f"{join(manifest.path or '.', 'documents')}, removed ones in duplicates.parquet"
         )
 
 
 def _eval_table(manifest: Manifest) -> Iterable[str]:
-    yield "\n" + format_table(read_eval(manifest.path))
+    yield "\n" + format_table(read_eval(manifest.local_dir()))
 
 
 def _swarm_summary(manifest: Manifest) -> Iterable[str]:
@@ -155,7 +169,7 @@ def _warnings(manifest: Manifest) -> Iterable[str]:
 
 
 def _comparison(manifest: Manifest) -> Iterable[str]:
-    path = Path(manifest.path or ".") / "comparison.json"
+    path = manifest.local_dir() / "comparison.json"
     if path.is_file():
         for line in json.loads(path.read_text()).get("summary", []):
             yield f"  {line}"
@@ -167,7 +181,7 @@ def _pretrain_summary(manifest: Manifest) -> Iterable[str]:
 
 
 def _report_summary(manifest: Manifest) -> Iterable[str]:
-    yield str(Path(manifest.path or ".") / "report.html")
+    yield str(join(manifest.path or ".", "report.html"))
 
 
 # --- the registry, in the order of the flow ---------------------------------------------------

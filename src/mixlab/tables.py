@@ -1,20 +1,25 @@
 """Parquet contracts and the one place parquet is read and written.
 
 Schemas of the tables stages exchange, the documents-contract check, atomic table writes,
-and row-range partitions (a data-parallel stage's unit of work and of resume).
+and row-range partitions (a data-parallel stage's unit of work and of resume). Readers take
+local paths or fsspec URLs (``s3://bucket/docs/``): a URL is opened where it is read, so a
+Dask worker reading a partition opens its file itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mixlab import storage
 from mixlab.errors import InputError
+from mixlab.storage import Location, is_url
 
 DOCUMENTS_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("text", pa.string())])
 
@@ -47,9 +52,26 @@ def documents_dir(path: Path) -> Path:
     return docs if is_output and docs.is_dir() else path
 
 
-def parquet_files(path: Path | str) -> list[Path]:
+def parquet_files(path: Location) -> list[Path] | list[Location]:
     """The parquet files of a file or directory (recursively, sorted, hidden/underscored skipped);
-    a documents-producing stage's output dir gives its documents (`documents_dir`)."""
+    a documents-producing stage's output dir gives its documents (`documents_dir`).
+
+    For a URL, the files' URLs (listed through fsspec, nothing downloaded).
+    """
+    if is_url(path):
+        docs = storage.join(path, "documents")  # a documents-producing stage's output: its documents
+        if storage.is_file(storage.join(path, storage.MANIFEST)) and storage.exists(docs):
+            path = docs
+        found = storage.expand(path)
+        if len(found) == 1 and found[0] == path:
+            return found  # a single file, whatever its name
+        urls = [f for f in found if str(f).endswith(".parquet")]
+        if not urls:
+            raise InputError(
+                f"{path}: no .parquet files found; pass a parquet file or a folder of them "
+                "(e.g. a mixlab stage's output), or run `mixlab ingest` on other formats"
+            )
+        return urls
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -69,8 +91,21 @@ def parquet_files(path: Path | str) -> list[Path]:
     return files
 
 
-def read_schema(file: Path, fix: str = "write it again") -> pa.Schema:
+def open_parquet(file: Location, storage_options: Mapping[str, Any] | None = None) -> pq.ParquetFile:
+    """A ParquetFile of a local path or a URL (opened through fsspec with the storage options).
+
+    Use this rather than `pq.ParquetFile` / `pq.read_table` on a str: pyarrow would open an
+    `s3://` URL with its own client, which knows nothing of mixlab's storage_options.
+    """
+    if is_url(file):
+        return pq.ParquetFile(storage.open_input(str(file), storage_options=storage_options))
+    return pq.ParquetFile(file)
+
+
+def read_schema(file: Location, fix: str = "write it again") -> pa.Schema:
     try:
+        if is_url(file):
+            return open_parquet(file).schema_arrow
         return pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{file}: not a readable parquet file ({_first_line(exc)}); {fix}") from None
@@ -116,7 +151,11 @@ def read_table(
                 f"(found: {', '.join(names) or 'none'}){hint}"
             )
         try:
-            tables.append(pq.read_table(file, columns=list(columns) if columns is not None else None))
+            wanted = list(columns) if columns is not None else None
+            if is_url(file):
+                tables.append(open_parquet(file).read(columns=wanted))
+            else:
+                tables.append(pq.read_table(file, columns=wanted))
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{file}: not a readable parquet file ({_first_line(exc)}){hint}") from None
     try:
@@ -131,7 +170,7 @@ def read_table(
     return table
 
 
-def check_documents(path: Path | str | Sequence[Path | str], *, check_unique: bool = True) -> list[Path]:
+def check_documents(path: Location | Sequence[Location], *, check_unique: bool = True) -> list[Location]:
     """Validate the documents contract (id, domain, text as strings; ids unique and non-null).
 
     `path` is one documents input or several; ids must be unique across all of them together.
@@ -169,9 +208,7 @@ def check_documents(path: Path | str | Sequence[Path | str], *, check_unique: bo
     import polars as pl
 
     # One scan per file: inputs may carry different extra columns.
-    scan = pl.concat(
-        [pl.scan_parquet(str(f)).select("id", "domain", pl.lit(str(f)).alias("_file")) for f in files]
-    )
+    scan = pl.concat([_id_scan(f) for f in files])
     try:
         stats = (
             scan.select(
@@ -211,6 +248,17 @@ def check_documents(path: Path | str | Sequence[Path | str], *, check_unique: bo
     return files
 
 
+def _id_scan(file: Location) -> Any:
+    """The id and domain columns of one documents file, lazily (for the uniqueness check)."""
+    import polars as pl
+
+    if is_url(file):
+        # polars' own cloud reader would not see mixlab's storage_options: read through fsspec.
+        table = open_parquet(file).read(columns=["id", "domain"])
+        return pl.from_arrow(table).lazy().with_columns(pl.lit(str(file)).alias("_file"))
+    return pl.scan_parquet(str(file)).select("id", "domain", pl.lit(str(file)).alias("_file"))
+
+
 # Row groups of the documents tables mixlab writes. Tasks read row ranges, and parquet reads
 # whole row groups: small groups keep a task from decoding text it does not use.
 DOCUMENT_ROW_GROUP = 4096
@@ -248,10 +296,12 @@ class Partition:
     file: str
     start: int
     stop: int
+    # For a URL file: the fsspec options the worker opens it with (kept out of repr: secrets).
+    storage_options: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def plan_partitions(
-    files: Iterable[Path], max_rows: int, min_parts: int = 8, min_rows: int = 2000
+    files: Iterable[Location], max_rows: int, min_parts: int = 8, min_rows: int = 2000
 ) -> list[Partition]:
     """Row ranges of at most `max_rows` rows, and small enough that a small corpus still makes
     about `min_parts` of them (so every worker has work), but not below `min_rows`: a part has
@@ -260,20 +310,22 @@ def plan_partitions(
     The plan depends only on the files and the settings, never on the cluster, so a resumed
     run finds its completion markers where it left them.
     """
-    files = [Path(f) for f in files]
-    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    files = [f if is_url(f) else Path(f) for f in files]
+    counts = [open_parquet(f).metadata.num_rows for f in files]
     per_part = max(1, min(max_rows, max(min_rows, -(-sum(counts) // min_parts))))
+    options = storage.current_options() or None
     parts: list[Partition] = []
     for file, rows in zip(files, counts):
+        extra = {"storage_options": options} if is_url(file) else {}
         for start in range(0, max(rows, 1), per_part):
-            parts.append(Partition(len(parts), str(file), start, min(rows, start + per_part)))
+            parts.append(Partition(len(parts), str(file), start, min(rows, start + per_part), **extra))
     return parts
 
 
 def read_partition(part: Partition, columns: Iterable[str] | None = None) -> pa.Table:
     """The partition's rows, reading only the row groups that overlap it."""
     columns = list(columns) if columns is not None else None
-    pf = pq.ParquetFile(part.file)
+    pf = open_parquet(part.file, part.storage_options) if is_url(part.file) else pq.ParquetFile(part.file)
     tables, offset = [], 0
     for g in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(g).num_rows

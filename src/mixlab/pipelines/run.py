@@ -7,6 +7,8 @@ the same keys as that stage's flags. Stage ``NN_<name>`` of the run root is stag
 own markers or checkpoint); ``--from`` / ``--until`` / ``--dry-run`` select and show the plan.
 What the pipeline fills in for a stage (select's token budget, sample's proxy tokens,
 tokenize's targets) is derived from the whole pipeline, never from the selected stages only.
+The run root may be a URL (``--out s3://bucket/run``): each stage's output is then a URL
+under it, and ``storage_options:`` in the pipeline file says how to reach the store.
 """
 
 from __future__ import annotations
@@ -20,8 +22,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mixlab import storage
 from mixlab.cluster import dask_client
-from mixlab.config import PIPELINE_SETTINGS, config_to_dict, expand_path, load_yaml, section_values
+from mixlab.config import (
+    PIPELINE_SETTINGS,
+    config_to_dict,
+    expand_location,
+    expand_path,
+    load_yaml,
+    section_values,
+    storage_options,
+)
 from mixlab.console import clock, log
 from mixlab.errors import ConfigError, MixlabError
 from mixlab.stage import (
@@ -34,6 +45,7 @@ from mixlab.stage import (
     write_text_atomic,
 )
 from mixlab.stages import STAGES, Stage, stage_named
+from mixlab.storage import Location, is_url, join, name_of
 
 SHIPPED = Path(__file__).parent  # shipped pipelines: mixlab/pipelines/<name>.yaml
 # The stages of a pipeline run, in order; a stage's index is the NN of its directory.
@@ -56,14 +68,14 @@ TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SYNTH_TARGET = "target"  # the synthetic corpus's held-out target set, `target/documents.parquet`
 
 
-def stage_dir(root: Path | str, name: str) -> Path:
-    """Where stage `name` of a pipeline run writes: `<root>/NN_<name>`."""
-    return Path(root) / f"{PIPELINE.index(name):02d}_{name}"
+def stage_dir(root: Location, name: str) -> Location:
+    """Where stage `name` of a pipeline run writes: `<root>/NN_<name>` (a Path, or a URL)."""
+    return join(storage.location(root), f"{PIPELINE.index(name):02d}_{name}")
 
 
-def target_dir(root: Path | str, target: str) -> Path:
+def target_dir(root: Location, target: str) -> Location:
     """Where target corpus `target` is ingested: beside the ingest output, `<root>/NN_target_<name>`."""
-    return Path(root) / f"{PIPELINE.index('ingest'):02d}_target_{target}"
+    return join(storage.location(root), f"{PIPELINE.index('ingest'):02d}_target_{target}")
 
 
 def pipeline_path(name_or_path: str | Path) -> Path:
@@ -89,7 +101,7 @@ class Step:
     name: str
     stage: Stage
     cfg: Any
-    out: Path
+    out: Location
     filled: dict[str, Any]  # what the pipeline set for this step beyond its YAML section
 
 
@@ -98,12 +110,13 @@ class Plan:
     """The resolved pipeline: every step with its config and directory, and which ones run."""
 
     path: Path
-    root: Path
+    root: Location
     steps: list[Step]
-    inputs: list[Path] | None
-    targets: dict[str, list[Path]]
+    inputs: list[Location] | None
+    targets: dict[str, list[Location]]
     scheduler_address: str | None
     description: str | None = None
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     first: int = 0  # index of the first step to run (--from); earlier ones must be finished
     last: int = 0  # one past the last step to run (--until)
 
@@ -115,16 +128,16 @@ class Plan:
         return next(s for s in self.steps if s.name == name)
 
 
-def _paths(value: Any, base: Path, where: str) -> list[Path]:
-    """A YAML path or list of paths: `~` and `${VAR}` expanded, relative to the pipeline file."""
+def _paths(value: Any, base: Path, where: str) -> list[Location]:
+    """A YAML path or list of paths (or URLs): `~` and `${VAR}` expanded, relative to the pipeline file."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
         raise ConfigError(f"{where}: expected a path or a list of paths, got {value!r}")
-    paths = [expand_path(p, where) for p in items]
-    return [p if p.is_absolute() or "://" in str(p) else base / p for p in paths]
+    paths = [expand_location(p, where) for p in items]
+    return [p if is_url(p) or Path(p).is_absolute() else base / p for p in paths]
 
 
-def _targets(data: Mapping[str, Any], base: Path, where: str) -> dict[str, list[Path]]:
+def _targets(data: Mapping[str, Any], base: Path, where: str) -> dict[str, list[Location]]:
     raw = data.get("targets") or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: targets: expected a mapping {{name: [paths]}}, got {raw!r}")
@@ -197,7 +210,7 @@ def plan_pipeline(
     description = data.get("description")
     if description and configs["report"].title == _default(configs["report"], "title"):
         filled["report"]["title"] = str(description)  # the report is titled by what the run is for
-    root = Path(root)
+    root = storage.location(root)
     steps = []
     for name in PIPELINE:
         if name == "synth" and inputs is not None:
@@ -227,6 +240,7 @@ def plan_pipeline(
         description=description,
         first=first,
         last=last,
+        storage_options=storage_options(data, str(path)),
     )
 
 
@@ -244,24 +258,24 @@ def _selected(text: str, names: list[str], flag: str) -> str:
 # The one place that says how earlier outputs feed each stage: (plan, step) -> its inputs.
 WIRING: dict[str, Callable[[Plan, Step], dict[str, Any]]] = {
     "synth": lambda plan, step: {},
-    "ingest": lambda plan, step: {"sources": plan.inputs or [plan.step("synth").out / "documents"]},
+    "ingest": lambda plan, step: {"sources": plan.inputs or [join(plan.step("synth").out, "documents")]},
     "dedup": lambda plan, step: {"documents": [plan.step("ingest").out]},
     "tokenizer_train": lambda plan, step: {
-        "documents": [plan.step("dedup").out / "documents"],
+        "documents": [join(plan.step("dedup").out, "documents")],
         "mixture": None,
     },
     "tokenize": lambda plan, step: {
-        "documents": [plan.step("dedup").out / "documents"],
+        "documents": [join(plan.step("dedup").out, "documents")],
         "tokenizer": plan.step("tokenizer_train").out,
         "targets": target_tables(plan) or None,
     },
     "mixtures_sample": lambda plan, step: {"tokens": plan.step("tokenize").out},
     "swarm_train": lambda plan, step: {
-        "candidates": plan.step("mixtures_sample").out / "candidates.parquet",
+        "candidates": join(plan.step("mixtures_sample").out, "candidates.parquet"),
         "tokens": plan.step("tokenize").out,
     },
     "mixtures_fit": lambda plan, step: {
-        "runs": plan.step("swarm_train").out / "runs.parquet",
+        "runs": join(plan.step("swarm_train").out, "runs.parquet"),
         "candidates": plan.step("mixtures_sample").out,
     },
     "mixtures_select": lambda plan, step: {
@@ -271,12 +285,12 @@ WIRING: dict[str, Callable[[Plan, Step], dict[str, Any]]] = {
     },
     "pretrain": lambda plan, step: {
         "tokens": plan.step("tokenize").out,
-        "mixture": plan.step("mixtures_select").out / "mixture.json",
+        "mixture": join(plan.step("mixtures_select").out, "mixture.json"),
     },
     "distill": lambda plan, step: {
         "teacher": plan.step("pretrain").out,
         "tokens": plan.step("tokenize").out,
-        "mixture": plan.step("mixtures_select").out / "mixture.json",
+        "mixture": join(plan.step("mixtures_select").out, "mixture.json"),
     },
     "report": lambda plan, step: {"run": plan.root},
 }
@@ -289,12 +303,12 @@ def step_inputs(plan: Plan, step: Step) -> dict[str, Any]:
     return WIRING[step.name](plan, step)
 
 
-def target_tables(plan: Plan) -> list[Path]:
+def target_tables(plan: Plan) -> list[Location]:
     """The documents tables tokenize takes as validation-only targets: the synthetic corpus's
     target set (domain `target`) and each ingested target corpus."""
     tables = []
     if plan.inputs is None and plan.step("synth").cfg.target_blend:
-        tables.append(plan.step("synth").out / SYNTH_TARGET / "documents.parquet")
+        tables.append(join(plan.step("synth").out, SYNTH_TARGET, "documents.parquet"))
     return tables + [target_dir(plan.root, name) for name in plan.targets]
 
 
@@ -303,20 +317,38 @@ def status(plan: Plan, index: int) -> str:
     step = plan.steps[index]
     if index >= plan.last:
         return "after --until: not run"
-    manifest = manifest_path(step.out)
-    if manifest.is_file():
+    with plan_storage(plan):
+        raw = _manifest_bytes(step.out)
+    if raw is not None:
         try:
-            recorded = json.loads(manifest.read_text()).get("config", {})
-        except (OSError, ValueError):
+            recorded = json.loads(raw).get("config", {})
+        except ValueError:
             return "unreadable manifest"
         wanted = json.loads(json.dumps(config_to_dict(step.cfg)))
-        changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+        # Keys a stage leaves out of its manifest (pretrain's `logger`) change no output.
+        changed = sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
         if changed:
             return f"done with other settings ({', '.join(changed)}): needs --force"
         return "done" if index >= plan.first else "done (before --from)"
     if index < plan.first:
         return "missing (before --from): run it first"
     return "resumes a partial run" if partial_dir(step.out).exists() else "to run"
+
+
+def plan_storage(plan: Plan) -> Any:
+    """The pipeline file's storage_options in force (those already set when it has none)."""
+    return storage.using(plan.storage_options or storage.current_options())
+
+
+def _manifest_bytes(out: Location) -> bytes | None:
+    """The manifest of a stage directory or URL, None when it has none (or it is unreadable)."""
+    manifest = manifest_path(out)
+    if is_url(manifest):
+        return storage.read_if_exists(str(manifest))
+    try:
+        return Path(manifest).read_bytes() if Path(manifest).is_file() else None
+    except OSError:
+        return b"unreadable"
 
 
 # Rough training throughput of 2 CPU cores for these tiny GPTs (flop/s), measured on the demo
@@ -374,7 +406,7 @@ def describe(plan: Plan) -> str:
         guess = estimate_seconds(plan, step)
         if plan.first <= i < plan.last and not state.startswith("done"):
             todo += guess
-        lines.append(f"  {step.name:{width}s}  {step.out.name:24s} ~{clock(guess):>6s}  {state}")
+        lines.append(f"  {step.name:{width}s}  {name_of(step.out):24s} ~{clock(guess):>6s}  {state}")
         fills = dict(step.filled)
         if step.name == "tokenize":
             fills["targets"] = [str(p) for p in target_tables(plan)] or None
@@ -418,11 +450,12 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def check_paths_exist(plan: Plan) -> None:
-    """Every local path the pipeline file names (inputs, targets) exists, before any stage runs."""
+    """Every path or URL the pipeline file names (inputs, targets) exists, before any stage runs
+    (a URL that cannot be reached is one line naming it, see mixlab.storage)."""
     named = [("inputs", p) for p in plan.inputs or []]
     named += [(f"targets: {name}", p) for name, paths in plan.targets.items() for p in paths]
     for where, path in named:
-        if "://" not in str(path) and not Path(path).exists():
+        if not storage.exists(path):
             raise ConfigError(
                 f"{where}: {path}: no such file or directory; fix the path in the pipeline file"
             )
@@ -444,6 +477,11 @@ def run_pipeline(
     pipeline's `scheduler_address:`, dask config, else a LocalCluster (see mixlab.cluster).
     """
     plan = plan_pipeline(pipeline, root, from_stage=from_stage, until_stage=until_stage)
+    with plan_storage(plan):
+        return _run_plan(plan, force, scheduler_address, client)
+
+
+def _run_plan(plan: Plan, force: bool, scheduler_address: str | None, client: Any) -> dict[str, Manifest]:
     check_paths_exist(plan)
     for step in plan.steps[: plan.first]:
         if not has_manifest(step.out):
@@ -493,9 +531,13 @@ class RunRecord:
 
     @classmethod
     def start(cls, plan: Plan) -> RunRecord:
-        previous = plan.root / RUN_JSON
+        previous = join(plan.root, RUN_JSON)
         try:
-            stages = json.loads(previous.read_text()).get("stages", {}) if previous.is_file() else {}
+            if is_url(previous):
+                raw = storage.read_if_exists(str(previous))
+            else:
+                raw = Path(previous).read_bytes() if Path(previous).is_file() else None
+            stages = json.loads(raw).get("stages", {}) if raw is not None else {}
         except (OSError, ValueError):
             stages = {}
         data = {
@@ -510,7 +552,7 @@ class RunRecord:
         return cls(plan, data)
 
     def finished(self, step: Step, manifest: Manifest, seconds: float) -> None:
-        entry = {"dir": step.out.name, "stage": step.stage.name, "counts": dict(manifest.counts)}
+        entry = {"dir": name_of(step.out), "stage": step.stage.name, "counts": dict(manifest.counts)}
         if manifest.skipped:
             entry.update(self.data["stages"].get(step.name, {}), status="up to date")
         else:
@@ -524,9 +566,17 @@ class RunRecord:
 
     def _write(self) -> None:
         # Written once a stage has finished, never before: a refused run leaves nothing behind.
-        self.plan.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.plan.root / RUN_YAML, self.plan.path.read_text())
-        write_json(self.plan.root / RUN_JSON, self.data)
+        root = self.plan.root
+        if is_url(root):
+            storage.write_text(join(root, RUN_YAML), self.plan.path.read_text())
+            storage.write_text(
+                join(root, RUN_JSON), json.dumps(self.data, indent=2, sort_keys=True, default=str)
+            )
+            return
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / RUN_YAML, self.plan.path.read_text())
+        write_json(root / RUN_JSON, self.data)
 
 
 def _run_step(plan: Plan, step: Step, client: Any, force: bool) -> Manifest:
