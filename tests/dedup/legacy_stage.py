@@ -92,7 +92,6 @@ def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             labels = jumped
 
 
-
 def resolve_bands(cfg: DedupConfig) -> tuple[int, int]:
     if cfg.bands is not None and cfg.rows is not None:
         return cfg.bands, cfg.rows
