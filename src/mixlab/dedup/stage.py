@@ -75,7 +75,8 @@ from mixlab.tables import (
 BATCH_DOCS = 4096  # documents shingled at once inside a partition (bounds temporary arrays)
 SIGNATURES = "signatures"  # work/signatures/part_*.parquet: per-document shingles and signatures
 BAND_KEYS = "band_keys"  # work/band_keys/range_RRR/part_*.parquet: the shuffle by hash range
-PAIRS = "pairs"  # work/pairs/part_*/range_RRR.npy: bucket pairs, by the left document's partition
+CANDIDATES = "candidates"  # work/candidates/{pairs,requests,served}/: the bucket pairs, checked
+ROUNDS = "rounds"  # work/rounds/{pairs,requests,served}/: pairs the keep rounds check
 NODES = "nodes"  # work/nodes/*.npy: per-document arrays the range and verify tasks look up
 OLD_KEYS = "against_band_keys"  # work/against_band_keys/range_RRR/old_*.parquet
 OLD_PAIRS = "against_pairs"  # work/against_pairs/old_*/range_RRR.npy: (new node, old row)
@@ -244,9 +245,7 @@ def band_range_task(work: str, r: int, n_parts: int, max_bucket: int) -> dict[st
         stats["largest_bucket"] = max(stats["largest_bucket"], s["largest_bucket"])
     packed = np.unique(np.concatenate(eu) * n + np.concatenate(ev))
     u, v = packed // n, packed % n
-    _save_pairs(
-        wd / PAIRS, r, u, v, np.asarray(part_of[u], dtype=np.int64), [_part_name(p) for p in range(n_parts)]
-    )
+    send_pairs(wd / CANDIDATES, r, u, v, part_of, n_parts)
     stats["pairs"] = int(len(packed))
     return stats
 
@@ -261,18 +260,77 @@ def _read_pairs(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return pairs[0][first], pairs[1][first]
 
 
-def verify_task(work: str, p: int, sig_files: Sequence[str], threshold: float, exact: bool) -> dict[str, Any]:
-    """Check the candidate pairs whose left document lives in partition `p`; return the accepted ones."""
-    wd = Path(work)
-    u, v = _read_pairs(wd / PAIRS / _part_name(p))
+def send_pairs(root: Path, r: int, u: np.ndarray, v: np.ndarray, part_of: np.ndarray, n_parts: int) -> None:
+    """Pairs to the verify task of the left document's partition, and requests for the right
+    documents' sets to the serve task of theirs (so every partition's sets are read once)."""
+    names = [_part_name(p) for p in range(n_parts)]
+    pu, pv = np.asarray(part_of[u], dtype=np.int64), np.asarray(part_of[v], dtype=np.int64)
+    _save_pairs(root / "pairs", r, u, v, pu, names)
+    _save_pairs(root / "requests", r, v, pu, pv, names)
+
+
+def _set_column(exact: bool) -> str:
+    return "shingles" if exact else "signature"
+
+
+def serve_task(work: str, root: str, pv: int, sig_file: str, exact: bool) -> int:
+    """Read partition `pv`'s sets once and write those other partitions' verify tasks asked for:
+    root/served/part_<p>/from_<pv>.parquet (node, set)."""
+    nodes, asking = _read_pairs(Path(root) / "requests" / _part_name(pv))
+    if len(nodes) == 0:
+        return 0
+    (row_of,) = _load_node_arrays(Path(work), "row_of")
+    column = pq.read_table(sig_file, columns=[_set_column(exact)]).column(0)
+    for p in np.unique(asking):
+        sel = nodes[asking == p]
+        served = pa.table(
+            {"node": pa.array(sel), "set": column.take(pa.array(np.asarray(row_of[sel]), pa.int64()))}
+        )
+        write_table(
+            served, Path(root) / "served" / _part_name(int(p)) / f"from_{pv:05d}.parquet", compression="none"
+        )
+    return int(len(nodes))
+
+
+def verify_task(
+    work: str, root: str, p: int, sig_file: str, exact: bool, threshold: float | None
+) -> dict[str, Any]:
+    """Similarity of the pairs whose left document lives in partition `p` (its sets read from its
+    signature file, the right ones from what the serve tasks wrote); with `threshold` only the
+    accepted pairs are returned."""
+    u, v = _read_pairs(Path(root) / "pairs" / _part_name(p))
     if len(u) == 0:
         return {"u": u, "v": v, "similarity": np.zeros(0), "checked": 0}
-    part_of, row_of = _load_node_arrays(wd, "part_of", "row_of")
-    sim = similarity_task(
-        sig_files, p, np.asarray(row_of[u]), np.asarray(part_of[v]), np.asarray(row_of[v]), exact
+    (row_of,) = _load_node_arrays(Path(work), "row_of")
+    left = pq.read_table(sig_file, columns=[_set_column(exact)]).column(0)
+    served = pa.concat_tables(
+        [pq.read_table(f) for f in sorted((Path(root) / "served" / _part_name(p)).glob("*.parquet"))]
     )
-    ok = sim >= threshold
+    have = served.column("node").to_numpy()
+    order = np.argsort(have)
+    at = order[np.searchsorted(have[order], v)]
+    sim = _similarity(_sets(left, np.asarray(row_of[u])), _sets(served.column("set"), at), exact)
+    ok = sim >= threshold if threshold is not None else np.ones(len(u), dtype=bool)
     return {"u": u[ok], "v": v[ok], "similarity": sim[ok], "checked": int(len(u))}
+
+
+def check_pairs(
+    client: Any, work: Path, root: Path, sig_files: Sequence[str], exact: bool, threshold: float | None
+) -> list[dict[str, Any]]:
+    """Serve then verify the pairs `send_pairs` left under `root`: one task per partition each."""
+    n_parts = len(sig_files)
+    client.gather(
+        [
+            client.submit(serve_task, str(work), str(root), pv, sig_files[pv], exact, pure=False)
+            for pv in range(n_parts)
+        ]
+    )
+    return client.gather(
+        [
+            client.submit(verify_task, str(work), str(root), p, sig_files[p], exact, threshold, pure=False)
+            for p in range(n_parts)
+        ]
+    )
 
 
 def _sets(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,26 +342,6 @@ def _sets(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> tuple[np.ndar
     offs = picked.offsets.to_numpy().astype(np.int64)
     values = picked.values.to_numpy()[offs[0] : offs[-1]] if len(picked) else np.zeros(0, np.uint32)
     return values, offs - offs[0]
-
-
-def similarity_task(
-    files: Sequence[str],
-    part_u: int,
-    rows_u: np.ndarray,
-    parts_v: np.ndarray,
-    rows_v: np.ndarray,
-    exact: bool,
-) -> np.ndarray:
-    """Jaccard of pairs whose left documents live in partition `part_u`: exact on shingle sets,
-    or the MinHash estimate from signatures; right documents are read partition by partition."""
-    column = "shingles" if exact else "signature"
-    left_col = pq.read_table(files[part_u], columns=[column]).column(0)
-    out = np.zeros(len(rows_u))
-    for pv in np.unique(parts_v):
-        sel = np.flatnonzero(parts_v == pv)
-        right_col = left_col if pv == part_u else pq.read_table(files[pv], columns=[column]).column(0)
-        out[sel] = _similarity(_sets(left_col, rows_u[sel]), _sets(right_col, rows_v[sel]), exact)
-    return out
 
 
 def _similarity(
@@ -625,33 +663,23 @@ class Removals:
 
 
 class Similarity:
-    """Runs similarity tasks for node pairs, grouped by the left document's partition."""
+    """Similarity of any node pairs (the keep rounds' checks), on workers, through `check_pairs`."""
 
-    def __init__(self, client: Any, files: list[str], part_of: np.ndarray, row_of: np.ndarray, exact: bool):
-        self.client, self.files, self.part_of, self.row_of, self.exact = client, files, part_of, row_of, exact
+    def __init__(self, client: Any, work: Path, files: list[str], part_of: np.ndarray, exact: bool):
+        self.client, self.work, self.files, self.part_of, self.exact = client, work, files, part_of, exact
 
     def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(u))
         if len(u) == 0:
-            return out
-        pu = self.part_of[u]
-        groups = [np.flatnonzero(pu == p) for p in np.unique(pu)]
-        futures = [
-            self.client.submit(
-                similarity_task,
-                self.files,
-                int(pu[g[0]]),
-                self.row_of[u[g]],
-                self.part_of[v[g]],
-                self.row_of[v[g]],
-                self.exact,
-                pure=False,
-            )
-            for g in groups
-        ]
-        for g, result in zip(groups, self.client.gather(futures)):
-            out[g] = result
-        return out
+            return np.zeros(0)
+        root = self.work / ROUNDS
+        shutil.rmtree(root, ignore_errors=True)
+        send_pairs(root, 0, u, v, self.part_of, len(self.files))
+        results = check_pairs(self.client, self.work, root, self.files, self.exact, None)
+        n = len(self.part_of)
+        key = np.concatenate([x["u"] * n + x["v"] for x in results])
+        sim = np.concatenate([x["similarity"] for x in results])
+        order = np.argsort(key)
+        return sim[order][np.searchsorted(key[order], u * n + v)]
 
 
 def compute_signatures(
@@ -738,7 +766,7 @@ def bucket_pairs(client: Any, work: Path, n_parts: int, n_in_lsh: int, cfg: Dedu
     """Candidate pairs among the nodes in LSH (documents sharing any band bucket), found one hash
     range per task and left in the work dir for `verified_candidates`; bucket statistics come back."""
     n_ranges = band_ranges(n_parts)
-    shutil.rmtree(work / PAIRS, ignore_errors=True)  # pairs of a killed run (rewritten whole below)
+    shutil.rmtree(work / CANDIDATES, ignore_errors=True)  # pairs of a killed run (rewritten whole below)
     range_stats = client.gather(
         [
             client.submit(band_range_task, str(work), r, n_parts, cfg.max_bucket, pure=False)
@@ -765,13 +793,7 @@ def verified_candidates(
     client: Any, work: Path, sig_files: Sequence[str], buckets: Counter, cfg: DedupConfig
 ) -> Candidates:
     """The bucket pairs verified one partition per task (left document's); only accepted pairs come back."""
-    n_parts = len(sig_files)
-    results = client.gather(
-        [
-            client.submit(verify_task, str(work), p, list(sig_files), cfg.threshold, cfg.verify, pure=False)
-            for p in range(n_parts)
-        ]
-    )
+    results = check_pairs(client, work, work / CANDIDATES, sig_files, cfg.verify, cfg.threshold)
     u = np.concatenate([x["u"] for x in results]) if results else np.zeros(0, np.int64)
     v = np.concatenate([x["v"] for x in results]) if results else np.zeros(0, np.int64)
     sim = np.concatenate([x["similarity"] for x in results]) if results else np.zeros(0)
@@ -1075,7 +1097,7 @@ def _dedup(
     with _timed(seconds, "verify"):
         candidates = verified_candidates(client, stage.work, sig_files, buckets, cfg)
     with _timed(seconds, "cluster"):
-        similarity = Similarity(client, sig_files, nodes.part_of, nodes.row_of, exact=cfg.verify)
+        similarity = Similarity(client, stage.work, sig_files, nodes.part_of, exact=cfg.verify)
         removals = choose_kept(nodes, rep, candidates, similarity, cfg.threshold)
         if matches is not None:
             removals = with_against(removals, matches)
