@@ -9,16 +9,17 @@ took part), and the manifest's statistics.
 
 Nothing that grows with the corpus's pairs or band keys reaches the client: each signature
 task writes its partition's band keys split by hash range into the work dir (a shuffle on
-disk); one task per hash range groups its keys into buckets and writes the bucket pairs,
-split by the left document's partition; one task per partition deduplicates and verifies its
-pairs (reading shingles from the signature files) and returns only the accepted ones. The
-client holds per-document arrays (ids, partition, row, status, keep rank) and the accepted
-pairs, and runs connected components on them (`scipy.sparse.csgraph`).
+disk); one task per hash range groups its keys into buckets and sends each pair to the
+partition of its left document, with a request for the right document's shingles to the
+partition holding it; one serve task per partition reads its shingles once and answers the
+requests; one verify task per partition checks its pairs (exact Jaccard) and returns only
+the accepted ones. The client holds per-document arrays (partition, row, status, keep rank,
+ids) and the accepted pairs, and runs connected components on them (`scipy.sparse.csgraph`).
 
 Phases, one function each: `compute_signatures` per partition (resumable, one completion
 marker each) -> `load_nodes` and `exact_representatives` -> (`against_matches`) ->
-`verified_candidates` (band ranges, then verification) -> `choose_kept` (connected
-components, keep policy) -> `write_outputs` -> `dedup_stats`.
+`bucket_pairs` (hash ranges) -> `verified_candidates` (serve, verify) -> `choose_kept`
+(connected components, keep policy) -> `write_outputs` -> `dedup_stats`.
 
 Bad input policy (each counted in ``stats.bad_input``, none dropped silently):
 null text, and text empty or whitespace-only after normalisation, are kept and take no part
