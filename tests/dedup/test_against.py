@@ -150,3 +150,14 @@ def test_cli_dedup_against(halves, old_out, dask_client, tmp_path):
     assert result.exit_code == 0, result.output
     assert "--against" in CliRunner().invoke(main, ["dedup", "--help"]).output
     assert (out / "signatures").is_dir() and pl.read_parquet(out / "duplicates.parquet").height > 0
+
+
+def test_against_with_the_minhash_estimate_uses_the_stored_signatures(halves, old_out, dask_client, tmp_path):
+    cfg = dataclasses.replace(CFG, verify=False)
+    m = run_dedup({"documents": halves[1], "against": old_out}, cfg, tmp_path / "est", dask_client)
+    expected = _expected_against(halves, old_out)
+    old_kept = set(pl.read_parquet(old_out / "documents")["id"])
+    dup = pl.read_parquet(tmp_path / "est" / "duplicates.parquet")
+    found = set(dup.filter(pl.col("kept_id").is_in(list(old_kept)))["id"])
+    assert len(found & set(expected)) >= 0.9 * len(expected)
+    assert m.stats["against"]["removed_exact"] + m.stats["against"]["removed_near"] == len(found)

@@ -80,7 +80,7 @@ CANDIDATES = "candidates"  # work/candidates/{pairs,requests,served}/: the bucke
 ROUNDS = "rounds"  # work/rounds/{pairs,requests,served}/: pairs the keep rounds check
 NODES = "nodes"  # work/nodes/*.npy: per-document arrays the range and verify tasks look up
 OLD_KEYS = "against_band_keys"  # work/against_band_keys/range_RRR/old_*.parquet
-OLD_PAIRS = "against_pairs"  # work/against_pairs/old_*/range_RRR.npy: (new node, old row)
+AGAINST = "against"  # work/against/{pairs,requests,served}/: (new node, old document) pairs, checked
 MAX_RANGES = 64
 # What makes two signatures comparable: an --against output must have been signed with these.
 SIGNATURE_SETTINGS = (
@@ -193,9 +193,16 @@ def _load_node_arrays(work: Path, *names: str, mmap: bool = True) -> list[np.nda
 
 
 def _save_pairs(
-    folder: Path, r: int, left: np.ndarray, right: np.ndarray, target: np.ndarray, names: Sequence[str]
+    folder: Path,
+    r: int,
+    left: np.ndarray,
+    right: np.ndarray,
+    target: np.ndarray,
+    names: Sequence[str],
+    kind: str = "",
 ) -> None:
-    """Pairs split by `target` (the task that verifies them): folder/<name>/range_RRR.npy."""
+    """Pairs split by `target` (the task that reads them): folder/kind/<name>/range_RRR.npy."""
+    folder = folder / kind if kind else folder
     order = np.argsort(target, kind="stable")
     bounds = np.searchsorted(target[order], np.arange(len(names) + 1))
     for t, name in enumerate(names):
@@ -312,7 +319,12 @@ def verify_task(
     at = order[np.searchsorted(have[order], v)]
     sim = _similarity(_sets(left, np.asarray(row_of[u])), _sets(served.column("set"), at), exact)
     ok = sim >= threshold if threshold is not None else np.ones(len(u), dtype=bool)
-    return {"u": u[ok], "v": v[ok], "similarity": sim[ok], "checked": int(len(u))}
+    extra = {  # what the serve tasks sent beside the sets (an old document's id and text hash)
+        name: served.column(name).take(pa.array(at[ok], pa.int64())).to_numpy()
+        for name in served.column_names
+        if name not in ("node", "set")
+    }
+    return {"u": u[ok], "v": v[ok], "similarity": sim[ok], "checked": int(len(u)), **extra}
 
 
 def check_pairs(
@@ -437,53 +449,52 @@ def against_range_task(work: str, r: int, n_parts: int, old_start: Sequence[int]
     packed = np.unique(np.concatenate(lefts) * n_old + np.concatenate(rights))
     new, old = packed // n_old, packed % n_old
     shard = np.searchsorted(np.asarray(old_start), old, "right") - 1
-    names = [_old_name(i) for i in range(len(old_start) - 1)]
-    _save_pairs(wd / OLD_PAIRS, r, new, old - np.asarray(old_start)[shard], shard, names)
+    (part_of,) = _load_node_arrays(wd, "part_of")
+    pn = np.asarray(part_of[new], dtype=np.int64)
+    _save_pairs(wd / AGAINST, r, new, old, pn, [_part_name(p) for p in range(n_parts)], "pairs")
+    _save_pairs(
+        wd / AGAINST, r, old, pn, shard, [_old_name(i) for i in range(len(old_start) - 1)], "requests"
+    )
     return int(len(packed))
 
 
-def against_verify_task(
-    work: str, index: int, old_sig: str, old_docs: str, sig_files: Sequence[str], cfg: DedupConfig
-) -> dict[str, Any]:
-    """Check the pairs of one old shard: exact Jaccard re-shingles the old documents' text from
-    the --against output (they are not signed again), or the estimate from stored signatures."""
-    wd = Path(work)
-    new, old_row = _read_pairs(wd / OLD_PAIRS / _old_name(index))
-    empty = {
-        "node": new,
-        "similarity": np.zeros(0),
-        "old_id": [],
-        "old_text_hash": np.zeros(0, np.uint64),
-        "checked": 0,
-    }
-    if len(new) == 0:
-        return empty
-    old = pq.read_table(old_sig, columns=["id", "text_hash", "signature"]).take(pa.array(old_row, pa.int64()))
+def old_serve_task(work: str, index: int, old_sig: str, old_docs: str, start: int, cfg: DedupConfig) -> int:
+    """Answer the requests for one old shard's sets, read once: exact Jaccard re-shingles the old
+    documents' text from the --against output (they are not signed again), else its stored
+    signatures; the old id and text hash ride along for the report."""
+    root = Path(work) / AGAINST
+    nodes, asking = _read_pairs(root / "requests" / _old_name(index))
+    if len(nodes) == 0:
+        return 0
+    old = pq.read_table(old_sig, columns=["id", "text_hash", "signature"]).take(
+        pa.array(nodes - start, pa.int64())
+    )
     if cfg.verify:
         docs = pl.read_parquet(old_docs, columns=["id", "text"])
         text = pl.DataFrame({"id": old.column("id").to_pylist()}).join(
             docs, on="id", how="left", maintain_order="left"
         )
         sh = shingle_batch(text["text"].to_arrow(), cfg)
-        old_sets = pa.LargeListArray.from_arrays(pa.array(sh.offsets), pa.array(sh.hashes, pa.uint32()))
+        sets = pa.LargeListArray.from_arrays(pa.array(sh.offsets), pa.array(sh.hashes, pa.uint32()))
     else:
-        old_sets = old.column("signature").combine_chunks()
-    part_of, row_of = _load_node_arrays(wd, "part_of", "row_of")
-    parts, rows = np.asarray(part_of[new]), np.asarray(row_of[new])
-    column = "shingles" if cfg.verify else "signature"
-    sim = np.zeros(len(new))
-    for p in np.unique(parts):
-        sel = np.flatnonzero(parts == p)
-        new_col = pq.read_table(sig_files[p], columns=[column]).column(0)
-        sim[sel] = _similarity(_sets(new_col, rows[sel]), _sets(old_sets, sel), cfg.verify)
-    ok = np.flatnonzero(sim >= cfg.threshold)
-    return {
-        "node": new[ok],
-        "similarity": sim[ok],
-        "old_id": old.column("id").take(pa.array(ok, pa.int64())).to_pylist(),
-        "old_text_hash": old.column("text_hash").to_numpy()[ok],
-        "checked": int(len(new)),
-    }
+        sets = old.column("signature").combine_chunks()
+    for p in np.unique(asking):
+        sel = np.flatnonzero(asking == p)
+        take = pa.array(sel, pa.int64())
+        served = pa.table(
+            {
+                "node": pa.array(nodes[sel]),
+                "set": sets.take(take),
+                "old_id": old.column("id").take(take),
+                "old_text_hash": old.column("text_hash").take(take),
+            }
+        )
+        write_table(
+            served,
+            root / "served" / _part_name(int(p)) / f"from_{_old_name(index)}.parquet",
+            compression="none",
+        )
+    return int(len(nodes))
 
 
 @dataclasses.dataclass
@@ -540,7 +551,7 @@ def against_matches(
     band keys (the old ones computed from its stored signatures) and verified on workers."""
     bands, rows = resolve_bands(cfg)
     old_sigs = sorted(str(f) for f in (old / SIGNATURES).glob("*.parquet"))
-    for folder in (work / OLD_KEYS, work / OLD_PAIRS):
+    for folder in (work / OLD_KEYS, work / AGAINST):
         shutil.rmtree(folder, ignore_errors=True)
     counts = client.gather(
         [
@@ -555,26 +566,46 @@ def against_matches(
             for r in range(n_ranges)
         ]
     )
-    results = client.gather(
+    client.gather(
         [
             client.submit(
-                against_verify_task,
+                old_serve_task,
                 str(work),
                 i,
                 f,
                 str(old / "documents" / Path(f).name),
-                sig_files,
+                old_start[i],
                 cfg,
                 pure=False,
             )
             for i, f in enumerate(old_sigs)
         ]
     )
+    results = client.gather(
+        [
+            client.submit(
+                verify_task,
+                str(work),
+                str(work / AGAINST),
+                p,
+                sig_files[p],
+                cfg.verify,
+                cfg.threshold,
+                pure=False,
+            )
+            for p in range(len(sig_files))
+            if (work / AGAINST / "pairs" / _part_name(p)).is_dir()
+        ]
+    )
+    checked = sum(x["checked"] for x in results)
+    results = [x for x in results if len(x["u"])]
     found = pl.DataFrame(
         {
-            "node": np.concatenate([x["node"] for x in results]) if results else np.zeros(0, np.int64),
+            "node": np.concatenate([x["u"] for x in results]) if results else np.zeros(0, np.int64),
             "similarity": np.concatenate([x["similarity"] for x in results]) if results else np.zeros(0),
-            "old_id": pl.Series([i for x in results for i in x["old_id"]], dtype=pl.String),
+            "old_id": pl.Series(
+                np.concatenate([x["old_id"] for x in results]) if results else [], dtype=pl.String
+            ),
             "old_text_hash": np.concatenate([x["old_text_hash"] for x in results])
             if results
             else np.zeros(0, np.uint64),
@@ -585,7 +616,6 @@ def against_matches(
     )
     node = best["node"].to_numpy().astype(np.int64)
     is_exact = nodes.text_hash[node] == best["old_text_hash"].to_numpy()
-    checked = sum(x["checked"] for x in results)
     stats = {
         "documents": int(old_start[-1]),
         "pairs": int(sum(pairs)),
