@@ -4,6 +4,7 @@ of a new corpus that duplicate a document OLD kept, from OLD's stored signatures
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -161,3 +162,13 @@ def test_against_with_the_minhash_estimate_uses_the_stored_signatures(halves, ol
     found = set(dup.filter(pl.col("kept_id").is_in(list(old_kept)))["id"])
     assert len(found & set(expected)) >= 0.9 * len(expected)
     assert m.stats["against"]["removed_exact"] + m.stats["against"]["removed_near"] == len(found)
+
+
+def test_against_an_output_whose_signatures_were_damaged_is_refused(old_out, halves, dask_client, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(old_out, damaged)
+    shard = sorted((damaged / "signatures").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])  # a truncated copy
+    with pytest.raises(InputError, match="missing or changed") as err:
+        run_dedup({"documents": halves[1], "against": damaged}, CFG, tmp_path / "x", dask_client)
+    assert shard.name in str(err.value) and not (tmp_path / "x").exists()

@@ -520,6 +520,12 @@ def check_against(old: Path | str, cfg: DedupConfig) -> Manifest:
             f"--against {old}: it was deduplicated without --keep-signatures, so it holds no signatures; "
             "run its dedup again with --keep-signatures"
         )
+    missing = [rel for rel in m.missing_outputs() if rel.startswith((f"{SIGNATURES}/", "documents/"))]
+    if missing:
+        raise InputError(
+            f"--against {old}: {len(missing)} file(s) missing or changed since it was written "
+            f"({', '.join(missing[:3])}); run its dedup again with --keep-signatures --force"
+        )
     differ = [
         f"{name} {m.config.get(name)!r} there, {getattr(cfg, name)!r} here"
         for name in SIGNATURE_SETTINGS
