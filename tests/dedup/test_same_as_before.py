@@ -5,16 +5,29 @@ components) removes, clusters, keeps and reports exactly what main's client-side
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import sys
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from legacy_stage import run_legacy_dedup
 
 from mixlab.dedup import DedupConfig, run_dedup
 from mixlab.stage import Manifest
+
+
+def _legacy():
+    """tests/dedup/legacy_stage.py, loaded by path (pytest's importlib mode puts no test folder on sys.path)."""
+    spec = importlib.util.spec_from_file_location("legacy_stage", Path(__file__).with_name("legacy_stage.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["legacy_stage"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+run_legacy_dedup = _legacy().run_legacy_dedup
 
 
 def _kept_ids(out: Path) -> list[str]:
