@@ -325,6 +325,11 @@ add(
     STAGES["dedup"],
     "Remove exact and near duplicates (MinHash LSH, verified by exact Jaccard) from DOCUMENTS.",
     documents_argument(),
+    path_option(
+        "--against",
+        "an earlier dedup output (run with --keep-signatures): also remove documents that duplicate one it kept",
+        required=False,
+    ),
 )
 add(
     STAGES["tokenizer_train"],

@@ -194,7 +194,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     #     name               config                run                  inputs                                 Dask?  summary
     Stage("synth",           SynthConfig,          run_synth,           (),                                    False, _nothing),
     Stage("ingest",          IngestConfig,         run_ingest,          ("sources",),                          False, _ingest_summary),
-    Stage("dedup",           DedupConfig,          run_dedup,           ("documents",),                        True,  _dedup_summary),
+    Stage("dedup",           DedupConfig,          run_dedup,           ("documents", "against"),              True,  _dedup_summary),
     Stage("tokenizer_train", TokenizerTrainConfig, run_tokenizer_train, ("documents", "mixture"),              False, _nothing),
     Stage("tokenizer_eval",  TokenizerEvalConfig,  run_tokenizer_eval,  ("tokenizers", "documents"),           False, _eval_table),
     Stage("tokenize",        TokenizeConfig,       run_tokenize,        ("documents", "tokenizer", "targets"), True,  _nothing),

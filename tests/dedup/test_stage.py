@@ -301,8 +301,12 @@ def test_a_table_with_nothing_to_deduplicate_is_kept_whole_and_counted(tmp_path,
         "removed_exact": 0,
         "removed_near": 0,
     }
-    kept = pq.read_table(tmp_path / "out" / "documents")
-    assert sorted(kept["id"].to_pylist()) == ids and kept.schema.names == ["id", "domain", "text"]
+    shards = sorted((tmp_path / "out" / "documents").glob("*.parquet"))
+    if not texts:  # no 0-row shards: an empty input gives an empty documents folder
+        assert shards == []
+    else:
+        kept = pq.read_table(tmp_path / "out" / "documents")
+        assert sorted(kept["id"].to_pylist()) == ids and kept.schema.names == ["id", "domain", "text"]
     assert pq.read_table(tmp_path / "out" / "duplicates.parquet").num_rows == 0
     assert not partial_dir(tmp_path / "out").exists()
 
@@ -354,7 +358,7 @@ def test_choose_kept_removes_only_true_near_duplicates_of_the_kept_document():
     rep = exact_representatives(nodes.text_hash, nodes.eligible, nodes.pref)
     similar = {(0, 1): 0.9, (1, 2): 0.9, (0, 2): 0.1}
     u, v = np.array([0, 1]), np.array([1, 2])
-    candidates = Candidates(u, v, np.array([0.9, 0.9]), np.array([True, True]), Counter())
+    candidates = Candidates(u, v, np.array([0.9, 0.9]), checked=2, rejected=0, buckets=Counter())
 
     def similarity(x, y):
         return np.array([similar[(int(a), int(b))] for a, b in zip(x, y)])

@@ -46,6 +46,11 @@ class DedupConfig:
     max_bucket: int = option(
         50_000, "LSH bucket members linked at most (the rest of a giant bucket is logged and skipped)"
     )
+    keep_signatures: bool = option(
+        False,
+        "also write OUT/signatures/ (id, domain, text_hash, signature of every kept document), "
+        "so a later corpus can be deduplicated --against this output without signing it again",
+    )
     huge_doc_bytes: int = option(
         1_000_000, "documents this large or larger are counted as huge (still deduplicated)"
     )
