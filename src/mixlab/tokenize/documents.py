@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mixlab.errors import InputError
 from mixlab.stage import derive_seed
-from mixlab.tables import check_documents, read_table
+from mixlab.tables import check_documents, open_parquet, read_table
 
 _U64 = float(2**64)
 
@@ -64,7 +63,7 @@ def text_batches(file: Path, batch_size: int) -> Iterator[pa.Array]:
     """The text column of a documents file in batches, streamed (a corpus need not fit in memory);
     a file that turns out unreadable past its footer is an InputError naming it."""
     try:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=["text"]):
+        for batch in open_parquet(file).iter_batches(batch_size=batch_size, columns=["text"]):
             yield batch.column(0)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(

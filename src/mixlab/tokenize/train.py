@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from mixlab.config import check_weights
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
 from mixlab.stage import Inputs, Manifest, OutDir, StageDir, absolute_inputs, run_stage
+from mixlab.tables import open_parquet
 from mixlab.tokenize.config import TokenizerTrainConfig
 from mixlab.tokenize.documents import document_files, id_hash, split_table, text_batches, text_bytes
 from mixlab.tokenize.tokenizer import build_tokenizer, save_tokenizer, special_tokens
@@ -123,7 +123,7 @@ def sample_plan(
             "sample_documents": int(multiplicity[rows].sum()),
             "repeats": round(quota / avail, 3),
         }
-    bounds = np.cumsum([pq.ParquetFile(f).metadata.num_rows for f in files])[:-1]
+    bounds = np.cumsum([open_parquet(f).metadata.num_rows for f in files])[:-1]
     nulls = int((nbytes < 0).sum())
     return np.split(multiplicity, bounds), per_domain, nulls
 
