@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from safetensors.torch import load_file
 
 import mixlab
 from mixlab.proxy_models.checkpoint import save_model
@@ -272,3 +273,77 @@ def test_resuming_a_checkpoint_of_another_model_size_is_refused_naming_both(
     refused_on_every_rank(ranks, f"is of a model with n_embd {width},")
     assert f"this run asks for n_embd {2 * width}," in ranks[0].stderr
     assert not out.exists() and state.read_bytes() == before  # the checkpoint is kept for a resume
+
+
+# --- --fsdp: weights, gradients and AdamW state sharded over the ranks (FSDP2) -------------------
+
+SHARDED = "fsdp: weights, gradients and AdamW state sharded over 2 ranks"
+
+
+def sharded_pretrain_args(tokens_dir: Path, mixture: Path, out: Path | str) -> list[str]:
+    return ["pretrain", "--tokens", str(tokens_dir), "--mixture", str(mixture), "--out", str(out), "--fsdp",
+            *cli_flags(FLAGS)]  # fmt: skip
+
+
+def test_sharded_two_ranks_give_one_process_loss_curve_and_the_same_model_files(
+    tokens_dir, mixture, tmp_path
+):
+    expected = one_process(tokens_dir, mixture, tmp_path / "one")
+    done = torchrun(sharded_pretrain_args(tokens_dir, mixture, "two"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(SHARDED) == 1
+    np.testing.assert_allclose(losses(tmp_path / "two"), expected, rtol=1e-5, atol=1e-6)
+    one, two = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("one", "two"))
+    assert one.keys() == two.keys() and "model.embed_tokens.weight" in two  # Hugging Face names
+    for name in one:
+        assert (one[name].dtype, one[name].shape) == (two[name].dtype, two[name].shape), name
+        np.testing.assert_allclose(two[name].numpy(), one[name].numpy(), rtol=1e-4, atol=1e-6)
+    manifest = json.loads((tmp_path / "two" / "_mixlab" / "manifest.json").read_text())
+    assert manifest["stats"]["fsdp"] is True and manifest["stats"]["ranks"] == 2
+
+
+def test_a_killed_sharded_run_resumes_on_one_rank_without_fsdp_to_the_same_final_loss(
+    tokens_dir, mixture, tmp_path
+):
+    expected = one_process(tokens_dir, mixture, tmp_path / "one")
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AT_STEP_5.format(src=SRC))
+    killed = torchrun(sharded_pretrain_args(tokens_dir, mixture, tmp_path / "two"), tmp_path, script)
+    assert killed.returncode != 0 and not (tmp_path / "two").exists()
+    resumed = one_process(tokens_dir, mixture, tmp_path / "two")  # the same out dir, one process, unsharded
+    np.testing.assert_allclose(resumed, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_sharded_run_resumes_sharded_on_two_ranks_to_the_same_final_loss(
+    tokens_dir, mixture, tmp_path
+):
+    expected = one_process(tokens_dir, mixture, tmp_path / "one")
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AT_STEP_5.format(src=SRC))
+    args = sharded_pretrain_args(tokens_dir, mixture, tmp_path / "two")
+    assert torchrun(args, tmp_path, script).returncode != 0
+    resumed = torchrun(args, tmp_path)  # each rank takes its shard of the whole checkpoint
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from the checkpoint at step 3" in resumed.stderr
+    np.testing.assert_allclose(losses(tmp_path / "two"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_in_one_process_trains_unsharded_and_says_so(tokens_dir, mixture, tmp_path, capsys):
+    expected = one_process(tokens_dir, mixture, tmp_path / "plain")
+    cfg = PretrainConfig(**FLAGS, fsdp=True)
+    run_pretrain({"tokens": tokens_dir, "mixture": mixture}, cfg, tmp_path / "fsdp")
+    assert "--fsdp: one process, nothing to shard over; training unsharded" in capsys.readouterr().err
+    np.testing.assert_array_equal(losses(tmp_path / "fsdp"), expected)
+
+
+def test_sharded_two_ranks_distill_to_one_process_loss_curve(tokens_dir, teacher, tmp_path):
+    expected = one_process_distill(teacher, tokens_dir, tmp_path / "one")
+    done = torchrun([*distill_args(teacher, tokens_dir, "two"), "--fsdp"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(SHARDED) == 1  # the student; the frozen teacher stays whole on every rank
+    np.testing.assert_allclose(losses(tmp_path / "two"), expected, rtol=1e-5, atol=1e-6)
+    for student in ("", "scratch"):
+        one, two = (load_file(str(tmp_path / d / student / "model.safetensors")) for d in ("one", "two"))
+        assert one.keys() == two.keys()
+        for name in one:
+            np.testing.assert_allclose(two[name].numpy(), one[name].numpy(), rtol=1e-4, atol=1e-6)
