@@ -314,16 +314,15 @@ def test_a_killed_sharded_run_resumes_on_one_rank_without_fsdp_to_the_same_final
     np.testing.assert_allclose(resumed, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_a_killed_sharded_run_resumes_sharded_on_two_ranks_to_the_same_final_loss(
-    tokens_dir, mixture, tmp_path
+def test_a_killed_one_process_run_resumes_sharded_on_two_ranks_to_the_same_final_loss(
+    tokens_dir, mixture, tmp_path, checkpoints
 ):
     expected = one_process(tokens_dir, mixture, tmp_path / "one")
-    script = tmp_path / "killed.py"
-    script.write_text(KILLED_AT_STEP_5.format(src=SRC))
-    args = sharded_pretrain_args(tokens_dir, mixture, tmp_path / "two")
-    assert torchrun(args, tmp_path, script).returncode != 0
-    resumed = torchrun(args, tmp_path)  # each rank takes its shard of the whole checkpoint
-    assert resumed.returncode == 0, resumed.stderr
+    checkpoints.kill_at = 3  # a killed unsharded run, its checkpoint at step 3 kept for a resume
+    with pytest.raises(checkpoints.Killed):
+        one_process(tokens_dir, mixture, tmp_path / "two")
+    resumed = torchrun(sharded_pretrain_args(tokens_dir, mixture, tmp_path / "two"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr  # each rank took its shard of the whole checkpoint
     assert "resuming from the checkpoint at step 3" in resumed.stderr
     np.testing.assert_allclose(losses(tmp_path / "two"), expected, rtol=1e-5, atol=1e-6)
 

@@ -127,20 +127,24 @@ def average_gradients(model: torch.nn.Module, ranks: Ranks) -> None:
 def shard_model(model: GPT) -> None:
     """Shard `model` over every rank in place (FSDP2): each block, then the root (embeddings, norm).
 
-    Every weight is split on its dimension 1, never on the leading model dimension M: a swarm of
-    one model still spreads over the ranks, and each rank's shard of a gradient holds a piece of
-    every member, so members are clipped on their own (`clip_sharded_grad_norm_per_model`).
-    Build the optimizer after this, over the sharded parameters.
+    Each weight (M, ...) is split on its first dimension past M that divides by the world size
+    (FSDP2 splits other dimensions only evenly), so a swarm of one model still spreads over the
+    ranks and each rank's shard of a gradient holds a piece of every member; a weight with no
+    such dimension is split on M itself. Build the optimizer after this, over the sharded weights.
     """
+    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     from torch.distributed.tensor import Shard
 
-    def on_dim_1(param: torch.nn.Parameter) -> Shard:
-        return Shard(1)  # every weight is (M, ...) with at least two dimensions
+    world = dist.get_world_size()
+
+    def placement(param: torch.nn.Parameter) -> Shard:
+        even = [d for d in range(1, param.dim()) if param.shape[d] % world == 0]
+        return Shard(even[0] if even else 0)
 
     for block in model.blocks:
-        fully_shard(block, shard_placement_fn=on_dim_1)
-    fully_shard(model, shard_placement_fn=on_dim_1)
+        fully_shard(block, shard_placement_fn=placement)
+    fully_shard(model, shard_placement_fn=placement)
     # Distillation runs the student through hidden_states, not forward: gather its weights there too.
     register_fsdp_forward_method(model, "hidden_states")
 
@@ -159,16 +163,22 @@ def clip_sharded_grad_norm_per_model(model: GPT, max_norm: float) -> torch.Tenso
     shards, summed over the ranks in one all-reduce; returns the norms before clipping (M,)."""
     import torch.distributed as dist
 
-    grads = [p.grad.to_local() for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(model.M)
-    sq = torch.stack([g.float().pow(2).flatten(1).sum(dim=1) for g in grads]).sum(dim=0)  # (M,)
+    M, rank, world = model.M, dist.get_rank(), dist.get_world_size()
+    held = []  # (this rank's shard of a gradient, the members it holds)
+    for p in model.parameters():
+        if p.grad is not None:
+            g = p.grad.to_local()
+            first = min(M, rank * -(-M // world)) if p.grad.placements[0].dim == 0 else 0  # split on M
+            held.append((g, slice(first, first + g.shape[0])))
+    sq = torch.zeros(M, device=next(model.parameters()).device)
+    for g, members in held:
+        sq[members] += g.float().pow(2).flatten(1).sum(dim=1)
     dist.all_reduce(sq)
     norms = sq.sqrt()
     if max_norm > 0:
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (M,)
-        for g in grads:
-            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+        for g, members in held:
+            g.mul_(scale[members].view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
     return norms
 
 
