@@ -2,7 +2,8 @@
 global batch gives one process's loss curve, a killed 2-rank run resumes on 1 rank to the same
 final loss, and bad input (a world size that does not divide the batch, a checkpoint of another
 model size, a mixture naming a domain the tokens lack) is one line from rank 0, every rank exits
-non-zero and nothing is half-written."""
+non-zero and nothing is half-written. With --fsdp (FSDP2 shards) the same holds, its checkpoints
+and model files are an unsharded run's, and sharded and unsharded runs resume each other."""
 
 from __future__ import annotations
 

@@ -150,8 +150,8 @@ def shard_model(model: GPT) -> None:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    if not torch.distributed.is_available():
-        return False
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False  # one process (the swarm's packs too): no FSDP import on every step
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
