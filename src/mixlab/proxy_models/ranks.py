@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -147,6 +148,9 @@ def shard_model(model: GPT) -> None:
     fully_shard(model, shard_placement_fn=placement)
     # Distillation runs the student through hidden_states, not forward: gather its weights there too.
     register_fsdp_forward_method(model, "hidden_states")
+    # Both return views (logits, hidden states) that no caller changes in place (distillation
+    # detaches them), so FSDP2's warning about in-place ops on them would only be noise.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPGPT\) returned a view tensor")
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
