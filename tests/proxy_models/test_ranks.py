@@ -2,7 +2,8 @@
 global batch gives one process's loss curve, a killed 2-rank run resumes on 1 rank to the same
 final loss, and bad input (a world size that does not divide the batch, a checkpoint of another
 model size, a mixture naming a domain the tokens lack) is one line from rank 0, every rank exits
-non-zero and nothing is half-written."""
+non-zero and nothing is half-written. With --fsdp (FSDP2 shards) the same holds, its checkpoints
+and model files are an unsharded run's, and sharded and unsharded runs resume each other."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from safetensors.torch import load_file
 
 import mixlab
 from mixlab.proxy_models.checkpoint import save_model
@@ -55,10 +57,20 @@ main(sys.argv[1:], prog_name="mixlab")
 """
 
 
-def torchrun(args: list[str], cwd: Path, script: Path | None = None) -> subprocess.CompletedProcess:
+def torchrun(
+    args: list[str], cwd: Path, script: Path | None = None, ranks: int = 2
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     what = [str(script)] if script else ["-m", "mixlab"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *what]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(ranks),
+        *what,
+    ]
     return subprocess.run(cmd + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -272,3 +284,122 @@ def test_resuming_a_checkpoint_of_another_model_size_is_refused_naming_both(
     refused_on_every_rank(ranks, f"is of a model with n_embd {width},")
     assert f"this run asks for n_embd {2 * width}," in ranks[0].stderr
     assert not out.exists() and state.read_bytes() == before  # the checkpoint is kept for a resume
+
+
+# --- --fsdp: weights, gradients and AdamW state sharded over the ranks (FSDP2) -------------------
+
+SHARDED = "fsdp: weights, gradients and AdamW state sharded over 2 ranks"
+
+
+SHARDED_CLIPPING = """
+import copy, sys
+sys.path.insert(0, {src!r})
+import torch, torch.distributed as dist
+from mixlab.proxy_models.config import GPTConfig
+from mixlab.proxy_models.model import GPT
+from mixlab.proxy_models.ranks import clip_sharded_grad_norm_per_model, shard_model
+
+dist.init_process_group("gloo")
+whole = GPT(GPTConfig(vocab_size=64, seq_len=16, n_layer=1, n_head=2, n_embd=32), seeds=(1, 2))
+sharded = copy.deepcopy(whole)
+shard_model(sharded)
+x = torch.randint(0, 64, (2, 4, 17), generator=torch.Generator().manual_seed(0))  # every rank: one batch
+for model in (whole, sharded):
+    _, loss = model(x[..., :-1], x[..., 1:])
+    (loss * torch.tensor([1.0, 30.0])).sum().backward()  # members of very different gradient norms
+want, got = whole.clip_grad_norm_per_model(0.5), clip_sharded_grad_norm_per_model(sharded, 0.5)
+torch.testing.assert_close(got, want)
+for p, q in zip(sharded.parameters(), whole.parameters()):
+    torch.testing.assert_close(p.grad.full_tensor(), q.grad)
+split = sorted({{p.grad.placements[0].dim for p in sharded.parameters()}})
+if dist.get_rank() == 0:
+    print("split on", split)
+dist.destroy_process_group()
+"""
+
+
+def test_sharded_gradients_are_clipped_per_member_as_in_one_process(tmp_path):
+    """3 ranks: n_embd 32 and vocab 64 do not divide by 3, so some weights are split on M itself."""
+    script = tmp_path / "clip.py"
+    script.write_text(SHARDED_CLIPPING.format(src=SRC))
+    done = torchrun([], tmp_path, script, ranks=3)
+    assert done.returncode == 0, done.stderr
+    assert "split on [0, 1, 2]" in done.stdout
+
+
+def sharded_pretrain_args(tokens_dir: Path, mixture: Path, out: Path | str) -> list[str]:
+    return ["pretrain", "--tokens", str(tokens_dir), "--mixture", str(mixture), "--out", str(out), "--fsdp",
+            *cli_flags(FLAGS)]  # fmt: skip
+
+
+def test_sharded_two_ranks_give_one_process_loss_curve_and_the_same_model_files(
+    tokens_dir, mixture, tmp_path
+):
+    expected = one_process(tokens_dir, mixture, tmp_path / "one")
+    done = torchrun(sharded_pretrain_args(tokens_dir, mixture, "two"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(SHARDED) == 1
+    np.testing.assert_allclose(losses(tmp_path / "two"), expected, rtol=1e-5, atol=1e-6)
+    one, two = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("one", "two"))
+    assert one.keys() == two.keys() and "model.embed_tokens.weight" in two  # Hugging Face names
+    for name in one:
+        assert (one[name].dtype, one[name].shape) == (two[name].dtype, two[name].shape), name
+        np.testing.assert_allclose(two[name].numpy(), one[name].numpy(), rtol=1e-4, atol=1e-6)
+    manifest = json.loads((tmp_path / "two" / "_mixlab" / "manifest.json").read_text())
+    assert manifest["stats"]["fsdp"] is True and manifest["stats"]["ranks"] == 2
+
+
+def test_a_killed_sharded_run_resumes_on_one_rank_without_fsdp_to_the_same_final_loss(
+    tokens_dir, mixture, tmp_path, checkpoints
+):
+    expected = one_process(tokens_dir, mixture, tmp_path / "one")
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AT_STEP_5.format(src=SRC))
+    killed = torchrun(sharded_pretrain_args(tokens_dir, mixture, tmp_path / "two"), tmp_path, script)
+    assert killed.returncode != 0 and not (tmp_path / "two").exists()
+    checkpoints.kill_at = 3  # an unsharded run's checkpoint at step 3, to compare the files with
+    with pytest.raises(checkpoints.Killed):
+        one_process(tokens_dir, mixture, tmp_path / "ref")
+    sharded, whole = (next((tmp_path / f".{d}.partial").rglob("checkpoint")) for d in ("two", "ref"))
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        got, want = load_file(str(sharded / name)), load_file(str(whole / name))
+        assert got.keys() == want.keys(), name
+        for k in want:
+            assert (got[k].dtype, got[k].shape) == (want[k].dtype, want[k].shape), k
+            np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-4, atol=1e-6)
+    resumed = one_process(tokens_dir, mixture, tmp_path / "two")  # the same out dir, one process, unsharded
+    np.testing.assert_allclose(resumed, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_one_process_run_resumes_sharded_on_two_ranks_to_the_same_final_loss(
+    tokens_dir, mixture, tmp_path, checkpoints
+):
+    expected = one_process(tokens_dir, mixture, tmp_path / "one")
+    checkpoints.kill_at = 3  # a killed unsharded run, its checkpoint at step 3 kept for a resume
+    with pytest.raises(checkpoints.Killed):
+        one_process(tokens_dir, mixture, tmp_path / "two")
+    resumed = torchrun(sharded_pretrain_args(tokens_dir, mixture, tmp_path / "two"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr  # each rank took its shard of the whole checkpoint
+    assert "resuming from the checkpoint at step 3" in resumed.stderr
+    np.testing.assert_allclose(losses(tmp_path / "two"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_in_one_process_trains_unsharded_and_says_so(tokens_dir, mixture, tmp_path, capsys):
+    expected = one_process(tokens_dir, mixture, tmp_path / "plain")
+    cfg = PretrainConfig(**FLAGS, fsdp=True)
+    run_pretrain({"tokens": tokens_dir, "mixture": mixture}, cfg, tmp_path / "fsdp")
+    assert "--fsdp: one process, nothing to shard over; training unsharded" in capsys.readouterr().err
+    np.testing.assert_array_equal(losses(tmp_path / "fsdp"), expected)
+
+
+def test_sharded_two_ranks_distill_to_one_process_loss_curve(tokens_dir, teacher, tmp_path):
+    expected = one_process_distill(teacher, tokens_dir, tmp_path / "one")
+    done = torchrun([*distill_args(teacher, tokens_dir, "two"), "--fsdp"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(SHARDED) == 1  # the student; the frozen teacher stays whole on every rank
+    np.testing.assert_allclose(losses(tmp_path / "two"), expected, rtol=1e-5, atol=1e-6)
+    for student in ("", "scratch"):
+        one, two = (load_file(str(tmp_path / d / student / "model.safetensors")) for d in ("one", "two"))
+        assert one.keys() == two.keys()
+        for name in one:
+            np.testing.assert_allclose(two[name].numpy(), one[name].numpy(), rtol=1e-4, atol=1e-6)

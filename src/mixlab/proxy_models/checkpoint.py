@@ -31,6 +31,7 @@ from mixlab.tokenize.shards import TOKENIZER_DIR
 CHECKPOINT = "checkpoint"  # the resume point, in a stage's work dir
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+Tensors = dict[str, torch.Tensor]
 
 
 # --- model directories ------------------------------------------------------------------------
@@ -83,26 +84,43 @@ def load_model(path: Path | str, device: str = "cpu") -> tuple[GPT, dict[str, An
 # --- resumable training state -------------------------------------------------------------
 
 
-def save_training_state(
-    out: Path, model: GPT, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
-) -> None:
-    """The swarm's weights, AdamW moments and `state` (JSON) into `out`, replaced atomically."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+def training_tensors(model: GPT, optimizer: torch.optim.Optimizer) -> tuple[Tensors, Tensors]:
+    """(weights by parameter name, AdamW moments as "name::field") on the CPU: what a state keeps."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
-    moments: dict[str, torch.Tensor] = {}
+    moments: Tensors = {}
     for p, s in optimizer.state.items():
         for key, value in s.items():
             moments[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return weights, moments
+
+
+def save_training_state(
+    out: Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    state: Mapping[str, Any],
+    tensors: tuple[Tensors, Tensors] | None = None,
+) -> None:
+    """The swarm's weights, AdamW moments and `state` (JSON) into `out`, replaced atomically.
+
+    `tensors`: (weights, moments) gathered already (a sharded model's, `ranks.full_training_tensors`),
+    else `training_tensors(model, optimizer)`; the files are the same either way.
+    """
+    weights, moments = tensors if tensors is not None else training_tensors(model, optimizer)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(weights, str(tmp / WEIGHTS))
     save_file(moments, str(tmp / OPTIMIZER))
     write_json(tmp / STATE, dict(state))
     publish(tmp, out)
 
 
 def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights and AdamW moments in place; returns state.json."""
+    """Restore weights and AdamW moments in place (sharded over the ranks under --fsdp); returns state.json."""
+    from mixlab.proxy_models.ranks import is_sharded, load_full_training_tensors
+
     try:
         state = json.loads((path / STATE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -110,27 +128,36 @@ def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
             f"{path}: damaged training state ({exc}); it is discarded: rerun to start over"
         ) from None
     weights = read_weights(path / WEIGHTS)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise InputError(
-            f"{path}: saved weights do not fit this model ({exc}); it is discarded: rerun to start over"
-        ) from None
+    sharded = is_sharded(model)
+    if not sharded:
+        _fit(path, lambda: model.load_state_dict(weights))
     moments = read_weights(path / OPTIMIZER)
     params = dict(model.named_parameters())
-    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    per_param: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in moments.items():
         name, _, field = key.partition("::")
         if name not in params:
             raise InputError(
                 f"{path / OPTIMIZER}: unknown parameter {name!r}; it is discarded: rerun to start over"
             )
-        per_param.setdefault(index[id(params[name])], {})[field] = value
+        per_param.setdefault(name, {})[field] = value
+    if sharded:  # every rank read the whole state; each keeps its own shard of it
+        _fit(path, lambda: load_full_training_tensors(model, optimizer, weights, per_param))
+        return state
+    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
     sd = optimizer.state_dict()
-    sd["state"] = per_param
+    sd["state"] = {index[id(params[name])]: fields for name, fields in per_param.items()}
     optimizer.load_state_dict(sd)
     return state
+
+
+def _fit(path: Path, load: Any) -> None:
+    try:
+        load()
+    except RuntimeError as exc:
+        raise InputError(
+            f"{path}: saved weights do not fit this model ({exc}); it is discarded: rerun to start over"
+        ) from None
 
 
 # --- a resume must be of the same model ----------------------------------------------------------

@@ -26,7 +26,7 @@ SCHEDULES = ("cosine", "wsd")
 LOGGERS = ("none", "csv", "tensorboard", "wandb")  # --logger: metrics beside metrics.parquet
 # How pretrain / distill run, not what they train: left out of the stage key, so an output is
 # still up to date, and a killed run still resumes, with any of them changed.
-RUNTIME_FIELDS = ("logger", "compile", "activation_checkpointing")
+RUNTIME_FIELDS = ("logger", "compile", "activation_checkpointing", "fsdp")
 
 
 # --- model shape ------------------------------------------------------------------------------
@@ -162,6 +162,7 @@ class Recipe:
     threads: int = 0
     compile: bool = False  # torch.compile each transformer block
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state over the ranks
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_sequences", "checkpoint_every"):
@@ -329,6 +330,10 @@ class TrainConfig:
     )
     activation_checkpointing: bool = option(
         False, "recompute each transformer block in the backward pass: less memory, ~1/3 more compute"
+    )
+    fsdp: bool = option(
+        False,
+        "under torchrun: shard weights, gradients and AdamW state over the ranks (FSDP2), for large models",
     )
 
     def __post_init__(self) -> None:

@@ -171,7 +171,7 @@ def _train(
 ) -> Any:
     """Train the students on this rank's slice (all of it in one process); (rows, student, teacher, device)."""
     from mixlab.proxy_models import checkpoint, train
-    from mixlab.proxy_models.ranks import sliced_batches
+    from mixlab.proxy_models.ranks import sliced_batches, whole_model
 
     teacher, _ = checkpoint.load_model(plan.teacher_dir)  # damaged weights fail here; nothing is kept
     recipe, seq_len, path = cfg.recipe, plan.student.seq_len, plan.tokens.path
@@ -179,7 +179,7 @@ def _train(
     teacher.to(device).eval().requires_grad_(False)
     names, alphas = _members(cfg)
     seeds = [run_init_seed(cfg.seed, "distill")] * len(names)
-    student, optimizer = train.new_swarm(plan.student, seeds, recipe, device)
+    student, optimizer = train.new_swarm(plan.student, seeds, recipe, device, ranks)  # the teacher: whole
     # One stream for every member: the scratch student sees exactly the distilled one's tokens.
     loader = MixtureLoader(path, plan.weights, seq_len, cfg.batch_size, cfg.seed, "distill")
     M = len(names)
@@ -203,7 +203,8 @@ def _train(
     if ready is not None:
         ready(work)  # the other ranks start now (after --force removed the old checkpoint)
     desc = "distill" if ranks.main else None
-    return train.train(loop, recipe, seq_len, work, desc=desc), student, teacher, device
+    rows = train.train(loop, recipe, seq_len, work, desc=desc)
+    return rows, whole_model(student), teacher, device  # --fsdp: the student gathered whole on rank 0
 
 
 def _distill(

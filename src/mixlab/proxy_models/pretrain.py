@@ -104,8 +104,9 @@ def run_pretrain(
 def _train(
     plan: PretrainPlan, cfg: PretrainConfig, work: Path, ranks: Any, ready: Any = None, metrics: Any = None
 ) -> Any:
-    """Train every member on this rank's slice (all of it in one process); (loop, rows, loaders, device)."""
+    """Train every member on this rank's slice (all of it in one process); (model, rows, loaders, device)."""
     from mixlab.proxy_models import train
+    from mixlab.proxy_models.ranks import whole_model
 
     recipe, model_cfg, names = cfg.recipe, plan.model, list(plan.mixtures)
     device = train.setup_device(cfg.device, cfg.threads)
@@ -126,7 +127,8 @@ def _train(
     if ready is not None:
         ready(work)  # the other ranks start now (after --force removed the old checkpoint)
     desc = "pretrain" if ranks.main else None
-    return loop, train.train(loop, recipe, seq_len, work, desc=desc), loaders, device
+    rows = train.train(loop, recipe, seq_len, work, desc=desc)
+    return whole_model(loop.model), rows, loaders, device  # --fsdp: gathered whole on rank 0
 
 
 def _pretrain(
@@ -149,7 +151,7 @@ def _pretrain(
         shutil.rmtree(stage.work / train.CHECKPOINT, ignore_errors=True)  # --force starts over
     metrics = open_logger(cfg.logger, stage.out, "pretrain")
     try:
-        loop, rows, loaders, device = _train(plan, cfg, stage.work, ranks, ready, metrics)
+        model, rows, loaders, device = _train(plan, cfg, stage.work, ranks, ready, metrics)
     finally:
         if metrics is not None:
             metrics.close()
@@ -170,7 +172,7 @@ def _pretrain(
             eos_id=plan.tokens.eos_id,
         )
         where = stage.out if name == "chosen" else stage.out / BASELINES_DIR / name
-        checkpoint.save_model(where, loop.model, m, facts, tokenizer)
+        checkpoint.save_model(where, model, m, facts, tokenizer)
     comparison = None
     if cfg.baselines:
         means = seed_means(per_member, members) if cfg.seeds > 1 else final

@@ -33,7 +33,16 @@ from mixlab.proxy_models.checkpoint import (
 from mixlab.proxy_models.config import GPTConfig, Recipe
 from mixlab.proxy_models.data import MixtureLoader, eval_windows
 from mixlab.proxy_models.model import GPT
-from mixlab.proxy_models.ranks import Ranks, average, average_gradients, sliced_batches
+from mixlab.proxy_models.ranks import (
+    Ranks,
+    average,
+    average_gradients,
+    clip_sharded_grad_norm_per_model,
+    full_training_tensors,
+    is_sharded,
+    shard_model,
+    sliced_batches,
+)
 from mixlab.proxy_models.step import autocast, device_name, lm_step, pick_device, setup_device  # noqa: F401
 
 
@@ -56,17 +65,24 @@ def lr_at(step: int, recipe: Recipe) -> float:
 # --- models, batches and objectives -------------------------------------------------------------
 
 
-def new_swarm(model_cfg: GPTConfig, seeds: Sequence[int], recipe: Recipe, device: str) -> tuple[GPT, Any]:
+def new_swarm(
+    model_cfg: GPTConfig, seeds: Sequence[int], recipe: Recipe, device: str, ranks: Ranks | None = None
+) -> tuple[GPT, Any]:
     """M freshly initialised models (member m from seeds[m]) on `device`, and their AdamW.
 
     With `recipe.activation_checkpointing` each block is recomputed in the backward pass; with
     `recipe.compile` each block is torch.compile'd in place (its weights keep their names, so
-    checkpoints and model files do not change).
+    checkpoints and model files do not change); with `recipe.fsdp` and `ranks` of more than one
+    process, the weights are sharded over the ranks (`ranks.shard_model`) before the AdamW is built.
     """
     model = GPT(model_cfg, seeds).to(device)
     model.activation_checkpointing = recipe.activation_checkpointing
     if recipe.compile:
         model.compile_blocks()
+    if recipe.fsdp and ranks is not None and ranks.world > 1:
+        shard_model(model)
+        if ranks.main:
+            log(f"fsdp: weights, gradients and AdamW state sharded over {ranks.world} ranks")
     return model, model.configure_optimizer(recipe.lr, recipe.weight_decay)
 
 
@@ -214,9 +230,9 @@ def lm_loop(
 
     With `ranks` of more than one process, this rank trains on its slice of every global batch.
     """
-    model, optimizer = new_swarm(model_cfg, seeds, recipe, device)
-    streams = list(loaders.values())
     ranks = ranks or Ranks()
+    model, optimizer = new_swarm(model_cfg, seeds, recipe, device, ranks)
+    streams = list(loaders.values())
     return TrainLoop(
         model,
         optimizer,
@@ -282,12 +298,7 @@ def train(
                 window = _Window(torch.zeros_like(window.loss))
                 if desc:
                     log(f"{desc}: step {done}: " + ", ".join(_summary(r) for r in rows[-len(loop.names) :]))
-            if (
-                ckpt is not None
-                and loop.ranks.main  # rank 0 keeps the checkpoint: every rank's state is the same
-                and done % recipe.checkpoint_every == 0
-                and done < recipe.steps
-            ):
+            if ckpt is not None and done % recipe.checkpoint_every == 0 and done < recipe.steps:
                 _checkpoint(loop, ckpt, done, rows, window)
     finally:
         if bar is not None:
@@ -308,10 +319,15 @@ def _step(loop: TrainLoop, recipe: Recipe, lr: float) -> torch.Tensor:
     for _ in range(recipe.grad_accum):
         loss = loop.step_fn(loop.next_batch(), 1.0 / recipe.grad_accum)
         step_loss += loss.detach().double() / recipe.grad_accum
+    sharded = is_sharded(loop.model)  # --fsdp: the backward pass averaged the gradient shards already
     if loop.ranks.world > 1:  # each rank's loss is the mean of its equal slice: their mean is the batch's
-        average_gradients(loop.model, loop.ranks)
+        if not sharded:
+            average_gradients(loop.model, loop.ranks)
         step_loss = average(step_loss, loop.ranks)
-    loop.model.clip_grad_norm_per_model(recipe.grad_clip)
+    if sharded:
+        clip_sharded_grad_norm_per_model(loop.model, recipe.grad_clip)
+    else:
+        loop.model.clip_grad_norm_per_model(recipe.grad_clip)
     loop.optimizer.step()
     return step_loss
 
@@ -338,6 +354,11 @@ def _summary(row: Mapping[str, Any]) -> str:
 
 
 def _checkpoint(loop: TrainLoop, ckpt: Path, step: int, rows: list[dict[str, Any]], window: _Window) -> None:
+    """Rank 0 keeps the checkpoint (every rank's state is the same); a sharded model is first
+    gathered whole, with every rank taking part."""
+    tensors = full_training_tensors(loop.model, loop.optimizer) if is_sharded(loop.model) else None
+    if not loop.ranks.main:
+        return
     state = {
         "step": step,
         "model": loop.model.cfg.to_dict(),  # a resume with another size is refused, naming both
@@ -348,7 +369,10 @@ def _checkpoint(loop: TrainLoop, ckpt: Path, step: int, rows: list[dict[str, Any
             for name, loader in loop.loaders.items()
         },
     }
-    save_training_state(ckpt, loop.model, loop.optimizer, state)
+    if tensors is None:
+        save_training_state(ckpt, loop.model, loop.optimizer, state)
+    else:
+        save_training_state(ckpt, loop.model, loop.optimizer, state, tensors)
 
 
 def _resume(
