@@ -21,6 +21,7 @@ import pyarrow as pa
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixtures.config import SAMPLER_KEYS, FitConfig, SampleConfig
+from mixlab.mixtures.experts import copy_logprobs, fit_features, load_features, with_features
 from mixlab.mixtures.regression import (
     MODELS,
     BoosterModel,
@@ -139,14 +140,15 @@ def run_mixtures_fit(
         groups = mixture_groups(runs.weights)
         folds = group_folds(groups, cfg.folds, cfg.seed)
         settings = cfg.boost_settings()
-        cv = {
-            kind: cross_validate(kind, runs.weights, runs.target_loss, folds, groups, settings)
-            for kind in MODELS
-        }
+        # --- experts (issue 16.2): with a swarm's experts/, the models see [w, expert feature] ---
+        experts = fit_features(runs_path, runs.domains, runs.target)
+        x = runs.weights if experts is None else experts[0](runs.weights)
+        # --- end experts ---
+        cv = {kind: cross_validate(kind, x, runs.target_loss, folds, groups, settings) for kind in MODELS}
         summaries = {kind: cv[kind].summary(runs.target_loss) for kind in MODELS}
         chosen = cfg.model if cfg.model != "auto" else max(MODELS, key=lambda k: summaries[k]["spearman"])
         floor = noise_floor(runs.weights, runs.target_loss)
-        files = save_final_models(runs, groups, cfg, cv, summaries, stage.out / MODELS_DIR)
+        files = save_final_models(runs, groups, cfg, cv, summaries, stage.out / MODELS_DIR, x=x)
         write_predictions(stage.out / "predictions.parquet", runs, folds, cv)
         plots = plot_models(runs, cv, summaries, floor, stage.out)
         fit = {
@@ -175,6 +177,11 @@ def run_mixtures_fit(
             },
             "plots": plots,
         }
+        # --- experts (issue 16.2): select scores with the same features, from this directory alone ---
+        if experts is not None:
+            fit["features"] = experts[0].record()
+            copy_logprobs(experts[1], stage.out, list(runs.target.terms))
+        # --- end experts ---
         write_json(stage.out / FIT_JSON, fit)
         return fit_counts_and_stats(fit)
 
@@ -216,13 +223,22 @@ def save_final_models(
     cv: Mapping[str, CrossValidation],
     summaries: dict[str, dict[str, Any]],
     models_dir: Path,
+    x: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Fit every model on all runs and save it with its fold models; the files, by model."""
+    """Fit every model on all runs and save it with its fold models; the files, by model.
+
+    `x`: the models' inputs when not the weights alone (the experts' feature beside them).
+    """
     models_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, Any]] = {}
     for kind in MODELS:
         final = fit_model(
-            kind, runs.weights, runs.target_loss, groups, cfg.boost_settings(), split_seed=cfg.seed + 10_007
+            kind,
+            runs.weights if x is None else x,
+            runs.target_loss,
+            groups,
+            cfg.boost_settings(),
+            split_seed=cfg.seed + 10_007,
         )
         files[kind] = save_models(kind, final, cv[kind].fold_models, models_dir)
         if isinstance(final, BoosterModel):
@@ -317,6 +333,11 @@ def load_fit(fit_dir: Path | str, model: str | None = None, num_threads: int = 0
         data = json.loads((fit_dir / entry["file"]).read_text())
         final = LinearModel.from_dict(data["final"])
         folds = [LinearModel.from_dict(m) for m in data["folds"]]
+    # --- experts (issue 16.2): models fitted on [w, feature] take plain weights once loaded ---
+    features = load_features(fit_dir, fit)
+    if features is not None:
+        final, folds = with_features(final, features), [with_features(m, features) for m in folds]
+    # --- end experts ---
     return FittedModels(fit, final, folds)
 
 

@@ -217,6 +217,13 @@ class SwarmConfig:
     pack_size: int = option(32, "proxies trained together in one swarm (one Dask task)")
     repeats: int = option(1, "seeds per repeated mixture; above 1 measures the noise floor")
     repeat_mixtures: int = option(4, "how many candidates (the first ones) are trained --repeats times")
+    # --- experts (issue 16.2) ---
+    experts: bool = option(
+        False,
+        "also train one proxy per domain (the one-hot mixtures) and keep its token log-probabilities "
+        "on the validation windows, for fit's data-expert feature",
+    )
+    # --- end experts ---
 
     def __post_init__(self) -> None:
         check_choices(self)
