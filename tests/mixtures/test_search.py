@@ -151,3 +151,11 @@ def test_cli_search_help_names_the_budget(cli):
     result = cli("search", "--help")
     assert result.exit_code == 0, result.output
     assert "--budget" in result.output and "--min-distance" in result.output
+
+
+def test_cli_search_with_a_budget_below_one_round_says_so_in_one_line(cli, tokens, tmp_path):
+    result = cli("search", tokens, "--budget", 6, "--out", tmp_path / "out")
+    assert result.exit_code != 0
+    assert "--budget 6: smaller than one round" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
