@@ -244,17 +244,17 @@ def run_corpus(
             top_k=select_cfg.top_k,
             swarm=swarm_settings,
         )
-        manifest = run_search({"tokens": tokens}, search_cfg, here / "search", client, train=_train_round)
-        last_fit = (
-            here
-            / "search"
-            / json.loads((here / "search" / "mixture.json").read_text())["method"]["search"]["fit"]
-        )
-        for method, out, used, fit_dir in (
+        cells = [
             (METHODS[0], here / "oneshot", plain.height, here / "oneshot" / "fit"),
             (METHODS[1], here / "experts", with_experts.height, here / "experts" / "fit"),
-            (METHODS[2], here / "search", manifest.counts["proxies"], last_fit),
-        ):
+        ]
+        if budget in args.iterative_budgets:
+            manifest = run_search({"tokens": tokens}, search_cfg, here / "search", client, train=_train_round)
+            record = json.loads((here / "search" / "mixture.json").read_text())["method"]["search"]
+            cells.append(
+                (METHODS[2], here / "search", manifest.counts["proxies"], here / "search" / record["fit"])
+            )
+        for method, out, used, fit_dir in cells:
             mixture_file = out / "select" / "mixture.json" if method != METHODS[2] else out / "mixture.json"
             mixture = json.loads(mixture_file.read_text())
             fit = json.loads((fit_dir / "fit.json").read_text())
@@ -275,9 +275,10 @@ def run_corpus(
 
     # The true target loss of every choice (and the natural and uniform mixtures) at the verify scale.
     prior = json.loads((root / f"b{budgets[0]:03d}" / "oneshot" / "fit" / "fit.json").read_text())["prior"]
-    named = {f"{r['budget']}|{r['method']}": r["weights"] for r in results}
-    named["natural"] = prior
-    named["uniform"] = {d: 1 / len(domains) for d in domains}
+    named = {f"{r['budget']}|{r['method']}": r["weights"] for r in results if measured_cell(r, args)}
+    if args.baselines:
+        named["natural"] = prior
+        named["uniform"] = {d: 1 / len(domains) for d in domains}
     big = larger_proxy(dataclasses.asdict(swarm), args.verify_scale)
     seeds = [1000 + s for s in range(args.verify_seeds)]
     measured: dict[str, np.ndarray] = {}
@@ -290,16 +291,27 @@ def run_corpus(
         measured[name] = table.column("loss.target").to_numpy()
     print(f"{corpus}: verified {len(named)} mixtures at {time.perf_counter() - started:.0f}s", flush=True)
     noise = float(np.sqrt(np.mean([m.var(ddof=1) for m in measured.values()])))
-    best = min(float(measured[f"{r['budget']}|{r['method']}"].mean()) for r in results)
+    best = min(float(measured[n].mean()) for n in named if "|" in n)
     for r in results:
-        m = measured[f"{r['budget']}|{r['method']}"]
+        m = measured.get(f"{r['budget']}|{r['method']}")
+        if m is None:
+            r.update(measured=None, measured_std=None, gap_noise=None)
+            continue
         r.update(
             measured=float(m.mean()),
             measured_std=float(m.std(ddof=1)),
             gap_noise=(float(m.mean()) - best) / noise,
         )
-    baselines = {n: float(measured[n].mean()) for n in ("natural", "uniform")}
+    baselines = {n: float(measured[n].mean()) for n in ("natural", "uniform") if n in measured}
     return [{**r, "seed_noise": noise, "seeds": len(seeds), "baselines": baselines} for r in results]
+
+
+DONE_WHEN = {(32, METHODS[0]), (128, METHODS[0]), (32, METHODS[1]), (32, METHODS[2])}
+
+
+def measured_cell(r: dict, args: argparse.Namespace) -> bool:
+    """Whether a choice is trained at the verify scale (--measure all, or only the done-when cells)."""
+    return args.measure == "all" or (r["budget"], r["method"]) in DONE_WHEN
 
 
 def markdown(results: list[dict]) -> str:
@@ -309,16 +321,20 @@ def markdown(results: list[dict]) -> str:
     ]
     for r in results:
         weights = " ".join(f"{d}={w:.2f}" for d, w in r["weights"].items())
+        true = (
+            f"{r['measured']:.4f} ± {r['measured_std']:.4f}" if r["measured"] is not None else "not measured"
+        )
+        gap = f"{r['gap_noise']:+.2f}" if r["gap_noise"] is not None else "-"
         lines.append(
             f"| {r['corpus']} | {r['budget']} | {r['method']} | {r['proxies']} | {r['model']} | {weights} | "
-            f"{r['measured']:.4f} ± {r['measured_std']:.4f} | {r['gap_noise']:+.2f} | {r['cv_spearman']:.3f} | "
-            f"{r['test_spearman']:.3f} |"
+            f"{true} | {gap} | {r['cv_spearman']:.3f} | {r['test_spearman']:.3f} |"
         )
     for corpus in dict.fromkeys(r["corpus"] for r in results):
         r0 = next(r for r in results if r["corpus"] == corpus)
+        base = ", ".join(f"{n} {v:.4f}" for n, v in r0["baselines"].items())
         lines.append(
             f"\n{corpus}: seed noise σ = {r0['seed_noise']:.4f} (pooled std of the target loss across seeds at the "
-            f"verify scale); natural {r0['baselines']['natural']:.4f}, uniform {r0['baselines']['uniform']:.4f}"
+            "verify scale)" + (f"; {base}" if base else "")
         )
     lines += [""] + verdicts(results)
     return "\n".join(lines)
@@ -332,7 +348,10 @@ def verdicts(results: list[dict]) -> list[str]:
         rows = {(r["budget"], r["method"]): r for r in results if r["corpus"] == corpus}
         if (32, METHODS[0]) not in rows or (128, METHODS[0]) not in rows:
             continue
-        new = min((rows[(32, m)] for m in METHODS[1:]), key=lambda r: r["measured"])
+        new = min(
+            (rows[(32, m)] for m in METHODS[1:] if (32, m) in rows and rows[(32, m)]["measured"] is not None),
+            key=lambda r: r["measured"],
+        )
         ref = rows[(128, METHODS[0])]
         sigma = new["seed_noise"]
         # a difference of two means of k seeds each has standard error sigma * sqrt(2 / k)
@@ -361,12 +380,25 @@ def main() -> int:
     ap.add_argument("--test-runs", type=int, default=32, help="held-out proxies for the Spearman column")
     ap.add_argument("--verify-seeds", type=int, default=3)
     ap.add_argument("--verify-scale", type=float, default=1.5)
+    ap.add_argument(
+        "--iterative-budgets", default=None, help="budgets the iterative search runs at (default: --budgets)"
+    )
+    ap.add_argument(
+        "--measure",
+        choices=("all", "done-when"),
+        default="all",
+        help="train every choice at the verify scale, or only one-shot at 32 and 128 and the new methods at 32",
+    )
+    ap.add_argument(
+        "--no-baselines", dest="baselines", action="store_false", help="do not measure natural/uniform"
+    )
     ap.add_argument("--tiny", action="store_true", help="small corpora and proxies, to try the script out")
     ap.add_argument("--keep", action="store_true", help="reuse an existing --out (finished stages skip)")
     args = ap.parse_args()
     if args.out.exists() and not args.keep:
         shutil.rmtree(args.out)
     budgets = [int(b) for b in args.budgets.split(",")]
+    args.iterative_budgets = [int(b) for b in (args.iterative_budgets or args.budgets).split(",")]
     started = time.perf_counter()
     results = []
     with dask_client(None) as client:
