@@ -34,7 +34,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 SECTIONS = {
     "Data": ["synth", "ingest", "dedup"],
     "Tokens": ["tokenizer", "tokenize"],
-    "Mixture search": ["mixtures", "swarm"],
+    "Mixture search": ["mixtures", "swarm", "search"],
     "Training": ["pretrain", "distill", "export"],
     "End to end": ["pipeline", "report"],
 }
@@ -403,6 +403,19 @@ add(
         required=False,
         file_okay=True,
     ),
+)
+
+add(
+    STAGES["search"],
+    """Search the mixture iteratively: a small swarm, then rounds of proxies chosen by the fit.
+
+    Round 1 samples and trains a small swarm (with data experts); each next round fits the runs
+    so far and trains the mixtures with the lowest predicted target minus an uncertainty bonus
+    (the spread of the cross-validation models), keeping a diversity floor. Stops at --budget
+    proxies or once the predicted best is surer than the noise floor. Writes each round,
+    rounds.parquet and mixture.json (as `mixtures select` does).
+    """,
+    click.Argument(["tokens"], type=click.Path(exists=True, file_okay=False, path_type=Path)),
 )
 
 

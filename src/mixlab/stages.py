@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mixlab.config import config_from_dict
 from mixlab.dedup.config import DedupConfig
 from mixlab.dedup.stage import run_dedup
 from mixlab.errors import ConfigError
@@ -24,6 +25,7 @@ from mixlab.ingest import IngestConfig, run_ingest
 from mixlab.mixtures.config import FitConfig, SampleConfig, SelectConfig
 from mixlab.mixtures.fit import run_mixtures_fit
 from mixlab.mixtures.sample import run_mixtures_sample
+from mixlab.mixtures.search import SearchConfig, run_search
 from mixlab.mixtures.select import format_predictions, predict_file, run_mixtures_select  # noqa: F401 (cli)
 from mixlab.pipelines.report import ReportConfig, run_report
 from mixlab.proxy_models.config import (
@@ -180,6 +182,20 @@ def _pretrain_summary(manifest: Manifest) -> Iterable[str]:
     yield from _comparison(manifest)
 
 
+def _search_summary(manifest: Manifest) -> Iterable[str]:
+    stats = manifest.stats
+    for r in stats.get("rounds", []):
+        yield (
+            f"round {r['round']}: {r['proxies']} proxies, predicted best {r['predicted_best']:.4g} "
+            f"(spread {r['best_spread']:.2g}), held-out spearman {r['held_out_spearman']:.3f}"
+        )
+    yield (
+        ", ".join(f"{d}={w:.3f}" for d, w in stats["weights"].items())
+        + f"; predicted {stats['predicted_target_loss']:.4g}; stopped: {stats['stop']}"
+    )
+    yield from _warnings(manifest)
+
+
 def _report_summary(manifest: Manifest) -> Iterable[str]:
     yield str(join(manifest.path or ".", "report.html"))
 
@@ -188,6 +204,18 @@ def _report_summary(manifest: Manifest) -> Iterable[str]:
 
 # `--verify` trains models, which mixtures/ may not import: the hook is bound here.
 _select_with_verify = functools.partial(run_mixtures_select, verify=verify_mixtures)
+
+
+def _train_round(
+    candidates: Path, tokens: Path, out_dir: Path, settings: Mapping[str, Any], client: Any
+) -> Manifest:
+    """`search`'s trainer: one round's candidates as a swarm (settings: `swarm train`'s keys)."""
+    cfg = config_from_dict(SwarmConfig, settings, "search: swarm")
+    return run_swarm_train({"candidates": candidates, "tokens": tokens}, cfg, out_dir, client)
+
+
+# `search` trains proxies, which mixtures/ may not import: the trainer is bound here too.
+_search_with_training = functools.partial(run_search, train=_train_round)
 
 # fmt: off
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -202,6 +230,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("swarm_train",     SwarmConfig,          run_swarm_train,     ("candidates", "tokens"),              True,  _swarm_summary),
     Stage("mixtures_fit",    FitConfig,            run_mixtures_fit,    ("runs", "candidates", "metrics"),     False, _fit_summary),
     Stage("mixtures_select", SelectConfig,         _select_with_verify, ("fit", "tokens"),                     False, _select_summary),
+    Stage("search",          SearchConfig,         _search_with_training, ("tokens",),                         True,  _search_summary),
     Stage("pretrain",        PretrainConfig,       run_pretrain,        ("tokens", "mixture"),                 False, _pretrain_summary),
     Stage("distill",         DistillConfig,        run_distill,         ("teacher", "tokens", "mixture"),      False, _comparison),
     Stage("export_hf",       ExportConfig,         run_export_hf,       ("model",),                            False, _nothing),

@@ -25,6 +25,7 @@ import pyarrow as pa
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixtures.config import SAMPLER_KEYS, FitConfig, SampleConfig
+from mixlab.mixtures.experts import copy_logprobs, fit_features, load_features
 from mixlab.mixtures.regression import (
     MODELS,
     BoosterModel,
@@ -157,7 +158,15 @@ def run_mixtures_fit(
     def body(stage: StageDir) -> tuple[dict[str, Any], dict[str, Any]]:
         for w in warnings:  # said here, once: an up-to-date rerun's summary says them instead
             log(f"mixtures fit: warning: {w}")
+        # --- experts (issue 16.2): with a swarm's experts/, the models see [w, expert feature] ---
+        experts = fit_features(runs_path, runs.domains, runs.target)
         features = None
+        if experts is not None:
+            featurize = experts[0]
+            features = Features(
+                ("experts.target",), lambda w: featurize.target_loss(w)[:, None], featurize.record()
+            )
+        # --- end experts ---
         result = fit_models(runs, cfg, features, history, step)
         fit = fit_record(result, prior, prior_source, sampler, needed, warnings)
         fit["swarm_config"] = swarm_record(runs_path)
@@ -170,6 +179,8 @@ def run_mixtures_fit(
             fit["models"][kind].update(files[kind])
         write_predictions(stage.out / "predictions.parquet", runs, result.folds, result.cv)
         fit["plots"] = plot_models(runs, result.cv, result.summaries, result.noise_floor, stage.out)
+        if experts is not None:  # select rebuilds the feature from this directory alone
+            copy_logprobs(experts[1], stage.out, list(runs.target.terms))
         write_json(stage.out / FIT_JSON, fit)
         return fit_counts_and_stats(fit)
 
@@ -454,9 +465,7 @@ def features_from_record(fit: Mapping[str, Any], fit_dir: Path) -> Features:
         return Features()
     features = Features()
     if "experts" in record:  # data-expert features (issue 16.2), rebuilt by their module
-        from mixlab.mixtures import experts
-
-        featurize = experts.load_features(fit_dir, fit)  # (n, D) -> (n, D + 1): [w, experts' target loss]
+        featurize = load_features(fit_dir, fit)  # (n, D) -> (n, D + 1): [w, experts' target loss]
         own = {k: v for k, v in record.items() if k != "trajectory"}
         features = Features(("experts.target",), lambda w: featurize(w)[:, w.shape[1] :], own)
     if "trajectory" in record:

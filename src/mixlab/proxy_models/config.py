@@ -234,6 +234,13 @@ class SwarmConfig:
         choices=LOGGERS,
     )
     # --- end search ---
+    # --- experts (issue 16.2) ---
+    experts: bool = option(
+        False,
+        "also train one proxy per domain (the one-hot mixtures) and keep its token log-probabilities "
+        "on the validation windows, for fit's data-expert feature",
+    )
+    # --- end experts ---
 
     def __post_init__(self) -> None:
         check_choices(self)

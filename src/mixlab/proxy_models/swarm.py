@@ -393,6 +393,12 @@ def run_swarm_train(
         if todo:
             _train_packs(plan, cfg, todo, stage, markers, client)
         table = _collect_runs(plan, stage.work, markers)
+        # --- experts (issue 16.2): the one-hot proxies, their rows and token log-probabilities ---
+        if cfg.experts:
+            from mixlab.proxy_models.experts import train_experts_into  # here: experts.py imports this module
+
+            table = train_experts_into(plan, cfg, stage, table, client)
+        # --- end experts ---
         write_table(table, stage.out / RUNS)
         write_table(_collect_trajectories(plan, stage.work, markers), stage.out / TRAJECTORIES)
         floor = noise_floor(table)
