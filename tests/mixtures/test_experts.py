@@ -170,7 +170,10 @@ def test_fit_and_select_use_the_expert_feature_when_the_swarm_has_experts(swarm,
     assert (tmp_path / "fit" / EXPERTS_DIR / "target.parquet").is_file()
     fitted = load_fit(tmp_path / "fit", "linear")
     w = np.array([[0.7, 0.3, 0.0], [0.1, 0.1, 0.8]])
-    assert fitted.final.predict(w).shape == (2,)  # the loaded model takes plain weights
+    x = fitted.design(w)  # the loaded fit rebuilds [w, the experts' target loss] from its folder alone
+    assert x.shape == (2, 4) and np.allclose(x[:, :3], w) and np.all(np.isfinite(x[:, 3]))
+    assert np.array_equal(fitted.predict(w), fitted.final.predict(x))
+    assert fitted.predict_folds(w).shape == (3, 2)
     run_mixtures_select(
         {"fit": tmp_path / "fit", "tokens": None}, SelectConfig(samples=2_000, top_k=16), tmp_path / "sel"
     )
