@@ -27,12 +27,12 @@ WEIGHTS = {"alpha": 0.5, "beta": 0.3, "gamma": 0.2}
 
 
 @pytest.fixture
-def tokens(tmp_path: Path) -> Path:
+def tokens(tmp_path: Path, make_tokens) -> Path:
     streams = {
         d: {"train": _tokens.domain_tokens(k, 3000, 0), "valid": _tokens.domain_tokens(k, 600, 1)}
         for k, d in enumerate(WEIGHTS)
     }
-    return _tokens.write_tokens_dir(tmp_path / "tokens", streams)
+    return make_tokens(tmp_path / "tokens", streams)
 
 
 @pytest.fixture

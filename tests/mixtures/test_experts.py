@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
 
 from mixlab.errors import InputError
 from mixlab.mixtures.experts import EXPERTS_DIR, LOGP_PREFIX, mixture_loss, read_logprobs
-from mixlab.stage import has_manifest, run_stage
-from mixlab.tables import shard_name, write_table
-from mixlab.tokenize.shards import TOKEN_COUNTS, token_dtype
+from mixlab.stage import has_manifest
+from mixlab.tables import write_table
 
 VOCAB = 48
 DOMAINS = ["a", "b", "c"]
@@ -76,30 +74,11 @@ def stream(k: int, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def write_tokens(out: Path) -> Path:
+def write_tokens(out: Path, make_tokens) -> Path:
     streams = {d: {"train": stream(k, 8_000, 0), "valid": stream(k, 1_200, 1)} for k, d in enumerate(DOMAINS)}
     streams["target"] = {"valid": np.concatenate([stream(0, 700, 2), stream(1, 300, 2)])}
 
-    def body(stage):
-        rows = []
-        dtype = token_dtype(VOCAB)
-        for domain, splits in streams.items():
-            for split, tokens in splits.items():
-                docs = [tokens[i : i + 100].astype(dtype) for i in range(0, len(tokens), 100)]
-                table = pa.table(
-                    {
-                        "id": [f"{domain}-{split}-{i}" for i in range(len(docs))],
-                        "domain": [domain] * len(docs),
-                        "tokens": pa.array([d.tolist() for d in docs], pa.list_(pa.from_numpy_dtype(dtype))),
-                    }
-                )
-                write_table(table, stage.out / domain / split / shard_name(0))
-                rows.append({"domain": domain, "split": split, "documents": len(docs), "tokens": len(tokens)})
-        write_table(pa.Table.from_pylist(rows), stage.out / TOKEN_COUNTS)
-        return {"tokens": sum(r["tokens"] for r in rows)}, {"vocab_size": VOCAB, "eos_id": 0}
-
-    run_stage("tokenize", {"test": str(out)}, {}, out, body)
-    return out
+    return make_tokens(out, streams, vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +91,14 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def swarm(tmp_path_factory, client) -> tuple[Path, Path]:
+def swarm(tmp_path_factory, client, make_tokens) -> tuple[Path, Path]:
     """A tiny sampled swarm trained with --experts: (tokens, swarm output)."""
     from mixlab.mixtures.config import SampleConfig
     from mixlab.mixtures.sample import run_mixtures_sample
     from mixlab.proxy_models.swarm import run_swarm_train
 
     root = tmp_path_factory.mktemp("experts")
-    tokens = write_tokens(root / "tokens")
+    tokens = write_tokens(root / "tokens", make_tokens)
     run_mixtures_sample({"tokens": tokens}, SampleConfig(candidates=14), root / "cands")
     run_swarm_train({"candidates": root / "cands", "tokens": tokens}, SWARM, root / "swarm", client=client)
     return tokens, root / "swarm"

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
 
 from mixlab.errors import ConfigError
 from mixlab.mixture import Mixture
 from mixlab.mixtures.search import SearchConfig, run_search
-from mixlab.stage import run_stage
-from mixlab.tables import shard_name, write_table
-from mixlab.tokenize.shards import TOKEN_COUNTS, token_dtype
 
 VOCAB = 48
 DOMAINS = ["a", "b", "c"]
@@ -45,32 +41,13 @@ def stream(k: int, n: int, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Path:
+def tokens(tmp_path_factory, make_tokens) -> Path:
     """Three learnable domains and a validation-only target of 70% a + 30% b."""
     out = tmp_path_factory.mktemp("search") / "tokens"
     streams = {d: {"train": stream(k, 8_000, 0), "valid": stream(k, 1_200, 1)} for k, d in enumerate(DOMAINS)}
     streams["target"] = {"valid": np.concatenate([stream(0, 700, 2), stream(1, 300, 2)])}
 
-    def body(stage):
-        rows = []
-        dtype = token_dtype(VOCAB)
-        for domain, splits in streams.items():
-            for split, toks in splits.items():
-                docs = [toks[i : i + 100].astype(dtype) for i in range(0, len(toks), 100)]
-                table = pa.table(
-                    {
-                        "id": [f"{domain}-{split}-{i}" for i in range(len(docs))],
-                        "domain": [domain] * len(docs),
-                        "tokens": pa.array([d.tolist() for d in docs], pa.list_(pa.from_numpy_dtype(dtype))),
-                    }
-                )
-                write_table(table, stage.out / domain / split / shard_name(0))
-                rows.append({"domain": domain, "split": split, "documents": len(docs), "tokens": len(toks)})
-        write_table(pa.Table.from_pylist(rows), stage.out / TOKEN_COUNTS)
-        return {"tokens": sum(r["tokens"] for r in rows)}, {"vocab_size": VOCAB, "eos_id": 0}
-
-    run_stage("tokenize", {"test": str(out)}, {}, out, body)
-    return out
+    return make_tokens(out, streams, vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")

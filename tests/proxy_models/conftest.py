@@ -6,12 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
-
-from mixlab.stage import run_stage
-from mixlab.tables import shard_name, write_table
-from mixlab.tokenize.shards import TOKEN_COUNTS, token_dtype
 
 VOCAB = 64
 EOS = 0
@@ -29,49 +24,15 @@ def domain_tokens(k: int, n: int, seed: int) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def write_tokens_dir(
-    out: Path,
-    streams: dict[str, dict[str, np.ndarray]],
-    vocab_size: int = VOCAB,
-) -> Path:
-    """streams[domain][split] -> shards (documents of 100 tokens) + token_counts + manifest."""
-
-    def body(stage):
-        rows = []
-        dtype = token_dtype(vocab_size)
-        for domain, splits in streams.items():
-            for split, tokens in splits.items():
-                docs = [tokens[i : i + 100].astype(dtype) for i in range(0, len(tokens), 100)]
-                table = pa.table(
-                    {
-                        "id": [f"{domain}-{split}-{i}" for i in range(len(docs))],
-                        "domain": [domain] * len(docs),
-                        "tokens": pa.array([d.tolist() for d in docs], pa.list_(pa.from_numpy_dtype(dtype))),
-                    }
-                )
-                write_table(table, stage.out / domain / split / shard_name(0))
-                rows.append({"domain": domain, "split": split, "documents": len(docs), "tokens": len(tokens)})
-        write_table(pa.Table.from_pylist(rows), stage.out / TOKEN_COUNTS)
-        return {"tokens": sum(r["tokens"] for r in rows)}, {"vocab_size": vocab_size, "eos_id": EOS}
-
-    run_stage("tokenize", {"test": str(out)}, {}, out, body)
-    return out
-
-
 @pytest.fixture
-def make_tokens() -> Callable[..., Path]:
-    return write_tokens_dir
-
-
-@pytest.fixture
-def tokens_dir(tmp_path: Path) -> Path:
+def tokens_dir(tmp_path: Path, make_tokens: Callable[..., Path]) -> Path:
     """Three learnable domains (train + valid) and a validation-only 'target' domain."""
     streams = {
         d: {"train": domain_tokens(k, 6000, 0), "valid": domain_tokens(k, 1500, 1)}
         for k, d in enumerate(["alpha", "beta", "gamma"])
     }
     streams["target"] = {"valid": np.concatenate([domain_tokens(0, 800, 2), domain_tokens(1, 800, 3)])}
-    return write_tokens_dir(tmp_path / "tokens", streams)
+    return make_tokens(tmp_path / "tokens", streams)
 
 
 def write_tokenizer(out: Path, seed: int = 0, vocab_size: int = VOCAB) -> Path:

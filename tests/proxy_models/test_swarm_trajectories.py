@@ -12,7 +12,7 @@ from mixlab.proxy_models.config import SwarmConfig
 from mixlab.proxy_models.swarm import run_swarm_train
 from mixlab.stage import Manifest
 
-from .conftest import domain_tokens, write_tokens_dir
+from .conftest import domain_tokens
 from .test_swarm import FAST, MIXES, _candidates
 
 CFG = dataclasses.replace(FAST, steps=8, warmup_steps=1, pack_size=2)
@@ -28,14 +28,14 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def swarms(tmp_path_factory, client):
+def swarms(tmp_path_factory, client, make_tokens):
     """The same candidates trained twice: evaluated only at the end, and every 3 steps with a csv logger."""
     root = tmp_path_factory.mktemp("swarms")
     streams = {
         d: {"train": domain_tokens(k, 6000, 0), "valid": domain_tokens(k, 1500, 1)}
         for k, d in enumerate(["alpha", "beta", "gamma"])
     }
-    tokens_dir = write_tokens_dir(root / "tokens", streams)
+    tokens_dir = make_tokens(root / "tokens", streams)
     cands = _candidates(root / "c.parquet", MIXES[:3])
     inputs = {"candidates": cands, "tokens": tokens_dir}
     run_swarm_train(inputs, CFG, root / "plain", client=client)
