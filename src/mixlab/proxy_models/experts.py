@@ -10,13 +10,9 @@ a killed swarm does not train it again.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -25,12 +21,18 @@ from mixlab.cluster import dask_client, gpu_worker_count
 from mixlab.console import log
 from mixlab.mixtures.experts import EXPERT_PREFIX, EXPERTS_DIR, write_logprobs
 from mixlab.proxy_models.config import SwarmConfig
-from mixlab.proxy_models.data import MixtureLoader, eval_windows, run_init_seed
+from mixlab.proxy_models.data import eval_windows
 from mixlab.proxy_models.results import final_rows
-from mixlab.proxy_models.swarm import RunSpec, _order_columns, _run_row, _runs_table, _workers_per_host
+from mixlab.proxy_models.swarm import (
+    Pack,
+    RunSpec,
+    _order_columns,
+    _runs_table,
+    _workers_per_host,
+    task_threads,
+)
 from mixlab.stage import StageDir, TaskMarkers, derive_seed
 from mixlab.tables import read_table, write_table
-from mixlab.tokenize.shards import TokenShards
 
 MARKERS = "experts"
 ROWS = "experts_runs.parquet"  # in the work dir until the swarm's runs.parquet takes them
@@ -88,24 +90,12 @@ def train_experts(
     """Train the experts as one swarm; their runs.parquet rows and log-probabilities (E, N) per domain."""
     from mixlab.proxy_models import train
 
-    start = time.perf_counter()
-    recipe = dataclasses.replace(cfg.recipe, threads=threads)
-    device = train.setup_device(recipe.device, recipe.threads)
-    model_cfg = cfg.model_config(TokenShards.open(tokens_dir).vocab_size)
-    loaders = {
-        r.run_id: MixtureLoader(tokens_dir, r.weights, cfg.seq_len, cfg.batch_size, r.seed, r.run_id)
-        for r in runs
-    }
-    seeds = [run_init_seed(r.seed, r.run_id) for r in runs]
-    loop = train.lm_loop(model_cfg, seeds, loaders, recipe, device, tokens_dir, scored)
-    final = final_rows(train.train(loop, recipe, cfg.seq_len), cfg.steps)
+    pack = Pack.start(runs, cfg, tokens_dir, scored, threads)
+    final = final_rows(train.train(pack.loop, pack.recipe, cfg.seq_len), cfg.steps)
     logp = token_logprobs(
-        loop.model, tokens_dir, scored, cfg.seq_len, cfg.eval_sequences, cfg.batch_size, device
+        pack.loop.model, tokens_dir, scored, cfg.seq_len, cfg.eval_sequences, cfg.batch_size, pack.device
     )
-    wall_s = (time.perf_counter() - start) / len(runs)
-    name = train.device_name(device)
-    rows = [_run_row(r, final[r.run_id], loaders[r.run_id], model_cfg, wall_s, name) for r in runs]
-    return rows, logp
+    return pack.rows(final), logp
 
 
 def _experts_task(
@@ -116,17 +106,7 @@ def _experts_task(
     workers_per_host: dict[str, int],
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """The experts on a Dask worker, with its share of the host's cores when --threads is 0 (as a pack)."""
-    threads = cfg.threads
-    if threads == 0:
-        from distributed import get_worker
-
-        try:
-            host = urlparse(get_worker().address).hostname
-        except ValueError:  # not inside a worker (e.g. a synchronous client)
-            host = None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // max(1, workers_per_host.get(host, 1)))
-    return train_experts(runs, cfg, tokens_dir, scored, threads)
+    return train_experts(runs, cfg, tokens_dir, scored, task_threads(cfg, workers_per_host))
 
 
 def train_experts_into(

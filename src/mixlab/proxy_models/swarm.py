@@ -158,22 +158,70 @@ def train_pack_with_trajectory(
     """`train_pack`, and every evaluation of every run: (runs.parquet rows, trajectories.parquet rows)."""
     from mixlab.proxy_models import train
 
-    start = time.perf_counter()
-    recipe = dataclasses.replace(cfg.recipe, threads=threads)
-    device = train.setup_device(recipe.device, recipe.threads)
-    model_cfg = cfg.model_config(TokenShards.open(tokens_dir).vocab_size)
-    loaders = {
-        r.run_id: MixtureLoader(tokens_dir, r.weights, cfg.seq_len, cfg.batch_size, r.seed, r.run_id)
-        for r in runs
-    }
-    seeds = [run_init_seed(r.seed, r.run_id) for r in runs]
-    loop = train.lm_loop(model_cfg, seeds, loaders, recipe, device, tokens_dir, scored)
-    metrics = train.train(loop, recipe, cfg.seq_len, desc=desc, on_step=on_step)
-    final = final_rows(metrics, cfg.steps)
-    wall_s = (time.perf_counter() - start) / len(runs)
-    name = train.device_name(device)
-    rows = [_run_row(r, final[r.run_id], loaders[r.run_id], model_cfg, wall_s, name) for r in runs]
-    return rows, trajectory_rows(metrics)
+    pack = Pack.start(runs, cfg, tokens_dir, scored, threads)
+    metrics = train.train(pack.loop, pack.recipe, cfg.seq_len, desc=desc, on_step=on_step)
+    return pack.rows(final_rows(metrics, cfg.steps)), trajectory_rows(metrics)
+
+
+@dataclasses.dataclass
+class Pack:
+    """A pack of proxies set up to train as one swarm (swarm packs, and the data experts)."""
+
+    runs: Sequence[RunSpec]
+    loop: Any  # train.LMLoop: the packed model, its optimiser and evaluation windows
+    recipe: Any  # the swarm's Recipe with this task's threads
+    device: Any
+    model_cfg: GPTConfig
+    loaders: dict[str, MixtureLoader]
+    began: float  # perf_counter when the pack was set up
+
+    @classmethod
+    def start(
+        cls,
+        runs: Sequence[RunSpec],
+        cfg: SwarmConfig,
+        tokens_dir: Path | str,
+        scored: Sequence[str],
+        threads: int,
+    ) -> Pack:
+        from mixlab.proxy_models import train
+
+        start = time.perf_counter()
+        recipe = dataclasses.replace(cfg.recipe, threads=threads)
+        device = train.setup_device(recipe.device, recipe.threads)
+        model_cfg = cfg.model_config(TokenShards.open(tokens_dir).vocab_size)
+        loaders = {
+            r.run_id: MixtureLoader(tokens_dir, r.weights, cfg.seq_len, cfg.batch_size, r.seed, r.run_id)
+            for r in runs
+        }
+        seeds = [run_init_seed(r.seed, r.run_id) for r in runs]
+        loop = train.lm_loop(model_cfg, seeds, loaders, recipe, device, tokens_dir, scored)
+        return cls(runs, loop, recipe, device, model_cfg, loaders, start)
+
+    def rows(self, final: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """runs.parquet rows from each run's final evaluation; wall time shared over the pack so far."""
+        from mixlab.proxy_models import train
+
+        wall_s = (time.perf_counter() - self.began) / len(self.runs)
+        name = train.device_name(self.device)
+        return [
+            _run_row(r, final[r.run_id], self.loaders[r.run_id], self.model_cfg, wall_s, name)
+            for r in self.runs
+        ]
+
+
+def task_threads(cfg: SwarmConfig, workers_per_host: Mapping[str, int]) -> int:
+    """Threads for a pack on this Dask worker: --threads, or with 0 its worker's share of the host's cores."""
+    if cfg.threads:
+        return cfg.threads
+    from distributed import get_worker
+
+    try:
+        host = urlparse(get_worker().address).hostname
+    except ValueError:  # not inside a worker (e.g. a synchronous client)
+        host = None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers_per_host.get(host, 1)))
 
 
 def _run_row(
@@ -303,16 +351,7 @@ def _train_pack_task(
     Returns its runs rows and trajectory rows. Its steps go to the client as `PROGRESS_TOPIC`
     events (see `_pack_progress`).
     """
-    threads = cfg.threads
-    if threads == 0:
-        from distributed import get_worker
-
-        try:
-            host = urlparse(get_worker().address).hostname
-        except ValueError:  # not inside a worker (e.g. a synchronous client)
-            host = None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // max(1, workers_per_host.get(host, 1)))
+    threads = task_threads(cfg, workers_per_host)
     return train_pack_with_trajectory(
         runs, cfg, tokens_dir, scored, threads, on_step=_pack_progress(task, cfg.steps)
     )
