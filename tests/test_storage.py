@@ -175,6 +175,10 @@ def test_a_url_output_is_read_back_from_a_cache_keyed_by_its_manifest(memory, tm
     assert read_table(local["data"]).num_rows == 3
     assert local["raw"] == f"{memory}/raw.jsonl" and local["none"] is None  # raw URLs stay for workers
     assert str(local["data"]).startswith(str(tmp_path / "fresh" / "outputs"))
+    # what a stage records of its input (fit.json's prior source, distill's teacher) is the URL
+    assert storage.origin(local["data"]) == f"{out}/data"
+    assert storage.origin(local["data"].parent) == out
+    assert storage.origin(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
 
 
 def test_an_upload_killed_before_its_manifest_is_not_trusted_and_the_rerun_replaces_it(memory, monkeypatch):
@@ -483,6 +487,7 @@ def test_a_url_that_only_mixlab_reads_is_fetched_once_and_again_when_it_changes(
     fs.pipe_file(url.removeprefix("memory://"), b'{"a": 1.0}')
     again = storage.localize(url, raw=False)
     assert again != first and again.read_bytes() == b'{"a": 1.0}'
+    assert storage.origin(again) == url
     fs.pipe_file(f"{memory.removeprefix('memory://')}/tok/tokenizer.json", b"{}")
     folder = storage.localize(f"{memory}/tok", raw=False)
     assert (folder / "tokenizer.json").is_file()

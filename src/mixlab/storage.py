@@ -378,6 +378,25 @@ def output_root(url: str, storage_options: Mapping[str, Any] | None = None) -> t
     return None
 
 
+_ORIGINS: dict[Path, str] = {}  # local copies this process made or used -> the URL they hold
+
+
+def origin(path: Location) -> str:
+    """How to name `path` to a user: the URL a local cache copy stands for, else the path itself.
+
+    Stages record where their inputs came from (fit.json's prior source, distill's teacher);
+    for an input read from a bucket that is the URL, not the cache directory it was read from.
+    """
+    if is_url(path):
+        return str(path)
+    path = Path(path)
+    for local, url in _ORIGINS.items():
+        if path == local or local in path.parents:
+            rel = path.relative_to(local).as_posix()
+            return url if rel == "." else str(join(url, rel))
+    return str(path)
+
+
 def cache_dir() -> Path:
     """Where remote outputs are materialised and URL outputs are built: $MIXLAB_CACHE or ~/.cache/mixlab.
 
@@ -411,6 +430,7 @@ def materialise(url: str, storage_options: Mapping[str, Any] | None = None) -> L
     local = cached_output(manifest)
     if not local.is_dir():
         _download(root, manifest, local, storage_options)
+    _ORIGINS[local] = root
     return local / rel if rel else local
 
 
@@ -515,6 +535,7 @@ def download(url: str, storage_options: Mapping[str, Any] | None = None) -> Path
     """A local copy of the file or folder at `url` (not a mixlab output), in the cache under
     its metadata fingerprint, so a changed file is fetched again and an unchanged one never."""
     local = cache_dir() / "files" / fingerprint_url(url, storage_options) / name_of(url)
+    _ORIGINS[local] = url
     if local.exists():
         return local
     fs, path = filesystem(url, storage_options)

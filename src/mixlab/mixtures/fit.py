@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mixlab import storage
 from mixlab.console import log
 from mixlab.errors import ConfigError, InputError
 from mixlab.mixtures.config import SAMPLER_KEYS, FitConfig, SampleConfig
@@ -121,7 +122,7 @@ def resolve_prior(
     if candidates is not None:
         prior, recorded = candidates_record(candidates)
         sampler.update(recorded)
-        source = f"candidates {candidates}"
+        source = f"candidates {storage.origin(candidates)}"
     if cfg.prior:
         prior, source = dict(cfg.prior), "--prior"
     if prior is None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mixlab import storage
 from mixlab.console import log
 from mixlab.errors import InputError
 from mixlab.mixture import Mixture, Target
@@ -243,7 +244,7 @@ def _distill(
             plan.weights,
             plan.target,
             tokens,
-            teacher=str(plan.teacher_dir),
+            teacher=storage.origin(plan.teacher_dir),
             alpha=alphas[m],
             tau=cfg.tau,
             steps=cfg.steps,

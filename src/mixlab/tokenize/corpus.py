@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mixlab import storage
 from mixlab.cluster import dask_client
 from mixlab.console import log, progress
 from mixlab.errors import InputError
@@ -346,7 +347,7 @@ def tokenize_stats(
         "skipped_null_text": dict(nulls),
         "valid_fraction": cfg.valid_fraction,
         "seed": cfg.seed,
-        "tokenizer": str(info.path),
+        "tokenizer": storage.origin(info.path),
         "space_segmented": info.space_segmentable,
         # CPU time of the workers' tasks (encode + merge): throughput per core that contention cannot skew
         "worker_cpu_seconds": round(
