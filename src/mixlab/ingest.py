@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import lzma
+import os
 import posixpath
 import re
 import zlib
@@ -744,19 +745,26 @@ def ingest_part(part: SourcePart, cfg: IngestConfig, work: str) -> dict[str, Any
                 columns[name].append(value)
             per_domain[domain] += 1
     kept = len(columns["text"])
-    if not Path(work).is_dir():
-        # The run failed elsewhere and its partial dir is gone: write nothing that would bring it back.
-        return {"records": records, "kept": 0, "skipped": {}, "per_domain": {}}
-    if kept:  # never a 0-row file, not even in scratch
-        table = pa.table({f.name: pa.array(columns[f.name], f.type) for f in SCRATCH_SCHEMA})
-        write_table(table, _scratch(work, part))
     result = {
         "records": records,
         "kept": kept,
         "skipped": {source: dict(c) for source, c in skipped.items()},
         "per_domain": dict(per_domain),
     }
-    marker.mark(part.name, result)
+    try:
+        # Into folders the client made: if the run failed elsewhere and removed its partial dir
+        # while this task ran, the write fails instead of bringing the directory back.
+        if kept:  # never a 0-row file, not even in scratch
+            table = pa.table({f.name: pa.array(columns[f.name], f.type) for f in SCRATCH_SCHEMA})
+            path = _scratch(work, part)
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)
+        marker.mark(part.name, result)
+    except OSError:  # pyarrow words a vanished folder as OSError, Python as FileNotFoundError
+        if Path(work).is_dir():
+            raise
+        return {"records": records, "kept": 0, "skipped": {}, "per_domain": {}}
     return result
 
 
@@ -896,6 +904,7 @@ def run_ingest(
         parts = plan_parts(files, cfg)
         work = str(stage.work)
         TaskMarkers.in_work(stage.work, "ingest")
+        (stage.work / "parts").mkdir(exist_ok=True)  # the tasks write into it, never create it
         results = _run_tasks(client, ingest_part, [(part, cfg, work) for part in parts])
         per_domain: Counter = Counter()
         skipped: dict[str, Counter] = {}

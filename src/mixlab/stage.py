@@ -395,7 +395,7 @@ def _run_locked(
     try:
         counts, stats = body(StageDir(out=partial, work=partial / WORK))
     except MixlabError:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)
         raise
     shutil.rmtree(partial / WORK, ignore_errors=True)
     key_file.unlink()
@@ -513,6 +513,19 @@ def _check_output_url(url: str) -> Manifest | None:
         f"{url}: holds files and no {META}/{MANIFEST} (not a mixlab stage output); "
         "choose another --out or remove them yourself"
     )
+
+
+def remove_tree(path: Path, tries: int = 50) -> None:
+    """Remove a directory even while a task that had already started writes its last file there.
+
+    Stage tasks never create directories (the client makes them), so once the tree is gone
+    nothing can bring it back; a file landing mid-removal only needs another pass.
+    """
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.1)
 
 
 def publish(src: Path, out_dir: Path) -> None:
