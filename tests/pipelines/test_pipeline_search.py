@@ -111,3 +111,12 @@ def test_a_tiny_iterative_pipeline_ends_in_a_report_of_how_the_choice_converged(
     assert "search_convergence.png" in convergence
     again = run_pipeline(yaml, run)  # resumes: every stage, the search included, is up to date
     assert all(m.skipped for m in again.values())
+
+
+def test_the_cost_warning_of_a_searched_mixture_names_the_knob_the_search_has() -> None:
+    from mixlab.pipelines.report import cost_text
+
+    costs = [{"domain": "legal", "weight": 0.0001, "loss": 7.3, "baseline": 3.7, "reference": "natural"}]
+    assert "mixtures_select: min_weight" in cost_text(costs)
+    searched = cost_text(costs, iterative=True)
+    assert "search: target" in searched and "min_weight" not in searched

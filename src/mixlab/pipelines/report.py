@@ -779,7 +779,7 @@ def _comparison(page: Page, comp: Mapping[str, Any], reference: str, run: Run) -
     if reference == "chosen":
         cost = domain_costs(comp)
         if cost:
-            page.para(cost_text(cost), "warning")
+            page.para(cost_text(cost, iterative=chosen_by_search(run)), "warning")
 
 
 def domain_costs(
@@ -802,17 +802,22 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def cost_text(costs: list[dict[str, Any]]) -> str:
+def cost_text(costs: list[dict[str, Any]], iterative: bool = False) -> str:
     names = _and([f"{c['domain']} ({weight(c['weight'])})" for c in costs])
     losses = ", ".join(
         f"{c['domain']} {c['loss']:.2f} vs {c['baseline']:.2f} ({c['loss'] / c['baseline']:.1f}x)"
         for c in costs
     )
+    # The iterative search has no weight floors: only its target can take the other domains in.
+    fix = (
+        "put them in the target (search: target)"
+        if iterative
+        else "set a floor (mixtures_select: min_weight) or put them in the target"
+    )
     return (
         f"Cost to other domains: the chosen mixture gives little weight to {names}, and after pretraining "
         f"their loss is far above the {costs[0]['reference']} baseline's: {losses}. It is the best mixture for "
-        "the target only; if the model must also serve these domains, set a floor (mixtures_select: "
-        "min_weight) or put them in the target."
+        f"the target only; if the model must also serve these domains, {fix}."
     )
 
 
@@ -871,6 +876,11 @@ def search_views(dirs: Mapping[str, Path]) -> dict[str, Path]:
     views.setdefault("mixtures_fit", last)
     views.setdefault("swarm_train", last.parent / "runs")
     return views
+
+
+def chosen_by_search(run: Run) -> bool:
+    """True when the mixture the run pretrained on is the iterative search's (no one-shot select)."""
+    return "search" in run.dirs and run.dirs.get("mixtures_select") == run.dirs["search"]
 
 
 def write_sections(
@@ -966,7 +976,7 @@ def _answer(page: Page, run: Run) -> None:
     if comp is not None:
         cost = domain_costs(comp)
         if cost:
-            page.para(cost_text(cost), "warning")
+            page.para(cost_text(cost, iterative=chosen_by_search(run)), "warning")
 
 
 def _html_page(title: str, body: str) -> str:
