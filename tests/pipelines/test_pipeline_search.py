@@ -4,6 +4,9 @@ report's convergence section."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -12,9 +15,36 @@ from click.testing import CliRunner
 
 from mixlab.cli import main
 from mixlab.errors import ConfigError
+from mixlab.mixtures.search import run_search
 from mixlab.pipelines.run import ONE_SHOT, describe, plan_json, plan_pipeline, run_pipeline, step_inputs
+from mixlab.stages import STAGES
 
 from .test_pipeline import TINY, write
+
+
+class Interrupted(Exception):
+    """Stands in for a kill in the middle of the search."""
+
+
+@contextlib.contextmanager
+def searching(rounds: list[str], stop_at: str | None = None):
+    """The registry's `search` stage with a trainer that records each round it trains (and
+    raises at `stop_at`): what a rerun trains again is then visible."""
+    from mixlab.stages import _train_round
+
+    def train(candidates, tokens, out_dir, settings, client):
+        rounds.append(Path(out_dir).parent.name)
+        if rounds[-1] == stop_at:
+            raise Interrupted(stop_at)
+        return _train_round(candidates, tokens, out_dir, settings, client)
+
+    stage = STAGES["search"]
+    STAGES["search"] = dataclasses.replace(stage, run=functools.partial(run_search, train=train))
+    try:
+        yield
+    finally:
+        STAGES["search"] = stage
+
 
 ITERATIVE = (
     TINY
@@ -90,11 +120,19 @@ def test_dry_run_and_json_show_the_search_stage_and_its_estimate(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_a_tiny_iterative_pipeline_ends_in_a_report_of_how_the_choice_converged(tmp_path: Path) -> None:
+def test_a_tiny_iterative_pipeline_resumes_a_killed_search_and_reports_how_the_choice_converged(
+    tmp_path: Path,
+) -> None:
     yaml = write(tmp_path, ITERATIVE)
     run = tmp_path / "run"
-    first = run_pipeline(yaml, run, until_stage="search")
-    assert not first["search"].skipped
+    rounds: list[str] = []
+    with pytest.raises(Interrupted):  # killed in round 2, after round 1 was trained and fitted
+        with searching(rounds, stop_at="round_02"):
+            run_pipeline(yaml, run, until_stage="search")
+    with searching(rounds):
+        first = run_pipeline(yaml, run, until_stage="mixtures select")
+    assert rounds[:3] == ["round_01", "round_02", "round_02"]  # resumed at round 2, round 1 kept
+    assert not first["search"].skipped and first["tokenize"].skipped
     result = CliRunner().invoke(main, ["pipeline", "run", str(yaml), "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert not (run / "06_swarm_train").exists() and not (run / "08_mixtures_select").exists()
