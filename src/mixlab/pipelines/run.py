@@ -627,6 +627,7 @@ class RunRecord:
             "pipeline": str(plan.path),
             "pipeline_copy": RUN_YAML,
             "description": plan.description,
+            "mixture_search": plan.mixture_search,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "selected": [s.name for s in plan.selected],
             "stages": stages,
