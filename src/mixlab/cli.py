@@ -24,7 +24,15 @@ from mixlab import __version__, storage
 from mixlab.cluster import dask_client
 from mixlab.config import field_help, field_types, load_storage_options, resolve_config, unwrap_optional
 from mixlab.errors import MixlabError
-from mixlab.pipelines.run import describe, pipeline_path, plan_json, plan_pipeline, run_pipeline, stage_dir
+from mixlab.pipelines.run import (
+    MIXTURE_SEARCH,
+    describe,
+    pipeline_path,
+    plan_json,
+    plan_pipeline,
+    run_pipeline,
+    stage_dir,
+)
 from mixlab.stage import Manifest, check_output_dir
 from mixlab.stages import STAGES, Alert, Stage, format_predictions, predict_file
 
@@ -525,6 +533,13 @@ add(
 @click.option("--json", "as_json", is_flag=True, help="with --dry-run: the whole plan as JSON")
 @click.option("--force", is_flag=True, help="recompute every selected stage, replacing its output")
 @click.option(
+    "--mixture-search",
+    type=click.Choice(MIXTURE_SEARCH),
+    default=None,
+    help="how the mixture is chosen: one-shot (sample, swarm, fit, select: the budget up front) or "
+    "iterative (`mixlab search`, in rounds) [default: the pipeline's mixture_search, else one-shot]",
+)
+@click.option(
     "--scheduler-address",
     default=None,
     envvar="DASK_SCHEDULER_ADDRESS",
@@ -547,6 +562,7 @@ def pipeline_run(
     dry_run: bool,
     as_json: bool,
     force: bool,
+    mixture_search: str | None,
     scheduler_address: str | None,
     gpus: str | None,
 ) -> None:
@@ -555,7 +571,9 @@ def pipeline_run(
         raise click.UsageError("--json: only with --dry-run")
     root = out_dir or Path("runs") / pipeline_path(pipeline_file).stem
     if dry_run:
-        plan = plan_pipeline(pipeline_file, root, from_stage=from_stage, until_stage=until_stage)
+        plan = plan_pipeline(
+            pipeline_file, root, from_stage=from_stage, until_stage=until_stage, search=mixture_search
+        )
         click.echo(json.dumps(plan_json(plan), indent=2) if as_json else describe(plan))
         return
     with _gpu_cluster(gpus, scheduler_address) as client:
@@ -567,6 +585,7 @@ def pipeline_run(
             force=force,
             scheduler_address=scheduler_address,
             client=client,
+            search=mixture_search,
         )
     report = manifests.get("report")
     if report is not None:

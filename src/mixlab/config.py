@@ -30,7 +30,15 @@ C = TypeVar("C")
 # Top-level settings of a pipeline YAML (beside one section per stage). A file holding any of
 # them other than `seed`, or any stage's section, is a pipeline file: a single stage given it
 # as `--config` reads its own section (and the global `seed`).
-PIPELINE_SETTINGS = ("description", "seed", "inputs", "targets", "scheduler_address", "storage_options")
+PIPELINE_SETTINGS = (
+    "description",
+    "seed",
+    "inputs",
+    "targets",
+    "scheduler_address",
+    "storage_options",
+    "mixture_search",  # one-shot | iterative: mixlab.pipelines.run.MIXTURE_SEARCH
+)
 # Settings a single stage's flat `--config` file may also hold, without making it a pipeline file.
 SHARED_SETTINGS = ("seed", "storage_options")
 

@@ -211,6 +211,11 @@ FIT_CASES = [
         ),
         (r"runs\.parquet", r"do not sum to 1", r"--renormalize"),
     ),
+    Case(
+        "experts-missing-for-a-domain",
+        lambda s, b: [*FIT, swarm_with_experts(s, b, drop="legal"), "--out", "out"],
+        (r"experts", r"no expert for domain\(s\) \['legal'\]", r"swarm train --experts"),
+    ),
     # --- end issue 16 ---
     *generic_cases(lambda s, b: [*FIT, s.runs], "folds"),
 ]
@@ -220,6 +225,19 @@ def swarm_without_trajectories(s, b) -> str:
     """A copy of the swarm output made before trajectories were kept (no trajectories.parquet)."""
     name = b.copy(s.runs, "swarm")
     (b.root / name / "trajectories.parquet").unlink(missing_ok=True)
+    return name
+
+
+def swarm_with_experts(s, b, drop: str) -> str:
+    """A copy of the swarm output with experts/ log-probabilities for every domain but `drop`."""
+    import numpy as np
+
+    from mixlab.mixtures.experts import EXPERTS_DIR, write_logprobs
+
+    name = b.copy(s.runs, "swarm")
+    experts = [d for d in s.domains if d != drop]
+    logp = {d: np.full((len(experts), 8), -2.0) for d in [*s.domains, "target"]}
+    write_logprobs(b.root / name / EXPERTS_DIR, experts, logp, window_len=4)
     return name
 
 
@@ -289,4 +307,30 @@ SELECT_CASES = [
 
 @pytest.mark.parametrize("case", SELECT_CASES, ids=case_ids(SELECT_CASES))
 def test_mixtures_select_bad_input(case: Case, check_case) -> None:
+    check_case(case)
+
+
+# --- search (issue 16.3) --------------------------------------------------------------------------
+
+SEARCH_CASES = [
+    Case(
+        "budget-smaller-than-one-round",
+        lambda s, b: ["search", s.tokens, "--budget", 6, "--out", "out"],
+        (r"--budget 6: smaller than one round", r"at least 10 runs", r"raise --budget"),
+    ),
+    Case(
+        "budget-below-2",
+        lambda s, b: ["search", s.tokens, "--budget", 1, "--out", "out"],
+        (r"--budget", r"at least 2"),
+    ),
+    Case(
+        "swarm-key-the-search-sets",
+        lambda s, b: ["search", s.tokens, "--swarm", "repeats=3", "--out", "out"],
+        (r"--swarm", r"repeats", r"--repeats"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=case_ids(SEARCH_CASES))
+def test_search_bad_input(case: Case, check_case) -> None:
     check_case(case)

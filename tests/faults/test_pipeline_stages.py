@@ -50,6 +50,11 @@ PIPELINE_CASES = [
         (r"target.blend", r"legal"),
     ),
     Case(
+        "unknown-mixture-search",
+        pipeline("mixture_search: regmix\n"),
+        (r"mixture_search", r"regmix", r"one-shot, iterative"),
+    ),
+    Case(
         "unknown-until-stage", pipeline("synth: {}\n", "--until", "pretraining"), (r"pretraining", r"stages")
     ),
     Case(

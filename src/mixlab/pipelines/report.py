@@ -2,7 +2,8 @@
 
 Reads the stage outputs of a pipeline run (``NN_<stage>`` directories: manifests,
 ``runs.parquet``, ``fit.json``, ``mixture.json``, ``metrics.parquet``, ``comparison.json``;
-the three JSON shapes are documented in `mixlab.mixture`) and writes ``report.html``,
+the three JSON shapes are documented in `mixlab.mixture`; an iterative ``NN_search`` output's
+``rounds.parquet`` and last round stand in for the one-shot stages) and writes ``report.html``,
 ``report.md`` and the figures. Every number shown is read from a stage's output; nothing is
 recomputed a different way. It answers, on one page: which mixture, why, and how sure we are.
 """
@@ -30,6 +31,7 @@ from mixlab.tables import read_table
 STAGE_DIR = re.compile(r"^(\d\d)_([a-z_]+)$")  # a pipeline run root's stage outputs: 03_dedup
 FIT_JSON = "fit.json"  # mixlab.mixtures.fit.FIT_JSON (not imported: that pulls in the regressors)
 COMPARISON_JSON = "comparison.json"
+ROUNDS = "rounds.parquet"  # mixlab.mixtures.search.ROUNDS (not imported, as FIT_JSON)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,8 +445,8 @@ def _swarm(page: Page, swarm: Path, cfg: ReportConfig, run: Run) -> None:
     runs = read_table(swarm / "runs.parquet")
     weights = sorted(c.removeprefix("w.") for c in runs.column_names if c.startswith("w."))
     losses = sorted(c.removeprefix("loss.") for c in runs.column_names if c.startswith("loss."))
-    m = Manifest.load(swarm)
-    params = m.stats.get("params", runs["params"][0].as_py() if "params" in runs.column_names else None)
+    stats = Manifest.load(swarm).stats if has_manifest(swarm) else {}  # a search round's runs: no manifest
+    params = stats.get("params", runs["params"][0].as_py() if "params" in runs.column_names else None)
     tokens = runs["tokens"][0].as_py() if "tokens" in runs.column_names else None
     page.heading("Proxy swarm")
     page.para(f"{runs.num_rows:,} proxy runs of {_fmt(params)} parameters, {_fmt(tokens)} tokens each.")
@@ -492,6 +494,60 @@ def _swarm(page: Page, swarm: Path, cfg: ReportConfig, run: Run) -> None:
     )
 
 
+def _search(page: Page, search: Path, run: Run) -> None:
+    """How the iterative search's choice converged: per round, the proxies so far, the predicted
+    best, its spread against the seed noise floor, and the fit's held-out Spearman."""
+    rounds = read_table(search / ROUNDS)
+    mix = json.loads((search / MIXTURE_JSON).read_text())
+    info = mix["method"]["search"]
+    r = {c: rounds[c].to_pylist() for c in rounds.column_names}
+    domains = [c.removeprefix("w.") for c in rounds.column_names if c.startswith("w.")]
+    page.heading("Iterative search: how the choice converged")
+    page.para(
+        f"{info['rounds']} rounds, {info['proxies']:,} proxies of a budget of {info['budget']:,} (data experts "
+        f"and repeated seeds included); stopped: {info['stop']}. Each round fits every run so far, then trains "
+        "the mixtures with the lowest predicted loss less the fold models' spread. The swarm, regression and "
+        "chosen-mixture sections below are drawn from the last round (every round's runs, its fit)."
+    )
+    rows = [
+        [
+            r["round"][i],
+            r["proxies"][i],
+            loss(r["predicted_best"][i]),
+            loss(r["best_spread"][i]),
+            loss(r["noise_floor"][i]),
+            f"{r['held_out_spearman'][i]:.3f}",
+            *[weight(r[f"w.{d}"][i]) for d in domains],
+        ]
+        for i in range(rounds.num_rows)
+    ]
+    page.table(
+        ["round", "proxies", "predicted best", "spread", "noise floor", "held-out Spearman", *domains], rows
+    )
+    plt = _plt()
+    proxies = np.asarray(r["proxies"], dtype=float)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+    axes[0].errorbar(
+        proxies, r["predicted_best"], yerr=r["best_spread"], marker="o", color="black", capsize=3
+    )
+    axes[0].set_xlabel("proxies trained")
+    axes[0].set_ylabel("predicted best target loss")
+    axes[1].plot(proxies, r["held_out_spearman"], marker="o", color="black")
+    axes[1].set_xlabel("proxies trained")
+    axes[1].set_ylabel("held-out Spearman")
+    for d in domains:
+        axes[2].plot(proxies, r[f"w.{d}"], marker="o", label=d, color=run.colours.get(d))
+    axes[2].set_ylim(0, 1)
+    axes[2].set_xlabel("proxies trained")
+    axes[2].set_ylabel("weight in the predicted best")
+    axes[2].legend(fontsize=7)
+    page.figure(
+        "search_convergence.png",
+        _png(fig),
+        "per round: the predicted best's target loss (bars: its spread), the fit's held-out Spearman, its weights",
+    )
+
+
 def _mark_chosen(ax: Any, run: Run, domain: str) -> None:
     if run.chosen is not None and domain in run.chosen:
         ax.axvline(run.chosen[domain], color="black", linestyle="--", linewidth=1, label="chosen")
@@ -530,7 +586,7 @@ def flat_optimum(
 
     fitted = load_fit(fit_dir, mix["method"].get("model"), num_threads=1)
     w = simulate_mixtures(fitted.prior, samples, mix["method"]["sampler"], np.random.default_rng(seed))
-    pred = np.asarray(fitted.final.predict(w))
+    pred = np.asarray(fitted.predict(w))
     tol = float(mix["noise_floor"]["rmse"])
     near = w[pred <= pred.min() + tol]
     return {
@@ -723,7 +779,7 @@ def _comparison(page: Page, comp: Mapping[str, Any], reference: str, run: Run) -
     if reference == "chosen":
         cost = domain_costs(comp)
         if cost:
-            page.para(cost_text(cost), "warning")
+            page.para(cost_text(cost, iterative=chosen_by_search(run)), "warning")
 
 
 def domain_costs(
@@ -746,17 +802,22 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def cost_text(costs: list[dict[str, Any]]) -> str:
+def cost_text(costs: list[dict[str, Any]], iterative: bool = False) -> str:
     names = _and([f"{c['domain']} ({weight(c['weight'])})" for c in costs])
     losses = ", ".join(
         f"{c['domain']} {c['loss']:.2f} vs {c['baseline']:.2f} ({c['loss'] / c['baseline']:.1f}x)"
         for c in costs
     )
+    # The iterative search has no weight floors: only its target can take the other domains in.
+    fix = (
+        "put them in the target (search: target)"
+        if iterative
+        else "set a floor (mixtures_select: min_weight) or put them in the target"
+    )
     return (
         f"Cost to other domains: the chosen mixture gives little weight to {names}, and after pretraining "
         f"their loss is far above the {costs[0]['reference']} baseline's: {losses}. It is the best mixture for "
-        "the target only; if the model must also serve these domains, set a floor (mixtures_select: "
-        "min_weight) or put them in the target."
+        f"the target only; if the model must also serve these domains, {fix}."
     )
 
 
@@ -803,16 +864,38 @@ def page_title(cfg: ReportConfig, run: Path) -> str:
     return str(description) if description else cfg.title
 
 
+def search_views(dirs: Mapping[str, Path]) -> dict[str, Path]:
+    """`dirs`, with an iterative search standing in for the one-shot stages a run did not have:
+    its mixture.json for select's, its last round's fit for fit's, all its rounds' runs for the swarm's."""
+    views = dict(dirs)
+    search = dirs.get("search")
+    if search is None or "mixtures_select" in dirs or not (search / MIXTURE_JSON).is_file():
+        return views
+    last = search / json.loads((search / MIXTURE_JSON).read_text())["method"]["search"]["fit"]
+    views["mixtures_select"] = search
+    views.setdefault("mixtures_fit", last)
+    views.setdefault("swarm_train", last.parent / "runs")
+    return views
+
+
+def chosen_by_search(run: Run) -> bool:
+    """True when the mixture the run pretrained on is the iterative search's (no one-shot select)."""
+    return "search" in run.dirs and run.dirs.get("mixtures_select") == run.dirs["search"]
+
+
 def write_sections(
     page: Page, dirs: Mapping[str, Path], cfg: ReportConfig, root: Path | None = None
 ) -> list[str]:
     """The answer first, then one section per finished stage output, in the flow's order."""
-    run = read_run(root or next(iter(dirs.values())).parent, dirs)
+    root = root or next(iter(dirs.values())).parent
+    dirs = search_views(dirs)
+    run = read_run(root, dirs)
     if "mixtures_select" in dirs:
         _answer(page, run)
     sections: dict[str, Callable[[], Any]] = {
         "dedup": lambda: _dedup(page, dirs["dedup"], run),
         "tokenize": lambda: _tokens(page, dirs.get("tokenizer_train"), dirs["tokenize"]),
+        "search": lambda: _search(page, dirs["search"], run),
         "swarm_train": lambda: _swarm(page, dirs["swarm_train"], cfg, run),
         "mixtures_fit": lambda: _fit(page, dirs["mixtures_fit"], run),
         "mixtures_select": lambda: _mixture(page, dirs["mixtures_select"], run),
@@ -863,6 +946,12 @@ def _answer(page: Page, run: Run) -> None:
         f"{mix['uniform']['predicted_target_loss']:.3f} (uniform).",
         how_sure + ".",
     ]
+    search = (mix.get("method") or {}).get("search")
+    if search:
+        parts.append(
+            f"Found by iterative search: {search['rounds']} rounds, {search['proxies']:,} proxies of a budget of "
+            f"{search['budget']:,} (stopped: {search['stop']})."
+        )
     if "verification" in mix:
         parts.append(verification_verdict(mix["verification"]))
     comp = None
@@ -887,7 +976,7 @@ def _answer(page: Page, run: Run) -> None:
     if comp is not None:
         cost = domain_costs(comp)
         if cost:
-            page.para(cost_text(cost), "warning")
+            page.para(cost_text(cost, iterative=chosen_by_search(run)), "warning")
 
 
 def _html_page(title: str, body: str) -> str:

@@ -1,9 +1,11 @@
 """`mixlab pipeline run`: every stage in order, each into its own directory under one run root.
 
 A pipeline YAML has top-level settings (``description``, ``seed``, ``inputs``, ``targets``,
-``scheduler_address``) and one section per stage, named as in the stage registry and using
-the same keys as that stage's flags. Stage ``NN_<name>`` of the run root is stage NN of
-``PIPELINE``. A rerun skips finished stages and resumes the one a kill interrupted (from its
+``scheduler_address``, ``mixture_search``) and one section per stage, named as in the stage
+registry and using the same keys as that stage's flags. Stage ``NN_<name>`` of the run root is
+stage NN of ``PIPELINE``; ``mixture_search: iterative`` replaces the four one-shot stages
+(sample, swarm, fit, select) by the one ``search`` stage, in ``NN_search`` with the NN of the
+first of them, so the later stages keep their directories. A rerun skips finished stages and resumes the one a kill interrupted (from its
 own markers or checkpoint); ``--from`` / ``--until`` / ``--dry-run`` select and show the plan.
 What the pipeline fills in for a stage (select's token budget, sample's proxy tokens,
 tokenize's targets) is derived from the whole pipeline, never from the selected stages only.
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import re
 import time
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -64,13 +67,22 @@ PIPELINE = (
     "report",
 )
 STAGE_NAMES = PIPELINE
+# `mixture_search:` (or --mixture-search): how the mixture is chosen. one-shot: RegMix's sample ->
+# swarm -> fit -> select, the whole proxy budget up front; iterative: `mixlab search`, in rounds.
+MIXTURE_SEARCH = ("one-shot", "iterative")
+ONE_SHOT = ("mixtures_sample", "swarm_train", "mixtures_fit", "mixtures_select")
+SEARCH = "search"
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SYNTH_TARGET = "target"  # the synthetic corpus's held-out target set, `target/documents.parquet`
 
 
 def stage_dir(root: Location, name: str) -> Location:
-    """Where stage `name` of a pipeline run writes: `<root>/NN_<name>` (a Path, or a URL)."""
-    return join(storage.location(root), f"{PIPELINE.index(name):02d}_{name}")
+    """Where stage `name` of a pipeline run writes: `<root>/NN_<name>` (a Path, or a URL).
+
+    `search` takes the number of the first one-shot stage it replaces (`05_search`).
+    """
+    index = PIPELINE.index(ONE_SHOT[0] if name == SEARCH else name)
+    return join(storage.location(root), f"{index:02d}_{name}")
 
 
 def target_dir(root: Location, target: str) -> Location:
@@ -116,6 +128,7 @@ class Plan:
     targets: dict[str, list[Location]]
     scheduler_address: str | None
     description: str | None = None
+    mixture_search: str = MIXTURE_SEARCH[0]
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     first: int = 0  # index of the first step to run (--from); earlier ones must be finished
     last: int = 0  # one past the last step to run (--until)
@@ -163,7 +176,7 @@ def _configs(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
             f"{path}: unknown section(s) {unknown} (stages: {', '.join(STAGES)}; "
             f"settings: {', '.join(PIPELINE_SETTINGS)})"
         )
-    names = [*PIPELINE, *(k for k in STAGES if k in data and k not in PIPELINE)]
+    names = [*PIPELINE, SEARCH, *(k for k in STAGES if k in data and k not in (*PIPELINE, SEARCH))]
     return {
         name: STAGES[name].config(**section_values(STAGES[name].config, data, name, str(path)))
         for name in names
@@ -191,14 +204,52 @@ def fill_in(configs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return filled
 
 
+def fill_in_search(data: Mapping[str, Any], configs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the `search` stage takes from the one-shot sections its own section leaves out: the
+    proxies' recipe (`swarm_train`, less the keys the search sets itself) and fit's target, so
+    switching `mixture_search` compares the two methods on the same proxies and target."""
+    from mixlab.mixtures.search import SEARCH_OWN
+
+    own = {str(k).replace("-", "_") for k in (data.get(SEARCH) or {})}
+    filled: dict[str, Any] = {}
+    swarm = {
+        k: v for k, v in (data.get("swarm_train") or {}).items() if k.replace("-", "_") not in SEARCH_OWN
+    }
+    if "swarm" not in own and swarm:
+        filled["swarm"] = swarm
+    fit = configs["mixtures_fit"]
+    if "target" not in own and fit.target != _default(fit, "target"):
+        filled["target"] = fit.target
+    return filled
+
+
+def mixture_search(data: Mapping[str, Any], override: str | None, where: str) -> str:
+    """The pipeline's method of choosing the mixture: --mixture-search, else `mixture_search:`, else one-shot."""
+    value = override if override is not None else data.get("mixture_search", MIXTURE_SEARCH[0])
+    if value not in MIXTURE_SEARCH:
+        source = "--mixture-search" if override is not None else f"{where}: mixture_search"
+        raise ConfigError(f"{source}: {value!r} is not a method; use one of {', '.join(MIXTURE_SEARCH)}")
+    return str(value)
+
+
 def plan_pipeline(
-    pipeline: str | Path, root: Path | str, *, from_stage: str | None = None, until_stage: str | None = None
+    pipeline: str | Path,
+    root: Path | str,
+    *,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+    search: str | None = None,
 ) -> Plan:
-    """Resolve every section into its stage config and directory, before any work is done."""
+    """Resolve every section into its stage config and directory, before any work is done.
+
+    `search` (one-shot or iterative) overrides the file's `mixture_search:`.
+    """
     path = pipeline_path(pipeline)
     data = load_yaml(path)
+    method = mixture_search(data, search, str(path))
     configs = _configs(data, path)
     filled = fill_in(configs)
+    filled[SEARCH] = fill_in_search(data, configs)
     inputs = (
         _paths(data["inputs"], path.parent, f"{path}: inputs") if data.get("inputs") is not None else None
     )
@@ -212,7 +263,11 @@ def plan_pipeline(
         filled["report"]["title"] = str(description)  # the report is titled by what the run is for
     root = storage.location(root)
     steps = []
-    for name in PIPELINE:
+    order = PIPELINE
+    if method == "iterative":  # the one search stage where the four one-shot stages were
+        at = PIPELINE.index(ONE_SHOT[0])
+        order = (*PIPELINE[:at], SEARCH, *(n for n in PIPELINE[at:] if n not in ONE_SHOT))
+    for name in order:
         if name == "synth" and inputs is not None:
             continue  # real corpora given: nothing to synthesise
         cfg = dataclasses.replace(configs[name], **filled[name])
@@ -238,6 +293,7 @@ def plan_pipeline(
         targets=targets,
         scheduler_address=data.get("scheduler_address"),
         description=description,
+        mixture_search=method,
         first=first,
         last=last,
         storage_options=storage_options(data, str(path)),
@@ -250,6 +306,12 @@ def _default(cfg: Any, name: str) -> Any:
 
 def _selected(text: str, names: list[str], flag: str) -> str:
     name = stage_named(text, flag).name
+    # A one-shot stage's name selects the search that replaces it, and `search` the one-shot
+    # stages (the first for --from, the last for --until), so a command line works for both methods.
+    if name in ONE_SHOT and SEARCH in names:
+        name = SEARCH
+    elif name == SEARCH and SEARCH not in names and ONE_SHOT[0] in names:
+        name = ONE_SHOT[0] if flag == "--from" else ONE_SHOT[-1]
     if name not in names:
         raise ConfigError(f"{flag}: stage {name!r} is not part of this pipeline (stages: {', '.join(names)})")
     return name
@@ -283,17 +345,21 @@ WIRING: dict[str, Callable[[Plan, Step], dict[str, Any]]] = {
         # per-domain tokens: for the repetition cap of --token-budget, and what --verify trains on
         "tokens": plan.step("tokenize").out if step.cfg.token_budget or step.cfg.verify else None,
     },
-    "pretrain": lambda plan, step: {
-        "tokens": plan.step("tokenize").out,
-        "mixture": join(plan.step("mixtures_select").out, "mixture.json"),
-    },
+    "search": lambda plan, step: {"tokens": plan.step("tokenize").out},
+    "pretrain": lambda plan, step: {"tokens": plan.step("tokenize").out, "mixture": chosen_mixture(plan)},
     "distill": lambda plan, step: {
         "teacher": plan.step("pretrain").out,
         "tokens": plan.step("tokenize").out,
-        "mixture": join(plan.step("mixtures_select").out, "mixture.json"),
+        "mixture": chosen_mixture(plan),
     },
     "report": lambda plan, step: {"run": plan.root},
 }
+
+
+def chosen_mixture(plan: Plan) -> Location:
+    """The mixture.json pretrain and distill train on: the search's, or select's (same shape)."""
+    chooser = SEARCH if plan.mixture_search == "iterative" else "mixtures_select"
+    return join(plan.step(chooser).out, "mixture.json")
 
 
 def step_inputs(plan: Plan, step: Step) -> dict[str, Any]:
@@ -373,6 +439,14 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
         sample = plan.step("mixtures_sample").cfg
         runs = sample.candidates + max(0, cfg.repeats - 1) * min(cfg.repeat_mixtures, sample.candidates)
         return _train_flops(cfg, vocab, runs * cfg.steps * cfg.batch_size * cfg.seq_len) / SWARM_FLOPS
+    if step.name == SEARCH:  # the whole budget of proxies, at the recipe of cfg.swarm
+        recipe = {
+            **config_to_dict(_swarm_defaults()),
+            **{k.replace("-", "_"): v for k, v in cfg.swarm.items()},
+        }
+        size = types.SimpleNamespace(**recipe)
+        tokens = cfg.budget * size.steps * size.batch_size * size.seq_len
+        return _train_flops(size, vocab, tokens) / SWARM_FLOPS
     if step.name == "mixtures_select" and cfg.verify:
         swarm = plan.step("swarm_train").cfg
         wide = dataclasses.replace(swarm, n_embd=int(swarm.n_embd * cfg.verify_scale))
@@ -391,10 +465,17 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
     return FIXED_SECONDS
 
 
+def _swarm_defaults() -> Any:
+    from mixlab.proxy_models.config import SwarmConfig
+
+    return SwarmConfig()
+
+
 def describe(plan: Plan) -> str:
     """The plan as text: each step, its directory, its status and what the pipeline filled in."""
     lines = [f"pipeline: {plan.path}" + (f" ({plan.description})" if plan.description else "")]
     lines.append(f"run root: {plan.root}")
+    lines.append(f"mixture:  {plan.mixture_search} (mixture_search: {' | '.join(MIXTURE_SEARCH)})")
     if plan.inputs:
         lines.append(f"inputs:   {', '.join(map(str, plan.inputs))}")
     for name, paths in plan.targets.items():
@@ -429,6 +510,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     return {
         "pipeline": str(plan.path),
         "description": plan.description,
+        "mixture_search": plan.mixture_search,
         "root": str(plan.root),
         "inputs": plain(plan.inputs),
         "targets": plain(plan.targets),
@@ -470,13 +552,14 @@ def run_pipeline(
     force: bool = False,
     scheduler_address: str | None = None,
     client: Any = None,
+    search: str | None = None,
 ) -> dict[str, Manifest]:
     """Run the planned steps in order; returns each step's manifest by name.
 
     The Dask client: `client`, else `scheduler_address`, DASK_SCHEDULER_ADDRESS, the
     pipeline's `scheduler_address:`, dask config, else a LocalCluster (see mixlab.cluster).
     """
-    plan = plan_pipeline(pipeline, root, from_stage=from_stage, until_stage=until_stage)
+    plan = plan_pipeline(pipeline, root, from_stage=from_stage, until_stage=until_stage, search=search)
     with plan_storage(plan):
         return _run_plan(plan, force, scheduler_address, client)
 
@@ -544,6 +627,7 @@ class RunRecord:
             "pipeline": str(plan.path),
             "pipeline_copy": RUN_YAML,
             "description": plan.description,
+            "mixture_search": plan.mixture_search,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "selected": [s.name for s in plan.selected],
             "stages": stages,
