@@ -213,6 +213,24 @@ def _save_pairs(
             np.save(path, np.stack([left[sel], right[sel]]))
 
 
+def _range_keys(
+    wd: Path, r: int, n_parts: int, node_of_gidx: np.ndarray, part_start: np.ndarray, keep: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Hash range `r`'s band keys of every partition, as (keys, bands, nodes) chunks, one per
+    partition with keys, for the documents `keep` marks (indexed by node)."""
+    keys, bands, nodes = [], [], []
+    for p in range(n_parts):
+        f = _range_file(wd, BAND_KEYS, r, _part_name(p))
+        if f.is_file():
+            t = pq.read_table(f)
+            node = node_of_gidx[part_start[p] + t.column("row").to_numpy()]
+            take = keep[node]
+            keys.append(t.column("key").to_numpy()[take])
+            bands.append(t.column("band").to_numpy()[take])
+            nodes.append(node[take])
+    return keys, bands, nodes
+
+
 def band_range_task(work: str, r: int, n_parts: int, max_bucket: int) -> dict[str, int]:
     """Buckets of one hash range of band keys, over every partition: each bucket's pairs
     (smallest node, member) go to the verify task of the left document's partition.
@@ -225,16 +243,7 @@ def band_range_task(work: str, r: int, n_parts: int, max_bucket: int) -> dict[st
         wd, "node_of_gidx", "in_lsh", "part_of", "part_start"
     )
     n = len(part_of)
-    keys, bands, nodes = [], [], []
-    for p in range(n_parts):
-        f = _range_file(wd, BAND_KEYS, r, _part_name(p))
-        if f.is_file():
-            t = pq.read_table(f)
-            node = node_of_gidx[part_start[p] + t.column("row").to_numpy()]
-            take = in_lsh[node]
-            keys.append(t.column("key").to_numpy()[take])
-            bands.append(t.column("band").to_numpy()[take])
-            nodes.append(node[take])
+    keys, bands, nodes = _range_keys(wd, r, n_parts, node_of_gidx, part_start, in_lsh)
     stats = {"buckets": 0, "giant_buckets": 0, "capped_members": 0, "largest_bucket": 0, "pairs": 0}
     if not keys or not sum(map(len, keys)):
         return stats
@@ -406,16 +415,7 @@ def against_range_task(work: str, r: int, n_parts: int, old_start: Sequence[int]
     wd = Path(work)
     node_of_gidx, eligible, part_start = _load_node_arrays(wd, "node_of_gidx", "eligible", "part_start")
     n_old = int(old_start[-1])
-    new_key, new_band, new_node = [], [], []
-    for p in range(n_parts):
-        f = _range_file(wd, BAND_KEYS, r, _part_name(p))
-        if f.is_file():
-            t = pq.read_table(f)
-            node = node_of_gidx[part_start[p] + t.column("row").to_numpy()]
-            take = eligible[node]
-            new_key.append(t.column("key").to_numpy()[take])
-            new_band.append(t.column("band").to_numpy()[take])
-            new_node.append(node[take])
+    new_key, new_band, new_node = _range_keys(wd, r, n_parts, node_of_gidx, part_start, eligible)
     old_key, old_band, old_row = [], [], []
     for i in range(len(old_start) - 1):
         f = _range_file(wd, OLD_KEYS, r, _old_name(i))
