@@ -65,40 +65,15 @@ def brute_force_logsumexp(weights: np.ndarray, logp: np.ndarray) -> np.ndarray:
 # --- on real proxies ------------------------------------------------------------------------------
 
 
-def stream(k: int, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, k])
-    band = 1 + 14 * k + np.arange(14)
-    out = band[(int(rng.integers(14)) + np.arange(n) * (2 * k + 3)) % 14]
-    noise = rng.random(n) < 0.1
-    out[noise] = band[rng.integers(0, 14, int(noise.sum()))]
-    return out
-
-
-def write_tokens(out: Path, make_tokens) -> Path:
-    streams = {d: {"train": stream(k, 8_000, 0), "valid": stream(k, 1_200, 1)} for k, d in enumerate(DOMAINS)}
-    streams["target"] = {"valid": np.concatenate([stream(0, 700, 2), stream(1, 300, 2)])}
-
-    return make_tokens(out, streams, vocab_size=VOCAB)
-
-
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        with Client(cluster) as c:
-            yield c
-
-
-@pytest.fixture(scope="module")
-def swarm(tmp_path_factory, client, make_tokens) -> tuple[Path, Path]:
+def swarm(tmp_path_factory, client, blend_tokens) -> tuple[Path, Path]:
     """A tiny sampled swarm trained with --experts: (tokens, swarm output)."""
     from mixlab.mixtures.config import SampleConfig
     from mixlab.mixtures.sample import run_mixtures_sample
     from mixlab.proxy_models.swarm import run_swarm_train
 
     root = tmp_path_factory.mktemp("experts")
-    tokens = write_tokens(root / "tokens", make_tokens)
+    tokens = blend_tokens  # tests/mixtures/conftest.py: domains a, b, c and a 70/30 target
     run_mixtures_sample({"tokens": tokens}, SampleConfig(candidates=14), root / "cands")
     run_swarm_train({"candidates": root / "cands", "tokens": tokens}, SWARM, root / "swarm", client=client)
     return tokens, root / "swarm"

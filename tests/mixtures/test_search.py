@@ -31,32 +31,10 @@ TINY = SearchConfig(
 )
 
 
-def stream(k: int, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, k])
-    band = 1 + 14 * k + np.arange(14)
-    out = band[(int(rng.integers(14)) + np.arange(n) * (2 * k + 3)) % 14]
-    noise = rng.random(n) < 0.1
-    out[noise] = band[rng.integers(0, 14, int(noise.sum()))]
-    return out
-
-
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory, make_tokens) -> Path:
-    """Three learnable domains and a validation-only target of 70% a + 30% b."""
-    out = tmp_path_factory.mktemp("search") / "tokens"
-    streams = {d: {"train": stream(k, 8_000, 0), "valid": stream(k, 1_200, 1)} for k, d in enumerate(DOMAINS)}
-    streams["target"] = {"valid": np.concatenate([stream(0, 700, 2), stream(1, 300, 2)])}
-
-    return make_tokens(out, streams, vocab_size=VOCAB)
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        with Client(cluster) as c:
-            yield c
+def tokens(blend_tokens: Path) -> Path:
+    """Three learnable domains and a validation-only target of 70% a + 30% b (tests/mixtures/conftest.py)."""
+    return blend_tokens
 
 
 class Interrupted(BaseException):
