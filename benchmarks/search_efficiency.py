@@ -169,7 +169,7 @@ def fit_and_select(
 
 def test_spearman(fit_dir: Path, test: pl.DataFrame, domains: list[str]) -> float:
     fitted = load_fit(fit_dir)
-    predicted = fitted.final.predict(test.select([f"w.{d}" for d in fitted.domains]).to_numpy())
+    predicted = fitted.predict(test.select([f"w.{d}" for d in fitted.domains]).to_numpy())
     return spearman(test["loss.target"].to_numpy(), predicted)
 
 
