@@ -518,8 +518,8 @@ def _check_output_url(url: str) -> Manifest | None:
 def remove_tree(path: Path, tries: int = 50) -> None:
     """Remove a directory even while a task that had already started writes its last file there.
 
-    Stage tasks never create directories (the client makes them), so once the tree is gone
-    nothing can bring it back; a file landing mid-removal only needs another pass.
+    A file landing mid-removal only needs another pass. Tasks that write only into folders the
+    client made (ingest's) cannot bring a removed tree back at all.
     """
     for _ in range(tries):
         shutil.rmtree(path, ignore_errors=True)

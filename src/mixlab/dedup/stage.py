@@ -513,7 +513,7 @@ def check_against(old: Path | str, cfg: DedupConfig) -> Manifest:
     m = Manifest.load(old)
     if m.stage != "dedup":
         raise InputError(
-            f"--against {old}: a {m.stage} output, not a dedup output; pass a `mixlab dedup` --out"
+            f"--against {old}: made by {m.stage}, not a dedup output; pass a `mixlab dedup` --out"
         )
     if not m.config.get("keep_signatures"):
         raise InputError(
